@@ -169,9 +169,18 @@ class NoiseSchedule:
         out = table[t.to(x.device).long()]
         return out.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
 
-    def timesteps(self, n: int, spacing: str | Sequence[int] = "leading", t_max: int | None = None):
+    def timesteps(
+        self,
+        n: int,
+        spacing: str | Sequence[int] = "leading",
+        t_max: int | None = None,
+        *,
+        min_log_snr: float | None = None,
+    ) -> list[int]:
         """See :func:`timesteps`; log-SNR spacing uses this schedule."""
-        return timesteps(self.T, n, spacing, t_max=t_max, log_snr=self.log_snr)
+        return timesteps(
+            self.T, n, spacing, t_max=t_max, log_snr=self.log_snr, min_log_snr=min_log_snr
+        )
 
 
 def _strictly_increasing(raw: np.ndarray, t_max: int) -> list[int]:
@@ -196,6 +205,7 @@ def timesteps(
     *,
     t_max: int | None = None,
     log_snr: np.ndarray | None = None,
+    min_log_snr: float | None = None,
 ) -> list[int]:
     """An explicit decreasing list of ``n`` distinct timestep indices in [0, t_max].
 
@@ -206,6 +216,11 @@ def timesteps(
       * ``"linspace"``: n points rounded from [0, t_max], both ends included (n=1 gives [t_max]).
       * ``"quadratic"``: DDIM paper sec. D.2, ``c k^2`` from 0 to t_max, made distinct.
       * ``"log_snr"``: uniform in log-SNR between t_max and 0 (needs ``log_snr``, the schedule's).
+        With ``min_log_snr``, the first step goes from t_max straight to the log-SNR
+        ``min_log_snr`` and the other n - 1 are uniform in log-SNR above it: below a log-SNR of
+        about -4 the denoiser's x0 estimate is nearly the data mean, where a first-order
+        exponential-integrator step (DDIM, DPM-Solver++) is already exact, so steps spent
+        there are wasted.
       * a sequence of ints: used as given (validated, sorted decreasing); ``n`` must match its length.
     """
     T = _check_T(T)
@@ -248,10 +263,16 @@ def timesteps(
         lam = np.asarray(log_snr[: t_max + 1], dtype=np.float64)
         finite = lam[np.isfinite(lam)]
         lam = np.where(np.isfinite(lam), lam, finite.min() if finite.size else 0.0)
+        lo = lam[t_max]
+        n_uniform = n
+        if min_log_snr is not None and n > 2 and min_log_snr > lo:
+            lo, n_uniform = min(float(min_log_snr), lam[1]), n - 1
         if n == 1:
             seq = [t_max]
         else:
-            targets = np.linspace(lam[t_max], lam[0], n)[::-1]  # increasing in t
+            targets = np.linspace(lo, lam[0], n_uniform)[::-1]  # increasing in t
+            if n_uniform < n:
+                targets = np.append(targets, lam[t_max])
             # lam is decreasing in t: nearest index for each target
             idx = np.abs(lam[None, :] - targets[:, None]).argmin(axis=1)
             idx[0], idx[-1] = 0, t_max

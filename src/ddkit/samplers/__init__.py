@@ -1,40 +1,42 @@
 """Samplers: pure functions ``sample_x(denoiser, x_T, timesteps, *, generator=None,
 callback=None, **options) -> x_0`` over an explicit decreasing list of timesteps.
 
-``SAMPLERS`` maps the CLI's names to (function, model calls per step, options it accepts).
+``SAMPLERS`` maps the CLI's names to the function, its fixed options and its cost in model calls.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .ddim import ddim_invert, sample_ddim, slerp
 from .ddpm import sample_ddpm
-from .ode import sample_dpmpp_2m, sample_heun
+from .ode import sample_dpmpp, sample_dpmpp_2m, sample_heun
 from .sde import langevin_correct, sample_euler_maruyama, sample_pc
 
 
 @dataclass(frozen=True)
 class SamplerInfo:
-    fn: object
-    calls_per_step: int  # model calls per timestep (the last step may use fewer: see steps_for_nfe)
-    options: tuple[str, ...]
-    last_step_calls: int | None = None
+    fn: Callable
+    options: dict = field(default_factory=dict)  # fixed options passed to fn
+    model_calls: Callable[[int, dict], int] = lambda steps, opts: steps  # noqa: E731
+
+    def __call__(self, denoiser, x_T, timesteps, **kwargs):
+        return self.fn(denoiser, x_T, timesteps, **{**self.options, **kwargs})
 
     def nfe(self, steps: int, **options) -> int:
-        """Model calls for ``steps`` timesteps with these options."""
-        per = self.calls_per_step + int(options.get("corrector_steps", 1 if self.fn is sample_pc else 0))
-        last = per if self.last_step_calls is None else self.last_step_calls
-        return per * (steps - 1) + last
+        """Model evaluations for ``steps`` timesteps with these options."""
+        return self.model_calls(steps, {**self.options, **options})
 
 
 SAMPLERS: dict[str, SamplerInfo] = {
-    "ddpm": SamplerInfo(sample_ddpm, 1, ("variance",)),
-    "ddim": SamplerInfo(sample_ddim, 1, ("eta",)),
-    "euler_maruyama": SamplerInfo(sample_euler_maruyama, 1, ()),
-    "pc": SamplerInfo(sample_pc, 1, ("snr", "corrector_steps")),
-    "heun": SamplerInfo(sample_heun, 2, (), last_step_calls=1),
-    "dpmpp_2m": SamplerInfo(sample_dpmpp_2m, 1, ("order",)),
+    "ddpm": SamplerInfo(sample_ddpm),
+    "ddim": SamplerInfo(sample_ddim),
+    "euler_maruyama": SamplerInfo(sample_euler_maruyama),
+    "pc": SamplerInfo(sample_pc, model_calls=lambda n, o: n * (1 + o.get("corrector_steps", 1))),
+    "heun": SamplerInfo(sample_heun, model_calls=lambda n, o: 2 * n - 1),
+    "dpmpp_2m": SamplerInfo(sample_dpmpp, {"order": 2}),
+    "dpmpp_3m": SamplerInfo(sample_dpmpp, {"order": 3}),
 }
 
 
@@ -57,5 +59,6 @@ __all__ = [
     "sample_pc",
     "langevin_correct",
     "sample_heun",
+    "sample_dpmpp",
     "sample_dpmpp_2m",
 ]

@@ -54,7 +54,16 @@ def sample_heun(
     return x
 
 
-def sample_dpmpp_2m(
+def _half_log_snr(ab: float) -> float:
+    """lambda = log(alpha / sigma) = log-SNR / 2; -inf at zero SNR, +inf at the data."""
+    if ab == 0.0:
+        return -math.inf
+    if ab == 1.0:
+        return math.inf
+    return 0.5 * (math.log(ab) - math.log1p(-ab))
+
+
+def sample_dpmpp(
     denoiser,
     x_T: torch.Tensor,
     timesteps,
@@ -63,34 +72,49 @@ def sample_dpmpp_2m(
     callback: Callback | None = None,
     order: int = 2,
 ) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): one model call per step.  The first step is
-    first order (no history) and so is the last, to the data, where lambda is infinite and the
-    second-order extrapolation is undefined.  ``order=1`` gives DPM-Solver++(1) = DDIM(eta=0)."""
-    if order not in (1, 2):
-        raise ValueError(f"order={order!r} must be 1 or 2")
+    """DPM-Solver++ multistep (Lu et al. 2022, Alg. 2 for 2M; the 3M update of their code release),
+    one model call per step.  With h = lambda_prev - lambda_t and phi1 = expm1(-h):
+      order 1:  x_prev = (s_prev/s_t) x_t - a_prev phi1 x0_hat                  (= DDIM, eta = 0)
+      order 2:  x0_hat -> D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_last,  r = h_last / h
+      order 3:  adds the second divided difference with phi2 = phi1/h + 1, phi3 = phi2/h - 1/2.
+    The order is lowered where history is missing (the first steps) and at the last step, to the
+    data, where lambda is infinite and only the first-order update is defined."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order={order!r} must be 1, 2 or 3")
     ts = check_inputs(denoiser, x_T, timesteps)
     ab = denoiser.schedule.alpha_bar
-
-    def lam(a: float) -> float:  # log(alpha / sigma)
-        if a == 0.0:
-            return -math.inf
-        if a == 1.0:
-            return math.inf
-        return 0.5 * (math.log(a) - math.log1p(-a))
-
     x = x_T
-    x0_last, h_last = None, None
+    hist: list[tuple[float, torch.Tensor]] = []  # (lambda, x0_hat) of earlier steps, newest last
     for i, (t, t_prev) in enumerate(pairs(ts)):
         ab_t, ab_p = ab(t), ab(t_prev)
-        h = lam(ab_p) - lam(ab_t)
+        lam_t = _half_log_snr(ab_t)
+        h = _half_log_snr(ab_p) - lam_t
         _, x0 = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, x0)
-        d = x0
-        if order == 2 and x0_last is not None and math.isfinite(h) and h_last > 0:
-            half_inv_r = 0.5 * h / h_last  # 1 / (2r), r = h_last / h (0 if h_last is infinite)
-            d = torch.add(x0 * (1.0 + half_inv_r), x0_last, alpha=-half_inv_r)
+        a_p = math.sqrt(ab_p)
+        phi1 = math.expm1(-h)
         ratio = math.sqrt((1.0 - ab_p) / (1.0 - ab_t))
-        x = torch.add(x * ratio, d, alpha=-math.sqrt(ab_p) * math.expm1(-h))
-        x0_last, h_last = x0, h
+        k = min(order, len(hist) + 1) if math.isfinite(h) else 1
+        if k >= 2 and not math.isfinite(lam_t - hist[-1][0]):
+            k = 1  # the previous step started at zero SNR: no usable difference
+        if k == 1:
+            x = torch.add(x * ratio, x0, alpha=-a_p * phi1)
+        else:
+            r0 = (lam_t - hist[-1][0]) / h
+            d1_0 = (x0 - hist[-1][1]) / r0
+            if k == 2:
+                x = torch.add(x * ratio, x0 + 0.5 * d1_0, alpha=-a_p * phi1)
+            else:
+                r1 = (hist[-1][0] - hist[-2][0]) / h
+                d1_1 = (hist[-1][1] - hist[-2][1]) / r1
+                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi2 = phi1 / h + 1.0
+                phi3 = phi2 / h - 0.5
+                x = x * ratio - a_p * (phi1 * x0 - phi2 * d1 + phi3 * d2)
+        hist = (hist + [(lam_t, x0)])[-2:]
     return x
+
+
+sample_dpmpp_2m = sample_dpmpp  # order=2 by default

@@ -28,13 +28,20 @@ class GaussianMixture:
         w = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
         m = torch.as_tensor(np.asarray(means), dtype=torch.float64)
         c = torch.as_tensor(np.asarray(covs), dtype=torch.float64)
-        if w.ndim != 1 or m.ndim != 2 or c.ndim != 3 or not (w.shape[0] == m.shape[0] == c.shape[0]):
+        if (
+            w.ndim != 1
+            or m.ndim != 2
+            or c.ndim != 3
+            or not (w.shape[0] == m.shape[0] == c.shape[0])
+        ):
             raise ValueError(
                 f"mixture shapes must be weights [K], means [K, d], covs [K, d, d]; got "
                 f"{tuple(w.shape)}, {tuple(m.shape)}, {tuple(c.shape)}"
             )
         if c.shape[1:] != (m.shape[1], m.shape[1]):
-            raise ValueError(f"covariances must be [K, {m.shape[1]}, {m.shape[1]}], got {tuple(c.shape)}")
+            raise ValueError(
+                f"covariances must be [K, {m.shape[1]}, {m.shape[1]}], got {tuple(c.shape)}"
+            )
         if torch.any(w <= 0) or abs(float(w.sum()) - 1.0) > 1e-9:
             raise ValueError("mixture weights must be positive and sum to 1")
         if not torch.allclose(c, c.transpose(1, 2)):
@@ -105,7 +112,9 @@ class GaussianMixture:
         """For a single Gaussian: its differential entropy in nats (= E[-log p(x0)])."""
         if self.n_components != 1:
             raise ValueError("closed-form entropy is only defined here for one component")
-        return 0.5 * float(torch.log(self.eigvals[0]).sum()) + 0.5 * self.dim * (1 + math.log(2 * math.pi))
+        return 0.5 * float(torch.log(self.eigvals[0]).sum()) + 0.5 * self.dim * (
+            1 + math.log(2 * math.pi)
+        )
 
     # -- the exact denoiser ---------------------------------------------------------------------
     def model(self, schedule: NoiseSchedule):
@@ -155,7 +164,9 @@ def mixture_2d() -> GaussianMixture:
     return GaussianMixture(w, means, np.stack(covs))
 
 
-def mixture_lowrank(dim: int = 64, n_components: int = 4, rank: int = 4, seed: int = 0) -> GaussianMixture:
+def mixture_lowrank(
+    dim: int = 64, n_components: int = 4, rank: int = 4, seed: int = 0
+) -> GaussianMixture:
     """A ``dim``-D mixture with low-rank-plus-diagonal covariances S_k = U_k U_k^T + diag(d_k):
     rank-``rank`` factors of scale ~0.3, diagonal std in [0.05, 0.15], means ~ N(0, 0.5^2 I),
     unequal weights.  Deterministic given ``seed``."""

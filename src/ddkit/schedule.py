@@ -35,7 +35,9 @@ def _check_T(T: int) -> int:
     return int(T)
 
 
-def linear_betas(T: int = _DEFAULT_T, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def linear_betas(
+    T: int = _DEFAULT_T, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> np.ndarray:
     """The DDPM linear schedule, beta from ``beta_start`` to ``beta_end`` for T = 1000.
 
     For another T both ends are scaled by 1000 / T (improved-DDPM convention), so that

@@ -19,7 +19,9 @@ def _mean_pairwise(x: torch.Tensor, y: torch.Tensor, *, same: bool, chunk: int =
 
 def _check(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"samples must be [n, d] with equal d, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"samples must be [n, d] with equal d, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if x.shape[0] < 2 or y.shape[0] < 2:
         raise ValueError("each sample set needs at least 2 points")
 

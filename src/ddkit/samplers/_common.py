@@ -23,7 +23,9 @@ def check_inputs(denoiser, x: torch.Tensor, timesteps: Sequence[int]) -> list[in
     if not ts:
         raise ValueError("timesteps is empty; give at least one index")
     if any(not 0 <= t < T for t in ts):
-        raise ValueError(f"timesteps must lie in 0..{T - 1}, got {[t for t in ts if not 0 <= t < T][:3]}")
+        raise ValueError(
+            f"timesteps must lie in 0..{T - 1}, got {[t for t in ts if not 0 <= t < T][:3]}"
+        )
     if any(a <= b for a, b in zip(ts, ts[1:])):
         raise ValueError("timesteps must be strictly decreasing (use ddkit.schedule.timesteps)")
     return ts

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from ..schedule import DATA
 from ._common import Callback, check_inputs, pairs
 
 
@@ -77,21 +78,33 @@ def sample_dpmpp(
       order 1:  x_prev = (s_prev/s_t) x_t - a_prev phi1 x0_hat                  (= DDIM, eta = 0)
       order 2:  x0_hat -> D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_hat_last,  r = h_last / h
       order 3:  adds the second divided difference with phi2 = phi1/h + 1, phi3 = phi2/h - 1/2.
-    The order is lowered where history is missing (the first steps) and at the last step, to the
-    data, where lambda is infinite and only the first-order update is defined."""
+    The order is lowered where history is missing (the first steps).  The last step, to the data,
+    has lambda = inf, where the multistep extrapolation in lambda is undefined and the first-order
+    update returns the plain x0_hat, which trims the variance of modes not much wider than the
+    last noise level.  For order >= 2 the last step instead integrates d x~ / d sigma = eps_hat
+    (x~ = x / alpha) from sigma_t to 0 by the trapezoid rule, with eps_hat at sigma = 0 extrapolated
+    linearly in sigma from the last two evaluations (a two-step Adams-Bashforth-Moulton end):
+    exact when eps_hat is linear in sigma near 0, as for any smooth density (eps_hat ~ sigma)."""
     if order not in (1, 2, 3):
         raise ValueError(f"order={order!r} must be 1, 2 or 3")
     ts = check_inputs(denoiser, x_T, timesteps)
     ab = denoiser.schedule.alpha_bar
     x = x_T
-    hist: list[tuple[float, torch.Tensor]] = []  # (lambda, x0_hat) of earlier steps, newest last
+    hist: list[
+        tuple[float, torch.Tensor, torch.Tensor]
+    ] = []  # (lambda, x0_hat, eps_hat), newest last
     for i, (t, t_prev) in enumerate(pairs(ts)):
         ab_t, ab_p = ab(t), ab(t_prev)
         lam_t = _half_log_snr(ab_t)
         h = _half_log_snr(ab_p) - lam_t
-        _, x0 = denoiser(x, t)
+        eps, x0 = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, x0)
+        if t_prev == DATA and order >= 2 and hist and math.isfinite(hist[-1][0]):
+            sig_t, sig_last = math.exp(-lam_t), math.exp(-hist[-1][0])  # sigma = exp(-lambda)
+            eps_0 = eps + (eps - hist[-1][2]) * (sig_t / (sig_last - sig_t))
+            x = torch.add(x / math.sqrt(ab_t), eps + eps_0, alpha=-0.5 * sig_t)
+            break
         a_p = math.sqrt(ab_p)
         phi1 = math.expm1(-h)
         ratio = math.sqrt((1.0 - ab_p) / (1.0 - ab_t))
@@ -113,7 +126,7 @@ def sample_dpmpp(
                 phi2 = phi1 / h + 1.0
                 phi3 = phi2 / h - 0.5
                 x = x * ratio - a_p * (phi1 * x0 - phi2 * d1 + phi3 * d2)
-        hist = (hist + [(lam_t, x0)])[-2:]
+        hist = (hist + [(lam_t, x0, eps)])[-2:]
     return x
 
 

@@ -75,7 +75,11 @@ def sample_pc(
     Euler-Maruyama predictor step.  1 + corrector_steps model calls per step."""
     ts = check_inputs(denoiser, x_T, timesteps)
     snr = check_nonneg("snr", snr)
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
+    if (
+        isinstance(corrector_steps, bool)
+        or not isinstance(corrector_steps, int)
+        or corrector_steps < 0
+    ):
         raise ValueError(f"corrector_steps={corrector_steps!r} must be an integer >= 0")
     rev = VPSDE(denoiser.schedule).reverse(denoiser)
     x = x_T

@@ -1,0 +1,92 @@
+"""Few-step accuracy with the exact denoiser: ddkit's samplers beside diffusers' DPM-Solver++.
+
+Same mixtures, reference samples, noise floors and initial noise x_T as ``ddkit verify``
+(``ddkit.verify.setup``); diffusers' schedulers get the same exact x0-predicting model
+(prediction_type="sample") called at their own integer timesteps.
+
+    .venv/bin/python benchmarks/few_step_vs_diffusers.py [--n-2d 10000] [--n-64d 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+import warnings
+
+import torch
+
+from ddkit import verify
+from ddkit.samplers import get_sampler
+from ddkit.schedule import NoiseSchedule
+
+warnings.filterwarnings("ignore")
+
+
+def diffusers_configs():
+    from diffusers import DPMSolverMultistepScheduler
+
+    base = dict(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+        algorithm_type="dpmsolver++", prediction_type="sample",
+    )
+    return {
+        "diffusers dpm++2m use_lu_lambdas": lambda: DPMSolverMultistepScheduler(**base, use_lu_lambdas=True),
+        "diffusers dpm++2m (default)": lambda: DPMSolverMultistepScheduler(**base),
+        "diffusers dpm++3m use_lu_lambdas": lambda: DPMSolverMultistepScheduler(
+            **base, solver_order=3, use_lu_lambdas=True
+        ),
+        "diffusers dpm++2m karras": lambda: DPMSolverMultistepScheduler(**base, use_karras_sigmas=True),
+    }
+
+
+def run_diffusers(make, model, x_T, nfe):
+    sched = make()
+    sched.set_timesteps(nfe)
+    x = x_T.clone() * sched.init_noise_sigma
+    for t in sched.timesteps:
+        out = model(x, torch.full((x.shape[0],), int(t), dtype=torch.long))
+        x = sched.step(out, t, x).prev_sample
+    return x, len(sched.timesteps)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-2d", type=int, default=10_000)
+    ap.add_argument("--n-64d", type=int, default=4_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nfe", type=int, nargs="+", default=[10, 20])
+    args = ap.parse_args()
+    import diffusers
+
+    print(f"# few-step accuracy, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}, {platform.processor() or platform.machine()}, "
+          f"threads {torch.get_num_threads()}")
+    schedule = NoiseSchedule.make("linear", 1000)
+    ours = [c for c in verify.CONFIGS if c.sampler in ("dpmpp_2m", "dpmpp_3m", "heun", "ddim")]
+    for problem in verify.problems(args.n_2d, args.n_64d):
+        ref, ref_disp, floor, x_T = verify.setup(problem, args.seed, 8)
+        model = problem.mixture.model(schedule)
+        den = problem.mixture.denoiser(schedule)
+        print(f"\n## {problem.name} (d={problem.mixture.dim}, n={problem.n})")
+        print(f"noise floor (worst of 8 true sets): ED {floor.ed:.2e}, |disp-1| {floor.disp:.4f}, "
+              f"|ll| {floor.ll:.4f}\n")
+        print("| NFE | sampler | ED | ED / diffusers-lu | disp | ll gap | inside floor (ed,disp,ll) |")
+        print("|---|---|---|---|---|---|---|")
+        for nfe in args.nfe:
+            results = []
+            for label, make in diffusers_configs().items():
+                x, _ = run_diffusers(make, model, x_T, nfe)
+                results.append((label, verify.metrics(x, ref, problem.mixture, ref_disp)))
+            base_ed = results[0][1]["ed"]
+            for cfg in ours:
+                x = get_sampler(cfg.sampler)(den, x_T, cfg.timesteps(schedule, nfe), **cfg.options)
+                results.append(("ddkit " + cfg.label, verify.metrics(x, ref, problem.mixture, ref_disp)))
+            for label, m in results:
+                ok = "".join("+" if v else "." for v in floor.inside(m).values())
+                print(f"| {nfe} | {label} | {m['ed']:.2e} | {m['ed'] / base_ed:.2f} | {m['disp']:.4f} "
+                      f"| {m['ll']:.4f} | {ok} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

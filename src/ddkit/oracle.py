@@ -76,8 +76,8 @@ class GaussianMixture:
         a2 = float(alpha_bar)
         a = math.sqrt(a2)
         x = x.to(torch.float64)
-        diff = x[:, None, :] - a * self.means[None]  # [n, K, d]
-        proj = torch.einsum("kdj,nkd->nkj", self.eigvecs, diff)
+        diff = x[None, :, :] - a * self.means[:, None, :]  # [K, n, d]
+        proj = torch.bmm(diff, self.eigvecs).transpose(0, 1)  # [n, K, d]: Q_k^T (x - a m_k)
         cvals = a2 * self.eigvals + (1.0 - a2)  # [K, d]
         maha = (proj**2 / cvals[None]).sum(-1)
         logdet = torch.log(cvals).sum(-1)
@@ -100,8 +100,9 @@ class GaussianMixture:
         logn, proj, cvals = self._component_terms(x, a2)
         r = torch.softmax(logn + torch.log(self.weights)[None], dim=1)  # [n, K]
         gain = a * self.eigvals / cvals  # eigenvalues of a S C^{-1}
-        corr = torch.einsum("kdj,nkj->nkd", self.eigvecs, proj * gain[None])
-        return torch.einsum("nk,nkd->nd", r, self.means[None] + corr)
+        weighted = (proj * gain[None] * r[:, :, None]).transpose(0, 1)  # [K, n, d]
+        corr = torch.bmm(weighted, self.eigvecs.transpose(1, 2)).sum(0)  # sum_k r_k Q_k (...)
+        return r @ self.means + corr
 
     def score(self, x: torch.Tensor, alpha_bar: float) -> torch.Tensor:
         """grad log p_t(x) = (a E[x0|x] - x) / s^2, float64."""

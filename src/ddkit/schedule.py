@@ -166,7 +166,7 @@ class NoiseSchedule:
         key = (name, x.device)
         table = self._cache.get(key)
         if table is None:
-            table = torch.from_numpy(np.asarray(getattr(self, name))).to(x.device)
+            table = torch.tensor(np.asarray(getattr(self, name)), device=x.device)
             self._cache[key] = table
         out = table[t.to(x.device).long()]
         return out.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))

@@ -18,7 +18,11 @@ def check_inputs(denoiser, x: torch.Tensor, timesteps: Sequence[int]) -> list[in
         raise ValueError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
     if x.ndim < 2:
         raise ValueError(f"x must be batched [N x ...], got shape {tuple(x.shape)}")
-    ts = [int(t) for t in timesteps]
+    ts = list(timesteps)
+    bad = [t for t in ts if isinstance(t, bool) or int(t) != t]
+    if bad:
+        raise ValueError(f"timesteps must be integer indices, got {bad[:3]!r}")
+    ts = [int(t) for t in ts]
     T = denoiser.schedule.T
     if not ts:
         raise ValueError("timesteps is empty; give at least one index")

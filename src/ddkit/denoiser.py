@@ -60,8 +60,16 @@ class Denoiser:
             raise ValueError(
                 f"model output shape {tuple(out.shape)} does not match x_t {tuple(x_t.shape)}"
             )
-        eps, x0 = self.prediction.to_eps_x0(out.to(x_t.dtype), x_t, a, s)
+        out = out.to(x_t.dtype)
+        # the conversions of Prediction.to_eps_x0, fused for scalar a, s (one pass each)
+        if self.prediction is Prediction.EPS:
+            eps, x0 = out, torch.add(x_t, out, alpha=-s).div_(a)
+        elif self.prediction is Prediction.X0:
+            eps, x0 = torch.add(x_t, out, alpha=-a).div_(s), out
+        else:
+            eps = torch.mul(x_t, s).add_(out, alpha=a)
+            x0 = torch.mul(x_t, a).add_(out, alpha=-s)
         if self.clip is not None:
             x0 = x0.clamp(*self.clip)
-            eps = (x_t - a * x0) / s
+            eps = torch.add(x_t, x0, alpha=-a).div_(s)
         return eps, x0

@@ -44,7 +44,7 @@ def sample_ddim(
         eps, x0 = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, x0)
-        x = torch.add(x0 * c_x0, eps, alpha=c_eps)
+        x = torch.mul(x0, c_x0).add_(eps, alpha=c_eps)
         if sigma > 0:
             x.add_(randn_like(x, generator), alpha=sigma)
     return x

@@ -83,7 +83,7 @@ def sample_ddpm(
             _, x0 = denoiser(x, t)
         if callback is not None:
             callback(i, t, x, x0)
-        x_new = torch.add(x0 * c_x0, x, alpha=c_xt)
+        x_new = torch.mul(x0, c_x0).add_(x, alpha=c_xt)
         if variance == "tweedie":
             std = torch.sqrt(sigma * sigma + c_x0 * c_x0 * cov)
             x_new.addcmul_(randn_like(x, generator), std)

@@ -159,7 +159,8 @@ def test_bad_timestep_raises(t):
 
 
 @pytest.mark.parametrize(
-    "x", [torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2, dtype=torch.bool), np.zeros((3, 2))]
+    "x",
+    [torch.zeros(3, 2, dtype=torch.long), torch.zeros(3, 2, dtype=torch.bool), np.zeros((3, 2))],
 )
 def test_non_float_x_t_raises(x):
     sched = NoiseSchedule.make("linear", T)

@@ -45,7 +45,9 @@ def _brute_force_posterior_mean(mix: GaussianMixture, x: torch.Tensor, ab: float
     for k in range(mix.n_components):
         S, m = mix.covs[k], mix.means[k]
         C = ab * S + (1 - ab) * eye
-        logr.append(MultivariateNormal(a * m, covariance_matrix=C).log_prob(x) + mix.weights[k].log())
+        logr.append(
+            MultivariateNormal(a * m, covariance_matrix=C).log_prob(x) + mix.weights[k].log()
+        )
         cond.append(m + (a * S @ torch.linalg.inv(C) @ (x - a * m).T).T)
     r = torch.softmax(torch.stack(logr, 1), dim=1)
     for k in range(mix.n_components):
@@ -74,7 +76,9 @@ def test_mixture_posterior_mean_matches_brute_force(which, ab):
     mix = mixture_2d() if which == "2d" else mixture_lowrank(dim=16)
     g = torch.Generator().manual_seed(1)
     x0, _ = mix.sample(64, generator=g, dtype=torch.float64)
-    x = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    x = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(
+        x0.shape, generator=g, dtype=torch.float64
+    )
     np.testing.assert_allclose(
         mix.posterior_mean(x, ab).numpy(),
         _brute_force_posterior_mean(mix, x, ab).numpy(),

@@ -94,7 +94,9 @@ def test_composing_sampled_transitions_matches_q_sample_moments():
     x0 = torch.full((n, 1), 0.8, dtype=torch.float64)
     x = x0.clone()
     for t, beta in enumerate(s.betas.tolist()):
-        x = math.sqrt(1.0 - beta) * x + math.sqrt(beta) * torch.randn(n, 1, generator=g, dtype=x.dtype)
+        x = math.sqrt(1.0 - beta) * x + math.sqrt(beta) * torch.randn(
+            n, 1, generator=g, dtype=x.dtype
+        )
         if t in (0, 9, 49, 99):
             mean, var = q_mean_var(s, x0[:1], torch.tensor([t]))
             se = math.sqrt(float(var) / n)
@@ -157,7 +159,9 @@ def test_q_posterior_monte_carlo():
         n, 1, generator=g, dtype=x0.dtype
     )
     beta = s.betas[t]
-    x_t = math.sqrt(1 - beta) * x_prev + math.sqrt(beta) * torch.randn(n, 1, generator=g, dtype=x0.dtype)
+    x_t = math.sqrt(1 - beta) * x_prev + math.sqrt(beta) * torch.randn(
+        n, 1, generator=g, dtype=x0.dtype
+    )
     mean, var, _ = q_posterior(s, x0, x_t, torch.full((n,), t))
     resid = x_prev - mean
     assert abs(float(resid.mean())) < 5 * math.sqrt(float(var[0]) / n)
@@ -189,7 +193,9 @@ def test_bad_inputs_raise(case):
         q_posterior(s, x0, other, t)
 
 
-@pytest.mark.parametrize("t", [torch.tensor([0, 1, 2]), torch.tensor([0.0, 1, 2, 3]), torch.tensor([0, 1, 2, T])])
+@pytest.mark.parametrize(
+    "t", [torch.tensor([0, 1, 2]), torch.tensor([0.0, 1, 2, 3]), torch.tensor([0, 1, 2, T])]
+)
 def test_q_mean_var_bad_t_raises(t):
     s = NoiseSchedule.make("linear", T)
     with pytest.raises(ValueError, match="t"):

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from ddkit.oracle import mixture_2d, mixture_lowrank
-from ddkit.samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_dpmpp_2m, sample_pc
+from ddkit.samplers import (
+    SAMPLERS,
+    get_sampler,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_pc,
+)
 from ddkit.schedule import SPACINGS, NoiseSchedule
 
 T = 1000
@@ -156,7 +163,9 @@ def test_zero_terminal_snr_finite_or_clear_error(name):
     ts = sched.timesteps(10, "trailing")
     assert ts[0] == T - 1
     try:
-        out = SAMPLERS[name](den, _x_T(dtype=torch.float64), ts, generator=torch.Generator().manual_seed(0))
+        out = SAMPLERS[name](
+            den, _x_T(dtype=torch.float64), ts, generator=torch.Generator().manual_seed(0)
+        )
     except ValueError as err:
         assert "SNR" in str(err) or "snr" in str(err)
         return
@@ -254,7 +263,9 @@ def test_callback_sees_the_current_state():
     ts = _SCHEDULE.timesteps(4, "trailing")
     x = _x_T(dtype=torch.float64)
     states = []
-    out = sample_ddim(den, x, ts, callback=lambda i, t, x_t, x0: states.append((t, x_t.clone(), x0)))
+    out = sample_ddim(
+        den, x, ts, callback=lambda i, t, x_t, x0: states.append((t, x_t.clone(), x0))
+    )
     assert torch.equal(states[0][1], x)
     for t, x_t, x0 in states:
         _, x0_exp = den(x_t, t)

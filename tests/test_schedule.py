@@ -289,7 +289,9 @@ OUT_OF_RANGE_NAMING_XFAIL = pytest.mark.xfail(
     [
         pytest.param([5, 3, 5], 3, "5", id="duplicate", marks=DUPLICATE_NAMING_XFAIL),
         pytest.param([5, 3, 7, 1000], 4, "1000", id="too-large", marks=OUT_OF_RANGE_NAMING_XFAIL),
-        pytest.param([1, 2, 3, 4, 1234], 5, "1234", id="too-large-4th", marks=OUT_OF_RANGE_NAMING_XFAIL),
+        pytest.param(
+            [1, 2, 3, 4, 1234], 5, "1234", id="too-large-4th", marks=OUT_OF_RANGE_NAMING_XFAIL
+        ),
         pytest.param([5, -1, 3], 3, "-1", id="negative"),
         pytest.param([5, 2.5, 3], 3, "2.5", id="float"),
         pytest.param([5, 3.0], 2, "3.0", id="integral-float"),

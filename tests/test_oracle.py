@@ -17,16 +17,6 @@ from ddkit.schedule import NoiseSchedule
 ALPHA_BARS = [0.9999, 0.9, 0.5, 0.1, 0.001]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are small: one intra-op thread is as fast, and on a shared machine avoids
-    OpenMP threads spinning against each other.  The previous setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _mixture_1d() -> GaussianMixture:
     return GaussianMixture([0.5, 0.3, 0.2], [[-1.0], [0.5], [2.0]], [[[0.04]], [[0.25]], [[0.01]]])
 

@@ -29,16 +29,6 @@ _SCHEDULE = NoiseSchedule.make("linear", T)
 _MIX = mixture_2d()
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are small: one intra-op thread is as fast, and on a shared machine avoids
-    OpenMP threads spinning against each other.  The previous setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Recorder:
     """Wraps a denoiser and records the timestep of every model evaluation."""
 

@@ -28,16 +28,6 @@ SCHED = NoiseSchedule.make("linear", T)
 MIX = mixture_2d()
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are small: one intra-op thread is as fast, and on a shared machine avoids
-    OpenMP threads spinning against each other.  The previous setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

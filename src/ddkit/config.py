@@ -1,0 +1,307 @@
+"""Training configuration: frozen dataclasses, read from TOML files plus ``key=value`` overrides,
+saved inside every checkpoint and read back by sampling.
+
+A config file has one table per section::
+
+    [model]            # a preset name and/or the fields of UNetConfig / MLPConfig
+    preset = "ddpm-28"
+    dropout = 0.1
+    [data]             # ddkit.data.DataConfig
+    name = "fashion_mnist"
+    [diffusion]        # DiffusionConfig
+    [optim]            # OptimConfig
+    [train]            # TrainSection
+
+Unknown sections or keys are errors naming the key and the allowed ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .data import DataConfig
+from .losses import LossType, VarianceType
+from .models import model_config_from_dict, model_config_to_dict, preset
+from .parameterization import Prediction
+
+SCHEMA_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """A configuration value that is not allowed (one line, naming the key)."""
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+        )
+
+
+def _positive(key: str, value, *, integer: bool = False, zero_ok: bool = False) -> None:
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{key}={value!r} must be a finite number {'>= 0' if zero_ok else '> 0'}")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and what the network learns."""
+
+    schedule: str = "linear"  # linear | cosine
+    T: int = 1000
+    zero_terminal_snr: bool = False
+    prediction: str = "eps"  # eps | x0 | v
+    loss: str = "simple"  # simple | vlb | hybrid
+    variance: str = "fixed_small"  # reverse variance for the bound; learned_range needs learn_sigma
+    timestep_sampler: str = "uniform"  # uniform | loss_second_moment
+
+    def __post_init__(self):
+        _choice("diffusion.schedule", self.schedule, ("linear", "cosine"))
+        _positive("diffusion.T", self.T, integer=True)
+        Prediction.parse(self.prediction)
+        LossType.parse(self.loss)
+        VarianceType.parse(self.variance)
+        _choice(
+            "diffusion.timestep_sampler", self.timestep_sampler, ("uniform", "loss_second_moment")
+        )
+        if self.loss == "simple" and self.variance == "learned_range":
+            raise ConfigError("diffusion.variance='learned_range' needs loss 'hybrid' or 'vlb'")
+
+    def make_schedule(self):
+        from .schedule import NoiseSchedule
+
+        return NoiseSchedule.make(self.schedule, self.T, zero_terminal_snr=self.zero_terminal_snr)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"  # adam | adamw
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 5000  # linear warm-up of the learning rate from 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay_k = min(ema_decay, (1 + k) / (10 + k))
+
+    def __post_init__(self):
+        _choice("optim.name", self.name, ("adam", "adamw"))
+        _positive("optim.lr", self.lr)
+        _positive("optim.eps", self.eps)
+        _positive("optim.weight_decay", self.weight_decay, zero_ok=True)
+        _positive("optim.warmup_steps", self.warmup_steps, integer=True, zero_ok=True)
+        _positive("optim.grad_clip", self.grad_clip, zero_ok=True)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"optim.ema_decay={self.ema_decay!r} must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    max_steps: int = 0  # required: the number of optimizer steps
+    batch_size: int = 128  # global batch (over all ranks and accumulation micro-batches)
+    grad_accum: int = 1
+    seed: int = 0
+    out_dir: str = "runs/ddkit"
+    precision: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU, else fp32) | fp32 | bf16
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    sample_every: int = 1000  # 0 disables periodic sample grids
+    sample_num: int = 64
+    sample_sampler: str = "ddim"
+    sample_steps: int = 50
+    tensorboard: bool = True  # when the tensorboard package is installed
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int):
+            raise ConfigError(f"train.max_steps={self.max_steps!r} must be an integer")
+        if self.max_steps < 1:
+            raise ConfigError("train.max_steps is required: set it to the number of steps (>= 1)")
+        for name in ("batch_size", "grad_accum", "log_every", "ckpt_every", "keep_last"):
+            _positive(f"train.{name}", getattr(self, name), integer=True)
+        for name in ("sample_every", "sample_num", "sample_steps", "seed"):
+            _positive(f"train.{name}", getattr(self, name), integer=True, zero_ok=True)
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} must be divisible by "
+                f"train.grad_accum={self.grad_accum}"
+            )
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        from .samplers import get_sampler
+
+        get_sampler(self.sample_sampler)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: object  # a ddkit.models config (UNetConfig | MLPConfig)
+    data: DataConfig
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=lambda: TrainSection(max_steps=1))
+
+    def __post_init__(self):
+        learned = getattr(self.model, "learn_sigma", False)
+        if (self.diffusion.variance == "learned_range") != learned:
+            raise ConfigError(
+                f"diffusion.variance={self.diffusion.variance!r} and model.learn_sigma={learned} "
+                "disagree: learned_range variance needs learn_sigma = true and vice versa"
+            )
+
+
+_SECTIONS = {"data": DataConfig, "diffusion": DiffusionConfig, "optim": OptimConfig}
+_SECTIONS["train"] = TrainSection
+
+
+def _coerce(key: str, hint, value):
+    """``value`` (from TOML / JSON) as the dataclass field type ``hint``, or ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(hint)):
+            return None
+        return _coerce(key, args[0], value)
+    if origin is tuple or hint is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list")
+        args = typing.get_args(hint)
+        inner = args[0] if args else object
+        return tuple(_coerce(key, inner, v) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key}={value!r} must be a {hint.__name__}")
+    return value
+
+
+def _section(cls, name: str, values: dict):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]}; allowed: {', '.join(names)}")
+    kwargs = {k: _coerce(f"{name}.{k}", hints[k], v) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def _model(values: dict):
+    values = dict(values)
+    name = values.pop("preset", None)
+    if name is None:
+        if "arch" not in values:
+            raise ConfigError("model needs 'preset' or 'arch' (unet | mlp) and its fields")
+        base = {}
+    else:
+        base = model_config_to_dict(preset(name))
+        if "arch" in values and values["arch"] != base["arch"]:
+            raise ConfigError(f"model.arch={values['arch']!r} contradicts preset {name!r}")
+    try:
+        return model_config_from_dict({**base, **values})
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def config_from_dict(d: dict) -> Config:
+    """A :class:`Config` from nested dicts (a TOML document or a checkpoint's saved config)."""
+    allowed = ("model", "data", "diffusion", "optim", "train")
+    unknown = sorted(set(d) - set(allowed) - {"schema_version"})
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    for name in ("model", "data"):
+        if name not in d:
+            raise ConfigError(f"the config needs a [{name}] section")
+    for name, v in d.items():
+        if name != "schema_version" and not isinstance(v, dict):
+            raise ConfigError(f"[{name}] must be a table of keys, got {v!r}")
+    sections = {name: _section(cls, name, d.get(name, {})) for name, cls in _SECTIONS.items()}
+    try:
+        return Config(model=_model(d["model"]), **sections)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain, JSON-able nested dicts (tuples become lists); inverse of :func:`config_from_dict`."""
+
+    def plain(obj):
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()
+        }
+
+    out = {"schema_version": SCHEMA_VERSION, "model": model_config_to_dict(cfg.model)}
+    for name in _SECTIONS:
+        out[name] = plain(getattr(cfg, name))
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``'optim.lr=1e-4'`` -> (['optim', 'lr'], 1e-4).  The value is read as a TOML value
+    (numbers, booleans, quoted strings, [lists]); anything else is taken as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ConfigError(f"override key {key!r} must be section.key (e.g. optim.lr)")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={raw.strip()} is not a finite number")
+    return path, value
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
+    """Merge TOML ``files`` in order, then ``section.key=value`` ``overrides``."""
+    merged: dict = {}
+    for f in files:
+        path = Path(f)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        for name, table in doc.items():
+            if isinstance(table, dict) and isinstance(merged.get(name), dict):
+                merged[name] = {**merged[name], **table}
+            else:
+                merged[name] = table
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        table = merged.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table of keys")
+        table[key] = value
+    return config_from_dict(merged)

@@ -1,0 +1,349 @@
+"""Trainer, EMA, checkpoints and configs: exact resume, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ddkit.config import ConfigError, config_from_dict, config_to_dict, load_config
+from ddkit.training import checkpoint as ckpt
+from ddkit.training.ema import EMA
+from ddkit.training.trainer import EpochBatches, NonFiniteLossError, Trainer, read_metrics
+
+
+class TinyData:
+    """An in-memory data set with the ddkit Dataset interface."""
+
+    def __init__(self, x: torch.Tensor, quantized: bool = False):
+        self.x, self.shape, self.quantized, self.name = x, tuple(x.shape[1:]), quantized, "tiny"
+        self.labels = None
+
+    def __len__(self):
+        return len(self.x)
+
+    def get_batch(self, idx):
+        return self.x[idx].clone()
+
+
+def points(n=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TinyData(torch.rand(n, 2, generator=g) * 2 - 1)
+
+
+def images(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, 256, (n, 1, 8, 8), generator=g)
+    return TinyData(k.float() / 127.5 - 1, quantized=True)
+
+
+def base_config(tmp_path: Path, **train) -> dict:
+    return {
+        "model": {"preset": "mlp-2d", "hidden": 32, "depth": 2, "time_dim": 16, "dropout": 0.1},
+        "data": {"name": "spiral", "num_samples": 50},
+        "diffusion": {"T": 100},
+        "optim": {"lr": 1e-3, "warmup_steps": 3, "ema_decay": 0.99},
+        "train": {
+            "max_steps": 10,
+            "batch_size": 8,
+            "ckpt_every": 5,
+            "log_every": 2,
+            "sample_every": 0,
+            "progress": False,
+            "tensorboard": False,
+            "out_dir": str(tmp_path),
+            **train,
+        },
+    }
+
+
+def image_config(tmp_path: Path, **train) -> dict:
+    d = base_config(tmp_path, **train)
+    d["model"] = {
+        "preset": "ddpm-8",
+        "base_channels": 32,
+        "channel_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [4],
+        "dropout": 0.1,
+    }
+    d["data"] = {"name": "digits", "hflip": True}
+    d["diffusion"] = {"T": 50, "loss": "hybrid", "variance": "learned_range"}
+    d["model"]["learn_sigma"] = True
+    return d
+
+
+def state_of(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
+    out |= {f"ema.{k}": v.clone() for k, v in trainer.ema.shadow.items()}
+    for i, st in trainer.optimizer.state_dict()["state"].items():
+        out |= {f"opt.{i}.{k}": torch.as_tensor(v).clone() for k, v in st.items()}
+    return out
+
+
+def assert_identical(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+# ---- configs ------------------------------------------------------------------------------------
+def test_config_round_trip_and_preset_override(tmp_path):
+    cfg = config_from_dict(base_config(tmp_path))
+    assert cfg.model.hidden == 32 and cfg.model.dim == 2
+    again = config_from_dict(json.loads(json.dumps(config_to_dict(cfg))))
+    assert again == cfg
+
+
+def test_load_config_merges_files_and_overrides(tmp_path):
+    f = tmp_path / "a.toml"
+    f.write_text(
+        '[model]\npreset = "mlp-2d"\n[data]\nname = "moons"\n[train]\nmax_steps = 5\n'
+        "[optim]\nlr = 0.01\n"
+    )
+    cfg = load_config([f], ["optim.lr=3e-4", "train.batch_size=16", 'data.name="spiral"'])
+    assert cfg.optim.lr == 3e-4 and cfg.train.batch_size == 16 and cfg.data.name == "spiral"
+    assert cfg.train.max_steps == 5
+
+
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("optim", "lr", math.nan, "optim.lr"),
+        ("optim", "lrr", 1e-3, "unknown key optim.lrr"),
+        ("train", "batch_size", 0, "train.batch_size"),
+        ("train", "precision", "fp8", "allowed: auto, fp32, bf16"),
+        ("diffusion", "prediction", "score", "allowed: eps, x0, v"),
+        ("model", "channels", 3, "channels"),
+        ("data", "name", "cifar", "cifar"),
+    ],
+)
+def test_bad_config_values_name_the_key(tmp_path, section, key, value, words):
+    d = base_config(tmp_path)
+    d[section][key] = value
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        config_from_dict(d)
+
+
+def test_config_errors_for_sections_and_overrides(tmp_path):
+    d = base_config(tmp_path)
+    d["trainer"] = {}
+    with pytest.raises(ConfigError, match="unknown section 'trainer'"):
+        config_from_dict(d)
+    d = base_config(tmp_path)
+    del d["train"]["max_steps"]
+    with pytest.raises(ConfigError, match="max_steps is required"):
+        config_from_dict(d)
+    with pytest.raises(ConfigError, match="finite"):
+        load_config([], ["optim.lr=nan"])
+    with pytest.raises(ConfigError, match="section.key"):
+        load_config([], ["lr=1"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([tmp_path / "missing.toml"])
+    d = base_config(tmp_path)
+    d["diffusion"]["variance"] = "learned_range"
+    d["diffusion"]["loss"] = "hybrid"
+    with pytest.raises(ConfigError, match="learn_sigma"):
+        config_from_dict(d)
+
+
+# ---- EMA ----------------------------------------------------------------------------------------
+def test_ema_matches_closed_form_with_warmup():
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9, warmup=True)
+    s = {k: v.clone() for k, v in ema.shadow.items()}
+    for k in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        d = min(0.9, (1 + k) / (10 + k))
+        assert ema.current_decay() == pytest.approx(d)
+        ema.update(model)
+        for n, p in model.named_parameters():
+            s[n] = d * s[n] + (1 - d) * p.detach()
+            torch.testing.assert_close(ema.shadow[n], s[n], rtol=1e-6, atol=1e-6)
+
+
+def test_ema_averages_parameters_only_and_leaves_buffers():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    ema = EMA(model, decay=0.5, warmup=False)
+    assert set(ema.shadow) == {n for n, _ in model.named_parameters()}
+    model.train()
+    model(torch.randn(16, 4))  # changes the running statistics (buffers)
+    with torch.no_grad():
+        model[0].weight.add_(2.0)
+    ema.update(model)
+    avg = ema.averaged_model(model)
+    for (n, b), (_, b_ema) in zip(model.named_buffers(), avg.named_buffers()):
+        assert torch.equal(b, b_ema), f"buffer {n} was averaged or not copied"
+    torch.testing.assert_close(avg[0].weight, model[0].weight - 1.0)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "c.bin"
+    ckpt.atomic_write_bytes(path, b"old")
+
+    def boom(*a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        ckpt.atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["c.bin"]  # no temporary left behind
+
+
+def test_checkpoint_round_trip_prune_and_errors(tmp_path):
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint(
+            tmp_path / ckpt.checkpoint_name(step), {"a": torch.ones(2) * step}, {"step": step}
+        )
+    ckpt.prune_checkpoints(tmp_path, 2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        ckpt.checkpoint_name(3),
+        ckpt.checkpoint_name(4),
+    ]
+    tensors, meta = ckpt.load_checkpoint(tmp_path)  # a folder: its newest
+    assert meta["step"] == 4 and torch.equal(tensors["a"], torch.full((2,), 4.0))
+    bad = tmp_path / "junk.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(ckpt.CheckpointError, match="not a ddkit checkpoint"):
+        ckpt.load_checkpoint(bad)
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.load_checkpoint(tmp_path / "nope.safetensors")
+    old = tmp_path / "old.safetensors"
+    from safetensors.torch import save
+
+    old.write_bytes(
+        save({"a": torch.ones(1)}, metadata={"ddkit": json.dumps({"schema_version": 0})})
+    )
+    with pytest.raises(ckpt.CheckpointError, match="schema version 0"):
+        ckpt.load_checkpoint(old)
+
+
+def test_epoch_batches_cover_each_epoch_once():
+    b = EpochBatches(10, seed=3)
+    first = torch.cat([b.next(4), b.next(4), b.next(2)])
+    assert sorted(first.tolist()) == list(range(10)) and b.epoch == 1 and b.pos == 0
+    resumed = EpochBatches(10, 3, epoch=1, pos=0)
+    assert torch.equal(resumed.next(7), b.next(7))
+
+
+# ---- the trainer --------------------------------------------------------------------------------
+def test_lr_warmup_is_linear(tmp_path):
+    tr = Trainer(config_from_dict(base_config(tmp_path)), dataset=points())
+    assert [tr.lr_at(s) for s in range(5)] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3])
+
+
+@pytest.mark.parametrize("interrupt_at", [3, 5, 7])
+def test_resume_is_bit_identical(tmp_path, interrupt_at):
+    """Uninterrupted 10 steps == interrupted at ``interrupt_at`` (checkpoints every 5; 3 and 7
+    fall between two checkpoints, 3 before the first), resumed from the newest checkpoint."""
+    data = points()
+    full = Trainer(
+        config_from_dict(base_config(tmp_path / "full")), dataset=data, log=lambda s: None
+    )
+    full.fit()
+
+    run = tmp_path / "cut"
+    cfg = config_from_dict(base_config(run, ckpt_every=5 if interrupt_at != 3 else 2))
+    first = Trainer(cfg, dataset=data)
+    first.fit(until=interrupt_at)
+    resumed = Trainer.from_checkpoint(run / "checkpoints", dataset=data, log=lambda s: None)
+    assert resumed.step == (interrupt_at // cfg.train.ckpt_every) * cfg.train.ckpt_every
+    resumed.fit()
+    assert resumed.step == 10
+    assert_identical(state_of(full), state_of(resumed))
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 10  # no duplicated log lines
+
+
+def test_resume_image_hybrid_grad_accum_flips_is_bit_identical(tmp_path):
+    """U-Net with learned variance (hybrid loss), dropout, flips, grad accumulation and the
+    importance timestep sampler: resume across the checkpoint is still exact."""
+    data = images()
+    extra = dict(batch_size=4, grad_accum=2, max_steps=4, ckpt_every=2)
+    full_cfg = image_config(tmp_path / "a", **extra)
+    full_cfg["diffusion"]["timestep_sampler"] = "loss_second_moment"
+    full = Trainer(config_from_dict(full_cfg), dataset=data)
+    full.fit()
+    cut_cfg = image_config(tmp_path / "b", **extra)
+    cut_cfg["diffusion"]["timestep_sampler"] = "loss_second_moment"
+    Trainer(config_from_dict(cut_cfg), dataset=data).fit(until=3)
+    resumed = Trainer.from_checkpoint(tmp_path / "b", dataset=data)
+    resumed.fit()
+    assert_identical(state_of(full), state_of(resumed))
+
+
+def test_metrics_have_loss_by_timestep_bucket(tmp_path):
+    Trainer(config_from_dict(base_config(tmp_path)), dataset=points()).fit()
+    recs = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [2, 4, 6, 8, 10]
+    for r in recs:
+        assert math.isfinite(r["loss"]) and r["loss_by_t"]
+        lo_hi = [tuple(map(int, k.split("-"))) for k in r["loss_by_t"]]
+        assert all(0 <= lo <= hi < 100 for lo, hi in lo_hi)
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_non_finite_loss_names_step_timesteps_and_checkpoint(tmp_path):
+    tr = Trainer(config_from_dict(base_config(tmp_path, ckpt_every=2)), dataset=points())
+    tr.fit(until=2)
+    with torch.no_grad():
+        next(tr.model.parameters()).fill_(math.nan)
+    with pytest.raises(NonFiniteLossError) as err:
+        tr.train_step()
+    msg = str(err.value)
+    assert "step 3" in msg and "timesteps in the batch: [" in msg
+    assert ckpt.checkpoint_name(2) in msg
+
+
+def test_data_shape_must_fit_model(tmp_path):
+    with pytest.raises(ValueError, match=r"data shape \(1, 8, 8\) does not fit"):
+        Trainer(config_from_dict(base_config(tmp_path)), dataset=images())
+
+
+def test_resume_rejects_changes_that_alter_the_run(tmp_path):
+    Trainer(config_from_dict(base_config(tmp_path, max_steps=2)), dataset=points()).fit()
+    with pytest.raises(ValueError, match="train.batch_size cannot change"):
+        Trainer.from_checkpoint(tmp_path, train_overrides={"batch_size": 4}, dataset=points())
+    longer = Trainer.from_checkpoint(tmp_path, train_overrides={"max_steps": 4}, dataset=points())
+    longer.fit()
+    assert longer.step == 4
+
+
+def test_checkpoint_from_another_architecture_is_refused(tmp_path):
+    Trainer(config_from_dict(base_config(tmp_path, max_steps=1)), dataset=points()).fit()
+    path = ckpt.latest_checkpoint(tmp_path)
+    tensors, meta = ckpt.load_checkpoint(path)
+    meta["config"]["model"]["hidden"] = 64  # weights of a 32-wide model under a 64-wide config
+    del meta["path"]
+    ckpt.save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "schema_version"})
+    with pytest.raises(ckpt.CheckpointError, match="do not fit the architecture"):
+        Trainer.from_checkpoint(path, dataset=points())
+    from ddkit.sampling import load_trained
+
+    with pytest.raises(ckpt.CheckpointError, match="do not fit the architecture"):
+        load_trained(path)
+
+
+def test_sample_grids_written_for_ema_and_online(tmp_path):
+    cfg = config_from_dict(
+        base_config(tmp_path, max_steps=2, sample_every=2, sample_num=16, sample_steps=5)
+    )
+    Trainer(cfg, dataset=points()).fit()
+    names = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert names == ["step-00000002-ema.png", "step-00000002-online.png"]
+
+
+def test_replace_keeps_config_frozen(tmp_path):
+    cfg = config_from_dict(base_config(tmp_path))
+    with pytest.raises(ConfigError):
+        replace(cfg.optim, lr=-1.0)

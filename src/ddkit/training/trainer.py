@@ -125,9 +125,11 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         o = cfg.optim
         opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(
-            self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
-        )
+        kw = dict(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        try:  # one fused kernel for all parameters (CPU and CUDA, torch >= 2.4)
+            self.optimizer = opt_cls(self.model.parameters(), fused=True, **kw)
+        except (RuntimeError, TypeError):
+            self.optimizer = opt_cls(self.model.parameters(), **kw)
         self.ema = EMA(self.model, o.ema_decay, warmup=o.ema_warmup) if self.dist.is_main else None
         self.batches = EpochBatches(len(self.dataset), tr.seed)
         self.gen = torch.Generator().manual_seed(tr.seed + 7_919)  # t, noise, flips

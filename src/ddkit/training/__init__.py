@@ -1,0 +1,1 @@
+"""Training: the loop (trainer.py), EMA, checkpoints, torchrun/DDP."""

@@ -1,0 +1,174 @@
+"""``ddkit train`` / ``ddkit sample`` / ``ddkit demo``: outputs, settings files and one-line errors
+with exit status 2 that leave nothing behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddkit.cli import main
+from ddkit.sampling import SampleSpec, generate, load_trained
+
+TOML = """
+[model]
+preset = "mlp-2d"
+hidden = 32
+depth = 2
+time_dim = 16
+[data]
+name = "moons"
+num_samples = 64
+[diffusion]
+T = 50
+[optim]
+warmup_steps = 2
+[train]
+max_steps = 3
+batch_size = 16
+ckpt_every = 3
+log_every = 1
+sample_every = 0
+progress = false
+tensorboard = false
+"""
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    f = tmp_path / "run.toml"
+    f.write_text(TOML + extra)
+    return f
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = write_config(tmp)
+    assert main(["train", str(cfg), "--set", f'train.out_dir="{tmp / "out"}"']) == 0
+    return tmp / "out"
+
+
+def one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+def test_train_writes_config_metrics_checkpoint(trained_run):
+    assert (trained_run / "checkpoints" / "ckpt-00000003.safetensors").exists()
+    cfg = json.loads((trained_run / "config.json").read_text())
+    assert cfg["model"]["arch"] == "mlp" and cfg["train"]["max_steps"] == 3
+    assert len((trained_run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_sample_writes_png_npz_and_settings(trained_run, tmp_path):
+    out = tmp_path / "s"
+    argv = ["sample", str(trained_run), "--sampler", "ddim", "--steps", "5", "--eta", "0"]
+    assert main([*argv, "--num", "10", "--batch-size", "4", "--out", str(out)]) == 0
+    x = np.load(out / "samples.npz")["x"]
+    assert x.shape == (10, 2) and np.isfinite(x).all()
+    settings = json.loads((out / "sampler.json").read_text())
+    assert settings["sampler"] == "ddim" and settings["options"] == {"eta": 0.0}
+    assert settings["steps"] == 5 and len(settings["timesteps"]) == 5 and settings["nfe"] == 5
+    assert settings["step"] == 3 and settings["weights"] == "ema"
+    assert (out / "samples.png").stat().st_size > 0
+
+
+def test_deterministic_sampling_does_not_depend_on_batch_size(trained_run):
+    trained = load_trained(trained_run)
+    spec = SampleSpec("ddim", 4, "trailing", {"eta": 0.0})
+    a = generate(trained, spec, 9, seed=1, batch_size=9)
+    b = generate(trained, spec, 9, seed=1, batch_size=2)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--steps", "51"], ["steps=51", "1..50"]),
+        (["--sampler", "euler"], ["unknown sampler 'euler'", "ddim"]),
+        (["--spacing", "cubic"], ["spacing 'cubic'", "trailing"]),
+        (["--sampler", "ddpm", "--eta", "0.5"], ["takes no option 'eta'", "variance"]),
+        (["--eta", "-1"], ["eta=-1.0", ">= 0"]),
+        (["--sampler", "ddpm", "--variance", "huge"], ["variance='huge'", "tweedie"]),
+        (["--weights", "best"], ["weights='best'", "ema, online"]),
+    ],
+)
+def test_sample_bad_input_exit_2_nothing_written(trained_run, tmp_path, capsys, args, words):
+    out = tmp_path / "never"
+    assert main(["sample", str(trained_run), *args, "--out", str(out)]) == 2
+    one_line_error(capsys, *words)
+    assert not out.exists()
+
+
+def test_sample_missing_or_foreign_checkpoint(tmp_path, capsys):
+    assert main(["sample", str(tmp_path / "none.safetensors")]) == 2
+    one_line_error(capsys, "does not exist")
+    junk = tmp_path / "x.safetensors"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert main(["sample", str(junk)]) == 2
+    one_line_error(capsys, "not a ddkit checkpoint")
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ("[optim]\nlr = nan\n", ["optim.lr=nan"]),
+        ("[train]\nmax_step = 3\n", ["unknown key train.max_step", "max_steps"]),
+        ("[extra]\nx = 1\n", ["unknown section 'extra'"]),
+        ('[model]\narch = "unet"\n', ["contradicts preset 'mlp-2d'"]),
+    ],
+)
+def test_train_bad_config_exit_2_nothing_written(tmp_path, capsys, extra, words):
+    # later tables with the same name would be a TOML error; write one document per case
+    base = TOML
+    for section in ("[optim]", "[train]", "[model]"):
+        if extra.startswith(section):
+            base = base.replace(section, extra.strip() + "\n", 1)
+            extra = ""
+    f = tmp_path / "bad.toml"
+    f.write_text(base + extra)
+    out = tmp_path / "out"
+    assert main(["train", str(f), "--set", f'train.out_dir="{out}"']) == 2
+    one_line_error(capsys, *words)
+    assert not out.exists()
+
+
+def test_train_bad_overrides_and_data(tmp_path, capsys):
+    cfg = write_config(tmp_path)
+    out = tmp_path / "out"
+    assert main(["train", str(cfg), "--set", "optim.lr=nan", "--set", f'train.out_dir="{out}"']) == 2
+    one_line_error(capsys, "not a finite number")
+    missing = tmp_path / "no-such-folder"
+    overrides = ["--set", 'data.name="folder"', "--set", f'data.path="{missing}"']
+    overrides += ["--set", f'train.out_dir="{out}"']
+    assert main(["train", str(cfg), *overrides]) == 2
+    one_line_error(capsys, str(missing))
+    assert not out.exists()
+
+
+def test_resume_refuses_config_changes(trained_run, capsys):
+    assert main(["train", "--resume", str(trained_run), "--set", "optim.lr=1e-3"]) == 2
+    one_line_error(capsys, "optim.lr cannot change on resume")
+
+
+def test_argparse_errors_are_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sample"])
+    assert e.value.code == 2
+    one_line_error(capsys, "checkpoint")
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_at_small_scale(tmp_path):
+    from ddkit.demo import run_demo
+
+    times = run_demo(tmp_path, steps_scale=0.005, progress=False, log=lambda s: None)
+    assert set(times) == {"spiral", "digits"}
+    for name in times:
+        for f in ("samples.png", "trajectory.png", "loss.png", "config.json"):
+            assert (tmp_path / name / f).stat().st_size > 0, (name, f)

@@ -398,3 +398,19 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 def test_shipped_configs_are_valid(path):
     cfg = load_config([path])
     assert cfg.train.max_steps >= 1
+
+
+def test_tensorboard_events_written_when_installed(tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard (part of .[test] / .[data])")
+    cfg = config_from_dict(base_config(tmp_path, max_steps=2, tensorboard=True))
+    Trainer(cfg, dataset=points()).fit()
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_progress_bar_shows_rate_and_eta(tmp_path, capsys):
+    cfg = config_from_dict(base_config(tmp_path, max_steps=3, progress=True))
+    Trainer(cfg, dataset=points()).fit()
+    err = capsys.readouterr().err
+    assert "3/3" in err and ("step/s" in err or "s/step" in err)
+    assert "<" in err  # tqdm's elapsed<remaining (ETA)

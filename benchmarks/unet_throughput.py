@@ -1,0 +1,342 @@
+"""Training throughput of ddkit's DDPM U-Net beside diffusers' ``UNet2DModel`` of the same
+architecture, on CPU in fp32.
+
+One training step = forward + MSE loss against a noise target + backward + Adam step (the
+``ddkit train`` optimizer: ``torch.optim.Adam(fused=True)``, the same on both sides).  diffusers is
+configured to the same network (block_out_channels, layers_per_block, attention at the same
+resolutions with one head, GroupNorm groups and eps, dropout, the DDPM sinusoidal embedding); the
+script checks that both have the same parameter count and, after copying diffusers' weights into
+ours, the same output.  Both run with their default settings: ours is ``UNetConfig.build()`` as
+``ddkit train`` builds it (its Winograd / sub-pixel / dropout paths are default behaviour), theirs
+is ``UNet2DModel(...)`` with its default attention processor.
+
+Timing: both models live in one process; after a warm-up, steps alternate (ours, theirs, theirs,
+ours, ...) and each side's median step time gives images/s, with the min-max spread.  GFLOP/s is
+the nominal FLOP count of one step (forward + backward, counted by FlopCounterMode on the diffusers
+model, attention included; Adam not counted) over the median time, so both sides are credited with
+the same work.  Peak memory: each model trains 3 steps alone in a fresh subprocess; reported is the
+process's peak resident set size (VmHWM; imports of torch and diffusers, model, Adam state
+included) and its growth over the training steps (activations, gradients, optimizer state).
+
+    .venv/bin/python benchmarks/unet_throughput.py [--reps 9] [--threads 2] [--case cifar|28|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# With more runnable threads than cores (a shared machine), OpenMP's default spin-waiting makes
+# parallel ops wait for descheduled workers; passive waiting times the arithmetic instead.  It must
+# be set before torch loads OpenMP; OMP_WAIT_POLICY=ACTIVE in the environment overrides.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import (  # noqa: E402
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+from ddkit.models import UNet, UNetConfig, count_parameters, preset  # noqa: E402
+
+CASES = {"cifar": ("ddpm-cifar10", 8), "28": ("ddpm-28", 64)}
+LR = 2e-4
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def diffusers_model(cfg: UNetConfig):
+    """``UNet2DModel`` with the architecture of ``cfg`` (same parameter count, same function)."""
+    from diffusers import UNet2DModel
+
+    if cfg.num_heads != 1:  # diffusers fixes the head width, ddkit the number of heads
+        raise ValueError("the diffusers twin is defined for num_heads=1 only")
+    res = cfg.resolutions()
+    attn = [r in cfg.attention_resolutions for r in res]
+    width = [cfg.base_channels * m for m in cfg.channel_mult]
+    return UNet2DModel(
+        sample_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=tuple(width),
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        layers_per_block=cfg.num_res_blocks,
+        attention_head_dim=None,  # one head as wide as the channels
+        norm_num_groups=cfg.groups,
+        norm_eps=1e-6,
+        dropout=cfg.dropout,
+        flip_sin_to_cos=False,  # DDPM: [sin, cos]
+        freq_shift=1,  # DDPM: frequencies 10000 ** (-k / (half - 1))
+        downsample_padding=1,
+    )
+
+
+def copy_diffusers_weights(ours: UNet, theirs) -> None:
+    """Load ``theirs``' weights into ``ours`` (the module correspondence of the two U-Nets)."""
+    cfg = ours.config
+    src = theirs.state_dict()
+    out = {}
+
+    def take(dst: str, name: str) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{name}.{suffix}" in src:
+                out[f"{dst}.{suffix}"] = src[f"{name}.{suffix}"]
+
+    def res(dst: str, name: str) -> None:
+        for a, b in (("norm1", "norm1"), ("conv1", "conv1"), ("emb_proj", "time_emb_proj")):
+            take(f"{dst}.{a}", f"{name}.{b}")
+        for a, b in (("norm2", "norm2"), ("conv2", "conv2"), ("skip", "conv_shortcut")):
+            take(f"{dst}.{a}", f"{name}.{b}")
+
+    def attn(dst: str, name: str) -> None:
+        take(f"{dst}.norm", f"{name}.group_norm")
+        take(f"{dst}.proj", f"{name}.to_out.0")
+        for suffix in ("weight", "bias"):
+            parts = [src[f"{name}.to_{k}.{suffix}"] for k in "qkv"]
+            out[f"{dst}.qkv.{suffix}"] = torch.cat(parts)
+
+    take("conv_in", "conv_in")
+    take("time_embed.0", "time_embedding.linear_1")
+    take("time_embed.2", "time_embedding.linear_2")
+    take("norm_out", "conv_norm_out")
+    take("conv_out", "conv_out")
+    levels = len(cfg.channel_mult)
+    attended = [r in cfg.attention_resolutions for r in cfg.resolutions()]
+    k = 0
+    for level in range(levels):
+        for i in range(cfg.num_res_blocks):
+            res(f"down.{k}.0", f"down_blocks.{level}.resnets.{i}")
+            if attended[level]:
+                attn(f"down.{k}.1", f"down_blocks.{level}.attentions.{i}")
+            k += 1
+        if level != levels - 1:
+            take(f"down.{k}.0.conv", f"down_blocks.{level}.downsamplers.0.conv")
+            k += 1
+    res("middle.0", "mid_block.resnets.0")
+    attn("middle.1", "mid_block.attentions.0")
+    res("middle.2", "mid_block.resnets.1")
+    k = 0
+    for j, level in enumerate(reversed(range(levels))):
+        for i in range(cfg.num_res_blocks + 1):
+            res(f"up.{k}.0", f"up_blocks.{j}.resnets.{i}")
+            if attended[level]:
+                attn(f"up.{k}.1", f"up_blocks.{j}.attentions.{i}")
+            if level != 0 and i == cfg.num_res_blocks:
+                up = 2 if attended[level] else 1
+                take(f"up.{k}.{up}.conv", f"up_blocks.{j}.upsamplers.0.conv")
+            k += 1
+    ours.load_state_dict(out, strict=True)
+
+
+def check_same_function(cfg: UNetConfig) -> float:
+    """Relative max difference of the two outputs (eval mode) with diffusers' weights, randomised
+    so that the zero-initialised layers do not hide anything."""
+    torch.manual_seed(0)
+    theirs = diffusers_model(cfg)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0.0, 0.02 if p.ndim > 1 else 0.1)
+    ours = cfg.build()
+    copy_diffusers_weights(ours, theirs)
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(8, *cfg.input_shape())  # batch 8: the CIFAR model's Winograd path is taken
+    t = torch.tensor([0, 1, 10, 100, 300, 500, 800, 999])
+    with torch.no_grad():
+        a, b = ours(x, t), theirs(x, t).sample
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _cpu_flash_fwd(q, k, v, *args, **kwargs) -> int:
+    return sdpa_flop_count(q, k, v)
+
+
+def _cpu_flash_bwd(grad_out, q, k, v, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, q, k, v)
+
+
+def count_step_flops(model, forward, cfg: UNetConfig, batch: int) -> int:
+    """FLOPs of forward + backward of one step (CPU flash attention counted like the CUDA one)."""
+    ops = torch.ops.aten
+    mapping = {
+        ops._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_fwd,
+        ops._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_bwd,
+    }
+    x = torch.randn(batch, *cfg.input_shape())
+    t = torch.randint(0, 1000, (batch,))
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        forward(x, t).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+class Side:
+    """One model with its optimizer, data and a ``step()``."""
+
+    def __init__(self, name: str, cfg: UNetConfig, batch: int):
+        torch.manual_seed(1)
+        if name == "ours":
+            self.model = cfg.build()
+            self.forward = self.model
+        else:
+            self.model = diffusers_model(cfg)
+            self.forward = lambda x, t: self.model(x, t).sample
+        self.model.train()
+        try:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, fused=True)
+        except (RuntimeError, TypeError):
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
+        g = torch.Generator().manual_seed(2)
+        self.x = torch.randn(batch, *cfg.input_shape(), generator=g)
+        self.noise = torch.randn(
+            batch, cfg.out_channels, cfg.image_size, cfg.image_size, generator=g
+        )
+        self.t = torch.randint(0, 1000, (batch,), generator=g)
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        loss = (self.forward(self.x, self.t) - self.noise).square().mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return time.perf_counter() - start
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size in KiB: VmHWM from /proc/self/status (reset by exec,
+    unlike ru_maxrss, which a child inherits from its parent's size at fork), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def worker(side: str, preset_name: str, batch: int, threads: int, steps: int) -> None:
+    """Subprocess entry: train ``steps`` steps alone, print the peak RSS before and after (KiB)."""
+    import diffusers  # noqa: F401  (both sides import the same modules)
+
+    torch.set_num_threads(threads)
+    s = Side(side, preset(preset_name), batch)
+    before = peak_rss_kib()
+    for _ in range(steps):
+        s.step()
+    print(json.dumps({"before_kib": before, "after_kib": peak_rss_kib()}))
+
+
+def peak_memory(side: str, preset_name: str, batch: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", side, preset_name, str(batch), str(threads), "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_case(preset_name: str, batch: int, reps: int, threads: int) -> dict:
+    cfg = preset(preset_name)
+    err = check_same_function(cfg)
+    sides = {name: Side(name, cfg, batch) for name in ("ours", "diffusers")}
+    params = {name: count_parameters(s.model) for name, s in sides.items()}
+    if params["ours"] != params["diffusers"]:
+        raise RuntimeError(f"parameter counts differ: {params}")
+    nominal = count_step_flops(sides["diffusers"].model, sides["diffusers"].forward, cfg, batch)
+    executed = count_step_flops(sides["ours"].model, sides["ours"].forward, cfg, batch)
+    for s in sides.values():  # warm-up: oneDNN primitive caches, allocator
+        s.step()
+        s.step()
+    times = {name: [] for name in sides}
+    for r in range(reps):
+        order = ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")
+        for name in order:
+            times[name].append(sides[name].step())
+    memory = {name: peak_memory(name, preset_name, batch, threads) for name in sides}
+    return {
+        "preset": preset_name,
+        "batch": batch,
+        "params": params,
+        "output_rel_diff": err,
+        "nominal_gflop": nominal / 1e9,
+        "ours_executed_gflop": executed / 1e9,
+        "times": times,
+        "memory": memory,
+    }
+
+
+def report(result: dict) -> str:
+    b = result["batch"]
+    times = result["times"]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = [
+        f"### {result['preset']}, batch {b}",
+        "",
+        f"parameters: ours {result['params']['ours']:,}, diffusers "
+        f"{result['params']['diffusers']:,}; same output after copying weights (max rel. diff "
+        f"{result['output_rel_diff']:.1e}); nominal {result['nominal_gflop']:.1f} GFLOP per step "
+        f"(ours executes {result['ours_executed_gflop']:.1f})",
+        "",
+        "| model | images/s (median) | spread (min-max) | ms/step | GFLOP/s | peak RSS | RSS growth |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("ours", "diffusers"):
+        ts = times[name]
+        mem = result["memory"][name]
+        lines.append(
+            f"| {name} | {b / med[name]:.2f} | {b / max(ts):.2f}-{b / min(ts):.2f} | "
+            f"{1e3 * med[name]:.0f} | {result['nominal_gflop'] / med[name]:.1f} | "
+            f"{mem['after_kib'] / 1024:.0f} MiB | {(mem['after_kib'] - mem['before_kib']) / 1024:.0f} MiB |"
+        )
+    ratios = sorted(d / o for o, d in zip(times["ours"], times["diffusers"]))
+    lines += [
+        "",
+        f"speed-up ours / diffusers: **{med['diffusers'] / med['ours']:.3f}x** (ratio of medians); "
+        f"per-round ratios {ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.3f}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        side, name, batch, threads, steps = sys.argv[2:7]
+        worker(side, name, int(batch), int(threads), int(steps))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=9, help="timed steps per model and case")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import diffusers
+
+    load = os.getloadavg()
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+        f"({args.threads} threads), diffusers {diffusers.__version__}, fp32, "
+        f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start "
+        f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {args.reps} timed steps per model\n"
+    )
+    cases = CASES.values() if args.case == "all" else [CASES[args.case]]
+    for name, batch in cases:
+        print(report(run_case(name, batch, args.reps, args.threads)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

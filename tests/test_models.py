@@ -1,0 +1,394 @@
+"""ddkit.models: the DDPM U-Net, the MLP, their layers and configs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddkit.models import (
+    PRESETS,
+    MLPConfig,
+    UNetConfig,
+    count_parameters,
+    model_config_from_dict,
+    model_config_to_dict,
+    preset,
+    timestep_embedding,
+)
+from ddkit.models.layers import AttentionBlock, Conv3x3, Dropout, upsample_conv
+from ddkit.models.winograd import winograd_conv3x3, winograd_pays
+
+TINY = UNetConfig(
+    image_size=8,
+    in_channels=2,
+    base_channels=8,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_resolutions=(4,),
+    dropout=0.0,
+    groups=4,
+)
+
+
+def _randomise_zero_params(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give the zero-initialised layers (last conv of each branch, attention output, conv_out)
+    small random weights, so that every path of the network carries signal and gradient."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def _inputs(cfg, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(cfg, MLPConfig):
+        x = torch.randn(n, cfg.dim, generator=g)
+    else:
+        x = torch.randn(n, *cfg.input_shape(), generator=g)
+    return x, torch.randint(0, 1000, (n,), generator=g)
+
+
+# --- parameter count and shapes -------------------------------------------------------------
+
+
+def test_ddpm_cifar10_has_the_official_parameter_count():
+    # Ho et al. 2020's CIFAR-10 model (and diffusers' google/ddpm-cifar10-32): 35,746,307
+    assert count_parameters(preset("ddpm-cifar10").build()) == 35_746_307
+
+
+def test_count_parameters_trainable_only():
+    model = TINY.build()
+    total = count_parameters(model)
+    model.conv_in.weight.requires_grad_(False)
+    assert count_parameters(model, trainable_only=True) == total - model.conv_in.weight.numel()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_every_preset_maps_its_input_shape(name, learn_sigma):
+    cfg = preset(name).replace(learn_sigma=learn_sigma)
+    model = cfg.build().eval()
+    x, t = _inputs(cfg, 2)
+    with torch.no_grad():
+        out = model(x, t)
+    factor = 2 if learn_sigma else 1
+    assert out.shape == (x.shape[0], factor * x.shape[1], *x.shape[2:])
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.isfinite(out).all()
+
+
+def test_unet_rejects_inputs_that_do_not_match_the_config():
+    model = TINY.build()
+    x, t = _inputs(TINY, 2)
+    with pytest.raises(ValueError, match=r"\[N, 2, 8, 8\]"):
+        model(torch.randn(2, 3, 8, 8), t)
+    with pytest.raises(ValueError, match="input shape"):
+        model(torch.randn(2, 2, 16, 16), t)
+    with pytest.raises(ValueError, match="timesteps"):
+        model(x, t[:1])
+    with pytest.raises(ValueError, match="timesteps"):
+        model(x, t[:, None])
+
+
+def test_mlp_rejects_inputs_that_do_not_match_the_config():
+    model = MLPConfig(dim=3).build()
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        model(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="timesteps"):
+        model(torch.randn(4, 3), torch.zeros(3, dtype=torch.long))
+
+
+# --- sinusoidal embedding -------------------------------------------------------------------
+
+
+def test_timestep_embedding_closed_form():
+    t = torch.tensor([0, 1, 7, 500, 999])
+    dim = 16
+    emb = timestep_embedding(t, dim)
+    assert emb.shape == (5, dim) and emb.dtype == torch.float32
+    half = dim // 2
+    for k in range(half):
+        freq = 10000.0 ** (-k / (half - 1))
+        for i, ti in enumerate(t.tolist()):
+            assert emb[i, k].item() == pytest.approx(math.sin(ti * freq), abs=1e-4)
+            assert emb[i, half + k].item() == pytest.approx(math.cos(ti * freq), abs=1e-4)
+    # t = 0: sin part zero, cos part one
+    assert torch.equal(emb[0], torch.cat([torch.zeros(half), torch.ones(half)]))
+
+
+def test_timestep_embedding_is_bounded_and_distinct():
+    t = torch.arange(1000)
+    emb = timestep_embedding(t, 128)
+    assert emb.abs().max() <= 1.0
+    # every pair of distinct timesteps is clearly apart
+    dist = torch.cdist(emb, emb)
+    dist.fill_diagonal_(float("inf"))
+    assert dist.min() > 0.1
+
+
+def test_timestep_embedding_odd_dim_and_errors():
+    emb = timestep_embedding(torch.tensor([3, 4]), 9)
+    assert emb.shape == (2, 9) and torch.equal(emb[:, -1], torch.zeros(2))
+    with pytest.raises(ValueError, match="shape"):
+        timestep_embedding(torch.zeros(2, 1), 8)
+    with pytest.raises(ValueError, match="dim"):
+        timestep_embedding(torch.zeros(2), 2)
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 4])
+def test_attention_block_equals_naive_softmax_attention(num_heads):
+    torch.manual_seed(0)
+    n, c, h, w = 2, 16, 4, 3
+    block = AttentionBlock(c, num_heads=num_heads, groups=4).double()
+    _randomise_zero_params(block)
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+
+    tokens = F.group_norm(x, 4, block.norm.weight, block.norm.bias, block.norm.eps)
+    tokens = tokens.reshape(n, c, h * w).transpose(1, 2)  # [N, L, C]
+    q, k, v = (tokens @ block.qkv.weight.T + block.qkv.bias).chunk(3, dim=-1)
+    d = c // num_heads
+    outs = []
+    for head in range(num_heads):
+        sl = slice(head * d, (head + 1) * d)
+        weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(d), dim=-1)
+        outs.append(weights @ v[..., sl])
+    attn = torch.cat(outs, dim=-1) @ block.proj.weight.T + block.proj.bias
+    expected = x + attn.transpose(1, 2).reshape(n, c, h, w)
+
+    torch.testing.assert_close(block(x), expected, rtol=1e-10, atol=1e-10)
+    channels_last = block(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(channels_last, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_attention_block_starts_as_identity():
+    block = AttentionBlock(8, groups=4)
+    x = torch.randn(1, 8, 3, 3)
+    torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 4), (1, 3, 2, 2), (2, 3, 4, 6)])
+def test_winograd_conv_is_the_convolution_forward_and_backward(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, shape[1], 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(winograd_conv3x3(x, w, b), F.conv2d(x, w, b, padding=1))
+    assert torch.autograd.gradcheck(winograd_conv3x3, (x, w, b))
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(winograd_conv3x3, (x_cl, w, None))
+
+
+def test_winograd_conv_float32_accuracy_and_layout():
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 8, 8)
+    w = torch.randn(32, 64, 3, 3) / 24
+    b = torch.randn(32)
+    y = winograd_conv3x3(x, w, b)
+    exact = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+    assert ((y.double() - exact).abs().max() / exact.abs().max()).item() < 1e-5
+    assert y.is_contiguous()
+    y_cl = winograd_conv3x3(x.contiguous(memory_format=torch.channels_last), w, b)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="even"):
+        winograd_conv3x3(torch.randn(1, 64, 7, 8), w, b)
+    with pytest.raises(ValueError, match="input channels"):
+        winograd_conv3x3(torch.randn(1, 32, 8, 8), w, b)
+
+
+def test_winograd_is_taken_only_where_it_pays():
+    wide = torch.empty(8, 256, 16, 16)
+    assert winograd_pays(wide, 256, 256)
+    assert not winograd_pays(wide[:1], 256, 256)  # 64 tiles
+    assert not winograd_pays(torch.empty(64, 32, 28, 28), 32, 32)  # few channels
+    assert not winograd_pays(torch.empty(8, 256, 15, 16), 256, 256)  # odd size
+    assert not winograd_pays(torch.empty(8, 384, 32, 32), 384, 128)  # V beyond cache
+    assert not winograd_pays(wide.to(torch.bfloat16), 256, 256)
+
+
+def test_conv3x3_matches_conv2d_on_both_paths():
+    torch.manual_seed(0)
+    conv = Conv3x3(128, 128)
+    ref = torch.nn.Conv2d(128, 128, 3, padding=1)
+    ref.load_state_dict(conv.state_dict())
+    for x in (torch.randn(8, 128, 16, 16), torch.randn(2, 128, 6, 6)):
+        assert winograd_pays(x, 128, 128) == (x.shape[0] == 8)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = conv(xa), ref(xb)
+        torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-4)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-3, atol=1e-2)
+        torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-3)
+        conv.zero_grad()
+        ref.zero_grad()
+
+
+def test_upsample_conv_is_nearest_upsampling_then_conv():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    expected = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+    torch.testing.assert_close(upsample_conv(x, w, b), expected)
+    assert torch.autograd.gradcheck(upsample_conv, (x, w, b))
+
+
+def test_dropout_statistics_and_modes():
+    torch.manual_seed(0)
+    drop = Dropout(0.25)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)  # the same mask in the backward
+    drop.eval()
+    assert drop(x) is x
+    with pytest.raises(ValueError, match="dropout"):
+        Dropout(1.0)
+
+
+# --- whole models ---------------------------------------------------------------------------
+
+
+def test_unet_output_depends_on_the_timestep():
+    torch.manual_seed(0)
+    model = TINY.build().eval()
+    _randomise_zero_params(model)
+    x, _ = _inputs(TINY, 1)
+    x = x.expand(3, -1, -1, -1)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 1, 900]))
+    assert (out[0] - out[1]).abs().max() > 1e-4
+    assert (out[0] - out[2]).abs().max() > 1e-3
+
+
+def test_mlp_output_depends_on_the_timestep():
+    torch.manual_seed(0)
+    model = preset("mlp-2d").build().eval()
+    _randomise_zero_params(model)
+    x = torch.randn(1, 2).expand(3, -1)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 1, 900]))
+    assert (out[0] - out[1]).abs().max() > 1e-5
+    assert (out[0] - out[2]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("cfg", [TINY.replace(dropout=0.3), MLPConfig(hidden=32, dropout=0.3)])
+def test_dropout_is_active_in_train_and_off_in_eval(cfg):
+    torch.manual_seed(0)
+    model = cfg.build()
+    _randomise_zero_params(model)
+    x, t = _inputs(cfg, 2)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x, t), model(x, t))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, t), model(x, t))
+
+
+@pytest.mark.parametrize("cfg", [TINY.replace(learn_sigma=True), MLPConfig(hidden=32, depth=2)])
+def test_gradient_reaches_every_parameter(cfg):
+    torch.manual_seed(0)
+    model = cfg.build()
+    _randomise_zero_params(model)
+    x, t = _inputs(cfg, 4)
+    model(x, t).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_zero_initialised_output_at_start():
+    model = TINY.build()
+    x, t = _inputs(TINY, 2)
+    with torch.no_grad():
+        assert torch.equal(model(x, t), torch.zeros_like(x))
+
+
+# --- configs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_dict_round_trip_through_json(name):
+    cfg = preset(name)
+    d = model_config_to_dict(cfg)
+    assert d["arch"] == ("unet" if isinstance(cfg, UNetConfig) else "mlp")
+    back = model_config_from_dict(json.loads(json.dumps(d)))
+    assert back == cfg and type(back) is type(cfg)
+    if isinstance(cfg, UNetConfig):
+        assert isinstance(back.channel_mult, tuple)
+        assert isinstance(back.attention_resolutions, tuple)
+
+
+def test_config_dict_errors_name_the_bad_and_the_allowed():
+    d = model_config_to_dict(preset("ddpm-28"))
+    with pytest.raises(ValueError, match=r"'colour'.*allowed keys.*image_size"):
+        model_config_from_dict({**d, "colour": 1})
+    with pytest.raises(ValueError, match=r"'transformer'.*\['mlp', 'unet'\]"):
+        model_config_from_dict({**d, "arch": "transformer"})
+    with pytest.raises(ValueError, match="arch"):
+        model_config_from_dict({k: v for k, v in d.items() if k != "arch"})
+    with pytest.raises(ValueError, match="image_size"):
+        model_config_from_dict({"arch": "unet"})
+    with pytest.raises(ValueError, match="not a model config"):
+        model_config_to_dict({"arch": "unet"})
+
+
+def test_unknown_preset_lists_the_names():
+    with pytest.raises(ValueError, match=r"'ddpm-64'.*ddpm-cifar10.*mlp-2d"):
+        preset("ddpm-64")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(image_size=30), r"image_size 30 must be divisible by 8"),
+        (dict(base_channels=100), r"channel width 100 .* divisible by groups 32"),
+        (dict(attention_resolutions=(12,)), r"attention resolution 12 .* \(32, 16, 8, 4\)"),
+        (dict(num_heads=3), r"divisible by num_heads 3"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\)"),
+        (dict(channel_mult=()), r"channel_mult"),
+        (dict(channel_mult=(1, 0)), r"channel_mult"),
+        (dict(num_res_blocks=0), r"num_res_blocks"),
+        (dict(in_channels=0), r"in_channels"),
+        (dict(groups=True), r"groups"),
+        (dict(learn_sigma=1), r"learn_sigma"),
+        (dict(channel_mult=2), r"channel_mult must be a tuple"),
+    ],
+)
+def test_bad_unet_configs_raise(changes, message):
+    with pytest.raises(ValueError, match=message):
+        preset("ddpm-cifar10").replace(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(dim=0), "dim"),
+        (dict(depth=0), "depth"),
+        (dict(time_dim=3), "time_dim"),
+        (dict(dropout=-0.1), "dropout"),
+        (dict(learn_sigma="yes"), "learn_sigma"),
+    ],
+)
+def test_bad_mlp_configs_raise(changes, message):
+    with pytest.raises(ValueError, match=message):
+        MLPConfig(**changes)
+
+
+def test_list_fields_become_tuples():
+    cfg = UNetConfig(image_size=8, channel_mult=[1, 2], attention_resolutions=[4], groups=8)
+    assert cfg.channel_mult == (1, 2) and cfg.attention_resolutions == (4,)
+    assert hash(cfg) == hash(cfg.replace())

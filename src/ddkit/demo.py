@@ -26,10 +26,10 @@ from .training.trainer import Trainer
 
 DEMOS = {
     "spiral": {
-        "model": {"preset": "mlp-2d"},
+        "model": {"preset": "mlp-2d", "hidden": 128, "depth": 3},
         "data": {"name": "spiral", "num_samples": 20000},
         "optim": {"lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995, "grad_clip": 1.0},
-        "train": {"max_steps": 4000, "batch_size": 256, "sample_every": 2000, "sample_num": 2000},
+        "train": {"max_steps": 3000, "batch_size": 256, "sample_every": 1000, "sample_num": 2000},
     },
     "digits": {
         "model": {"preset": "ddpm-8", "num_res_blocks": 1, "dropout": 0.0},

@@ -141,7 +141,9 @@ def test_train_bad_config_exit_2_nothing_written(tmp_path, capsys, extra, words)
 def test_train_bad_overrides_and_data(tmp_path, capsys):
     cfg = write_config(tmp_path)
     out = tmp_path / "out"
-    assert main(["train", str(cfg), "--set", "optim.lr=nan", "--set", f'train.out_dir="{out}"']) == 2
+    assert (
+        main(["train", str(cfg), "--set", "optim.lr=nan", "--set", f'train.out_dir="{out}"']) == 2
+    )
     one_line_error(capsys, "not a finite number")
     missing = tmp_path / "no-such-folder"
     overrides = ["--set", 'data.name="folder"', "--set", f'data.path="{missing}"']

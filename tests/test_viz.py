@@ -26,13 +26,18 @@ def test_grid_places_each_image_at_its_cell():
 def test_pictures_are_pngs(tmp_path):
     imgs = torch.rand(5, 3, 8, 8) * 2 - 1
     viz.save_samples(imgs, tmp_path / "grid.png")
-    assert Image.open(tmp_path / "grid.png").size == (3 * 10 + 2, 2 * 10 + 2)
+    assert Image.open(tmp_path / "grid.png").size == (3 * 34 + 2, 2 * 34 + 2)  # 8 px -> 32 px
+    big = torch.rand(2, 1, 40, 40) * 2 - 1
+    viz.save_image_grid(big, tmp_path / "big.png")
+    assert Image.open(tmp_path / "big.png").size == (2 * 42 + 2, 42 + 2)  # not enlarged
     pts = torch.randn(100, 2) * 0.3
     viz.save_samples(pts, tmp_path / "pts.png", reference=pts)
     frames = [("t=0", pts), ("t=500", pts * 2)]
     viz.save_trajectory(frames, frames[::-1], tmp_path / "traj2d.png")
     viz.save_trajectory([("t=0", imgs)], [("t=0", imgs)], tmp_path / "traj_img.png")
-    recs = [{"step": s, "loss": 1.0 / s, "loss_by_t": {"0-99": 0.5, "100-199": 0.1}} for s in (1, 2, 3)]
+    recs = [
+        {"step": s, "loss": 1.0 / s, "loss_by_t": {"0-99": 0.5, "100-199": 0.1}} for s in (1, 2, 3)
+    ]
     viz.save_loss_curve(recs, tmp_path / "loss.png")
     for name in ("pts.png", "traj2d.png", "traj_img.png", "loss.png"):
         assert Image.open(tmp_path / name).format == "PNG"

@@ -1,8 +1,22 @@
-"""ddkit: denoising diffusion models (DDPM, DDIM, score SDE), verified against exact ground truth."""
+"""ddkit: denoising diffusion models (DDPM, DDIM, score SDE), verified against exact ground truth.
 
-from .denoiser import Denoiser
-from .parameterization import Prediction
-from .schedule import DATA, NoiseSchedule, timesteps
+The top-level names are imported on first use, so that ``import ddkit.cli`` does not load torch
+before the command line has set up the process (see ``ddkit.cli``)."""
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["DATA", "Denoiser", "NoiseSchedule", "Prediction", "timesteps", "__version__"]
+_LAZY = {
+    "DATA": "schedule",
+    "Denoiser": "denoiser",
+    "NoiseSchedule": "schedule",
+    "Prediction": "parameterization",
+    "timesteps": "schedule",
+}
+__all__ = [*_LAZY, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'ddkit' has no attribute {name!r}")

@@ -6,8 +6,16 @@ Errors in what the user asked for print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+# OpenMP's default spin-waiting makes every parallel op wait a scheduler tick for a descheduled
+# worker thread when the machine has more runnable threads than cores (any shared machine): a
+# small model then trains 10-50x slower.  Passive waiting costs little otherwise.  It must be set
+# before torch loads OpenMP, so torch is imported only inside the commands.  OMP_WAIT_POLICY in
+# the environment takes precedence.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _positive_int(text: str) -> int:

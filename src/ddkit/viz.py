@@ -67,7 +67,14 @@ def _save_figure(fig, path: Path) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def save_image_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
+def save_image_grid(
+    x: torch.Tensor, path: str | Path, nrow: int | None = None, min_cell: int = 32
+) -> None:
+    """A PNG grid; images smaller than ``min_cell`` pixels are enlarged by an integer factor
+    (nearest neighbour, every pixel kept as a square block) so that 8x8 data stay visible."""
+    factor = max(1, min_cell // max(x.shape[-2:]))
+    if factor > 1:
+        x = x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     atomic_write_bytes(Path(path), _png_bytes_of_array(image_grid(x, nrow)))
 
 
@@ -133,7 +140,7 @@ def save_trajectory(
                 ax.set_ylim(-1.6, 1.6)
                 ax.set_aspect("equal")
             else:
-                img = image_grid(x[:max_images].clamp(-1, 1), nrow=1)
+                img = image_grid(x[:max_images].clamp(-1, 1), nrow=math.ceil(max_images / 2))
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
             ax.set_title(label, fontsize=9)
             if k == 0:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.denoiser import Denoiser
+from ddkit.denoiser import Denoiser, Estimate
 from ddkit.oracle import GaussianMixture, mixture_2d
 from ddkit.parameterization import Prediction
 from ddkit.schedule import DATA, NoiseSchedule
@@ -188,3 +188,38 @@ def test_single_gaussian_oracle_is_the_linear_estimator():
         eps, x0 = den(x, t)
         np.testing.assert_allclose(x0.numpy(), exp_x0, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(eps.numpy(), (x.numpy() - a * exp_x0) / s, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("clip", [None, (-1.0, 1.0)])
+@pytest.mark.parametrize("pred", list(Prediction))
+@pytest.mark.parametrize("t", [0, 500, 999])
+def test_estimate_combine_is_the_linear_combination(pred, t, clip):
+    sched = NoiseSchedule.make("linear", T)
+    g = torch.Generator().manual_seed(7 + t)
+    x_t = 2.0 * torch.randn(40, 3, generator=g, dtype=torch.float64)
+    out = 2.0 * torch.randn(40, 3, generator=g, dtype=torch.float64)
+    den = Denoiser(_fixed_output_model(out), sched, pred, clip=clip)
+    eps, x0 = den(x_t, t)
+    for est in (den.estimate(x_t, t), Estimate.of(x_t, eps, x0)):
+        torch.testing.assert_close(est.eps, eps, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(est.x0, x0, rtol=1e-10, atol=1e-10)
+        for c in [(0.3, 0.0, 0.0), (0.0, -1.2, 0.0), (0.0, 0.0, 0.7), (0.9, 0.4, -0.25)]:
+            expected = c[0] * x_t + c[1] * x0 + c[2] * eps
+            got = est.combine(x_t=c[0], x0=c[1], eps=c[2])
+            torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+            base = torch.randn(40, 3, generator=g, dtype=torch.float64)
+            into = base.clone()
+            res = est.combine(x_t=c[0], x0=c[1], eps=c[2], add_to=into)
+            assert res is into
+            torch.testing.assert_close(res, base + expected, rtol=1e-10, atol=1e-10)
+
+
+def test_estimate_forms_nothing_it_is_not_asked_for():
+    sched = NoiseSchedule.make("linear", T)
+    out = torch.randn(4, 2, dtype=torch.float64)
+    est = Denoiser(_fixed_output_model(out), sched, "eps").estimate(
+        torch.ones(4, 2, dtype=torch.float64), 10
+    )
+    assert est.eps is out  # eps prediction: eps is the model output itself
+    est.combine(x_t=0.5, x0=2.0)
+    assert est._x0 is None  # the combination never formed x0

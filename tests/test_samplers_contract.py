@@ -23,7 +23,7 @@ from ddkit.schedule import SPACINGS, NoiseSchedule
 T = 1000
 NAMES = sorted(SAMPLERS)
 STOCHASTIC = {"ddpm", "euler_maruyama", "pc"}
-DETERMINISTIC = {"ddim", "heun", "dpmpp_2m", "dpmpp_3m"}
+DETERMINISTIC = {"ddim", "heun", "dpmpp_2m", "dpmpp_3m", "adams3"}
 
 _SCHEDULE = NoiseSchedule.make("linear", T)
 _MIX = mixture_2d()
@@ -174,12 +174,12 @@ def test_zero_terminal_snr_finite_or_clear_error(name):
 
 # -- bad inputs -------------------------------------------------------------------------------
 
-BAD_TIMESTEPS = {
-    "increasing": [10, 500, 900],
-    "repeated": [900, 500, 500, 10],
-    "too-large": [T, 500],
-    "negative": [500, -1],
-    "empty": [],
+BAD_TIMESTEPS = {  # case: (timesteps, text the error must contain)
+    "increasing": ([900, 10, 500], "10 is followed by 500"),
+    "repeated": ([900, 500, 500, 10], "500"),
+    "too-large": ([T + 7, 500], str(T + 7)),
+    "negative": ([500, 3, -1], "-1"),
+    "empty": ([], "empty"),
 }
 
 
@@ -187,8 +187,10 @@ BAD_TIMESTEPS = {
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_timesteps_raise(name, case):
     rec = Recorder(_MIX.denoiser(_SCHEDULE))
-    with pytest.raises(ValueError):
-        _run(name, _x_T(), BAD_TIMESTEPS[case], denoiser=rec)
+    seq, named = BAD_TIMESTEPS[case]
+    with pytest.raises(ValueError) as err:
+        _run(name, _x_T(), seq, denoiser=rec)
+    assert named in str(err.value)  # the error names the bad value
     assert rec.calls == []  # refused before any model call
 
 

@@ -10,17 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from ddkit.denoiser import Denoiser
 from ddkit.oracle import GaussianMixture, mixture_2d
 from ddkit.samplers import (
     SAMPLERS,
     ddim_invert,
     sample_ddim,
     sample_ddpm,
+    sample_dpmpp,
     sample_dpmpp_2m,
     sample_euler_maruyama,
     sample_heun,
     slerp,
 )
+from ddkit.samplers.ode import _adams_weights, _dpmpp_weights
 from ddkit.schedule import NoiseSchedule
 
 T = 1000
@@ -180,6 +183,138 @@ def test_ode_solvers_match_independent_implementations(sampler, reference, spaci
     torch.testing.assert_close(out, ref_out, rtol=1e-8, atol=1e-8)
 
 
+# -- DPM-Solver++: the fused scalar-weight update against the unfused formulas -----------------
+
+
+def _dpmpp_unfused(den, x_T, ts, order):
+    """DPM-Solver++ written with the divided differences as tensors (the formulas of Lu et al.'s
+    code release, as ddkit had them before the update was fused); same end step as ddkit."""
+    lam = [0.5 * (math.log(_ab(t)) - math.log1p(-_ab(t))) for t in ts] + [math.inf]
+    x, hist = x_T, []  # (lambda, x0, eps)
+    for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
+        ab_t, ab_p = _ab(t), _ab(t_prev)
+        lam_t, h = lam[i], lam[i + 1] - lam[i]
+        eps, x0 = den(x, t)
+        if t_prev == -1 and order >= 2 and hist:
+            sig_t, sig_last = math.exp(-lam_t), math.exp(-hist[-1][0])
+            eps_0 = eps + (eps - hist[-1][2]) * (sig_t / (sig_last - sig_t))
+            return x / math.sqrt(ab_t) - 0.5 * sig_t * (eps + eps_0)
+        a_p, phi1 = math.sqrt(ab_p), math.expm1(-h)
+        ratio = math.sqrt((1.0 - ab_p) / (1.0 - ab_t))
+        k = min(order, len(hist) + 1) if math.isfinite(h) else 1
+        if k == 1:
+            x = ratio * x - a_p * phi1 * x0
+        else:
+            r0 = (lam_t - hist[-1][0]) / h
+            d1_0 = (x0 - hist[-1][1]) / r0
+            if k == 2:
+                x = ratio * x - a_p * phi1 * (x0 + 0.5 * d1_0)
+            else:
+                r1 = (hist[-1][0] - hist[-2][0]) / h
+                d1_1 = (hist[-1][1] - hist[-2][1]) / r1
+                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi2 = phi1 / h + 1.0
+                phi3 = phi2 / h - 0.5
+                x = ratio * x - a_p * (phi1 * x0 - phi2 * d1 + phi3 * d2)
+        hist = (hist + [(lam_t, x0, eps)])[-2:]
+    return x
+
+
+def _random_model(d: int):
+    """A smooth nonlinear 'network' (x_t, t) -> output, different at every t."""
+    w = torch.randn(d, d, generator=_gen(11), dtype=torch.float64) / math.sqrt(d)
+
+    def model(x, t):
+        phase = t.to(torch.float64)[:, None] / 300.0
+        return torch.tanh(x.double() @ w + torch.sin(phase)).to(x.dtype)
+
+    return model
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "n,spacing,window",
+    [
+        (1, "trailing", None),
+        (2, "trailing", None),
+        (7, "log_snr", -4.0),
+        (20, "log_snr", None),
+        (12, "quadratic", None),
+    ],
+)
+def test_dpmpp_fused_update_equals_the_unfused_formulas(
+    order, prediction, dtype, n, spacing, window
+):
+    den = Denoiser(_random_model(16), SCHED, prediction)
+    x = torch.randn(32, 16, generator=_gen(3), dtype=torch.float64)
+    ts = SCHED.timesteps(n, spacing, min_log_snr=window)
+    ref = _dpmpp_unfused(den, x, ts, order)  # float64
+    ours = sample_dpmpp(den, x.to(dtype), ts, order=order).double()
+    # relative to the largest entry: float32 rounding of both forms is ~3e-7 of it
+    err = float((ours - ref).abs().max() / ref.abs().max())
+    assert err < (1e-12 if dtype == torch.float64 else 2e-6), err
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dpmpp_weights_have_the_closed_form(seed):
+    """The weights on (x0, x0_last, x0_last2) of the bracket phi1 D0 - phi2 D1 + phi3 D2, derived
+    by hand with u = 1/r0, v = 1/r1, q = r0/(r0+r1), p = 1/(r0+r1)."""
+    rng = np.random.default_rng(seed)
+    h, r0, r1 = rng.uniform(0.05, 1.5), rng.uniform(0.3, 3.0), rng.uniform(0.3, 3.0)
+    phi1 = math.expm1(-h)
+    phi2 = phi1 / h + 1.0
+    phi3 = phi2 / h - 0.5
+    u, v, q, p = 1 / r0, 1 / r1, r0 / (r0 + r1), 1 / (r0 + r1)
+    w3 = [
+        phi1 - phi2 * (1 + q) * u + phi3 * p * u,
+        phi2 * ((1 + q) * u + q * v) - phi3 * p * (u + v),
+        -phi2 * q * v + phi3 * p * v,
+    ]
+    np.testing.assert_allclose(_dpmpp_weights(3, h, r0, r1), w3, rtol=1e-12, atol=1e-14)
+    w2 = [phi1 * (1 + 0.5 * u), -phi1 * 0.5 * u]
+    np.testing.assert_allclose(_dpmpp_weights(2, h, r0, math.nan), w2, rtol=1e-12)
+    np.testing.assert_allclose(_dpmpp_weights(1, h, math.nan, math.nan), [phi1], rtol=1e-12)
+    # consistency: a constant x0 history gives the first-order step (weights sum to phi1)
+    assert sum(w3) == pytest.approx(phi1, rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+@pytest.mark.parametrize("h", [1e-3, 0.3, 1.5, 4.0])
+def test_adams_weights_integrate_polynomials_exactly(k, h):
+    """sum_j w_j p(node_j) = integral_{lam_s}^{lam_t} exp(lam - lam_t) p(lam) d lam for every
+    polynomial p of degree < k (checked on monomials around lam_s, against Simpson's rule)."""
+    lam_s = 0.7
+    nodes = [lam_s + h, lam_s, lam_s - 0.8 * h, lam_s - 1.9 * h][:k]
+    w = _adams_weights(nodes, lam_s, lam_s + h)
+    grid = np.linspace(lam_s, lam_s + h, 20001)
+    simpson = np.ones_like(grid)
+    simpson[1:-1:2], simpson[2:-1:2] = 4.0, 2.0
+    simpson *= (grid[1] - grid[0]) / 3.0
+    for m in range(k):
+        exact = float(simpson @ (np.exp(grid - lam_s - h) * (grid - lam_s) ** m))
+        got = float(w @ (np.asarray(nodes) - lam_s) ** m)
+        assert got == pytest.approx(exact, rel=1e-9, abs=1e-15), (m, got, exact)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_adams_3_predictor_is_3m_with_the_exact_curvature_weight(seed):
+    """The order-3 Adams-Bashforth weights are the published DPM-Solver++(3M) ones with the second
+    divided difference weighted 2 phi3 instead of phi3 (the exact integral of the quadratic)."""
+    rng = np.random.default_rng(seed)
+    h, r0, r1 = rng.uniform(0.05, 1.5), rng.uniform(0.3, 3.0), rng.uniform(0.3, 3.0)
+    lam = 0.3
+    nodes = [lam, lam - r0 * h, lam - (r0 + r1) * h]  # newest first: (x0, x0_last, x0_last2)
+    phi1 = math.expm1(-h)
+    phi3 = (phi1 / h + 1.0) / h - 0.5
+    e = np.eye(3)
+    d2 = ((e[0] - e[1]) / r0 - (e[1] - e[2]) / r1) / (r0 + r1)
+    expected = -(_dpmpp_weights(3, h, r0, r1) + phi3 * d2)  # bracket enters with a minus sign
+    np.testing.assert_allclose(_adams_weights(nodes, lam, lam + h), expected, rtol=1e-10)
+
+
 # -- DDIM inversion ---------------------------------------------------------------------------
 
 
@@ -277,7 +412,7 @@ N_MC = 4000
 @pytest.mark.parametrize(
     "name,n",
     [(name, 1000) for name in sorted(SAMPLERS)]
-    + [("heun", 50), ("dpmpp_2m", 50), ("dpmpp_3m", 50)],
+    + [("heun", 50), ("dpmpp_2m", 50), ("dpmpp_3m", 50), ("adams3", 50)],
 )
 def test_gaussian_data_is_reproduced(name, n):
     """N(m, 0.5^2 I) in 2-D with its exact denoiser: mean and variance within Monte Carlo error
@@ -385,6 +520,7 @@ def _exact_ode_map(ts, m, v, end):
         ("heun", 2, "x0_hat"),
         ("dpmpp_2m", 2, "data"),
         ("dpmpp_3m", 3, "data"),
+        ("adams3", 3, "data"),
     ],
 )
 def test_ode_solver_convergence_order(name, order, end):

@@ -275,23 +275,12 @@ def test_user_list_is_sorted_decreasing():
     assert timesteps(T, None, [7]) == [7]
 
 
-DUPLICATE_NAMING_XFAIL = pytest.mark.xfail(
-    strict=True, reason="BUG: the repeated-index error does not name the repeated value"
-)
-OUT_OF_RANGE_NAMING_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the out-of-range error prints the 3 smallest entries, not the bad ones",
-)
-
-
 @pytest.mark.parametrize(
     "seq,n,named",
     [
-        pytest.param([5, 3, 5], 3, "5", id="duplicate", marks=DUPLICATE_NAMING_XFAIL),
-        pytest.param([5, 3, 7, 1000], 4, "1000", id="too-large", marks=OUT_OF_RANGE_NAMING_XFAIL),
-        pytest.param(
-            [1, 2, 3, 4, 1234], 5, "1234", id="too-large-4th", marks=OUT_OF_RANGE_NAMING_XFAIL
-        ),
+        pytest.param([5, 3, 5], 3, "5", id="duplicate"),
+        pytest.param([5, 3, 7, 1000], 4, "1000", id="too-large"),
+        pytest.param([1, 2, 3, 4, 1234], 5, "1234", id="too-large-4th"),
         pytest.param([5, -1, 3], 3, "-1", id="negative"),
         pytest.param([5, 2.5, 3], 3, "2.5", id="float"),
         pytest.param([5, 3.0], 2, "3.0", id="integral-float"),
@@ -303,6 +292,13 @@ def test_user_list_validation_names_the_value(seq, n, named):
     with pytest.raises(ValueError) as err:
         timesteps(T, n, seq)
     assert named in str(err.value)
+
+
+def test_user_list_errors_name_only_the_bad_values():
+    msg = str(pytest.raises(ValueError, timesteps, T, 6, [17, 1000, 3, 2000, 9, -4]).value)
+    assert all(v in msg for v in ("1000", "2000", "-4")) and "17" not in msg
+    msg = str(pytest.raises(ValueError, timesteps, T, 6, [17, 250, 17, 9, 250, 8]).value)
+    assert "17" in msg and "250" in msg and "9" not in msg and "8" not in msg
 
 
 def test_user_list_empty_raises():

@@ -17,7 +17,11 @@ def _run(cfg, nfe, n=2000, reps=6):
     from ddkit.samplers import get_sampler
 
     x = get_sampler(cfg.sampler)(
-        den, x_T, cfg.timesteps(SCHEDULE, nfe), generator=torch.Generator().manual_seed(1), **cfg.options
+        den,
+        x_T,
+        cfg.timesteps(SCHEDULE, nfe),
+        generator=torch.Generator().manual_seed(1),
+        **cfg.options,
     )
     m = verify.metrics(x, ref, problem.mixture, ref_disp)
     return m, floor.inside(m)

@@ -2,7 +2,9 @@
 
 A :class:`Denoiser` wraps a network ``model(x_t, t) -> output`` (``t`` a [N] long tensor), the
 :class:`NoiseSchedule` it was trained with and its :class:`Prediction` type.  Samplers never branch
-on the parameterization: they only see (eps, x0).
+on the parameterization: they only see (eps, x0).  ``Denoiser.estimate(x_t, t)`` makes the same
+model call but returns an :class:`Estimate`, which forms eps and x0 only when asked and computes a
+sampler step's linear combination of (x_t, x0, eps) directly from the model output.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class Denoiser:
             )
 
     def __call__(self, x_t: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        est = self.estimate(x_t, t)
+        return est.eps, est.x0
+
+    def estimate(self, x_t: torch.Tensor, t: int) -> Estimate:
+        """One model call at (x_t, t); eps and x0 are formed from its output on first use."""
         if not torch.is_tensor(x_t) or not x_t.is_floating_point():
             raise ValueError(f"x_t must be a floating-point tensor, got {type(x_t).__name__}")
         ab = self.schedule.alpha_bar(t)
@@ -61,15 +68,87 @@ class Denoiser:
                 f"model output shape {tuple(out.shape)} does not match x_t {tuple(x_t.shape)}"
             )
         out = out.to(x_t.dtype)
-        # the conversions of Prediction.to_eps_x0, fused for scalar a, s (one pass each)
+        # Prediction.to_eps_x0 as (x_t, out) coefficients, from x_t = a x0 + s eps, v = a eps - s x0
         if self.prediction is Prediction.EPS:
-            eps, x0 = out, torch.add(x_t, out, alpha=-s).div_(a)
+            est = Estimate(x_t, out, x0=(1.0 / a, -s / a), eps=(0.0, 1.0))
         elif self.prediction is Prediction.X0:
-            eps, x0 = torch.add(x_t, out, alpha=-a).div_(s), out
+            est = Estimate(x_t, out, x0=(0.0, 1.0), eps=(1.0 / s, -a / s))
         else:
-            eps = torch.mul(x_t, s).add_(out, alpha=a)
-            x0 = torch.mul(x_t, a).add_(out, alpha=-s)
-        if self.clip is not None:
-            x0 = x0.clamp(*self.clip)
-            eps = torch.add(x_t, x0, alpha=-a).div_(s)
-        return eps, x0
+            est = Estimate(x_t, out, x0=(a, -s), eps=(s, a))
+        if self.clip is not None:  # x0 clamped, eps recomputed from it: x_t = a x0 + s eps holds
+            x0 = est.x0.clamp(*self.clip)
+            est = Estimate(x_t, x0, x0=(0.0, 1.0), eps=(1.0 / s, -a / s))
+        return est
+
+
+class Estimate:
+    """The denoiser's eps_hat and x0_hat at one (x_t, t), formed on first use.
+
+    Both are affine in (x_t, b) with scalar coefficients, b being one tensor (the raw model output,
+    or the clipped x0_hat): x0_hat = x0[0] x_t + x0[1] b and eps_hat = eps[0] x_t + eps[1] b.  A
+    sampler step that is a fixed linear combination of x_t, x0_hat and eps_hat is then two passes
+    over the batch (:meth:`combine`) whatever the parameterization, instead of forming both first.
+    ``Estimate.of(x_t, eps, x0)`` holds an explicit pair instead (any denoiser callable).
+    """
+
+    def __init__(
+        self,
+        x_t: torch.Tensor,
+        b: torch.Tensor | None,
+        *,
+        x0: tuple[float, float] = (0.0, 1.0),
+        eps: tuple[float, float] = (0.0, 1.0),
+    ):
+        self.x_t, self.b = x_t, b
+        self._x0_coef, self._eps_coef = x0, eps
+        self._x0: torch.Tensor | None = None
+        self._eps: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, x_t: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor) -> Estimate:
+        est = cls(x_t, None)
+        est._eps, est._x0 = eps, x0
+        return est
+
+    @property
+    def x0(self) -> torch.Tensor:
+        if self._x0 is None:
+            self._x0 = self._affine(self._x0_coef)
+        return self._x0
+
+    @property
+    def eps(self) -> torch.Tensor:
+        if self._eps is None:
+            self._eps = self._affine(self._eps_coef)
+        return self._eps
+
+    def _affine(self, coef: tuple[float, float]) -> torch.Tensor:
+        c_x, c_b = coef
+        if (c_x, c_b) == (0.0, 1.0):
+            return self.b
+        out = torch.mul(self.b, c_b)
+        return out.add_(self.x_t, alpha=c_x) if c_x != 0.0 else out
+
+    def combine(
+        self,
+        *,
+        x_t: float = 0.0,
+        x0: float = 0.0,
+        eps: float = 0.0,
+        add_to: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_t * x_t + x0 * x0_hat + eps * eps_hat (scalar weights): a new tensor, or added in
+        place to ``add_to`` and returned."""
+        if self.b is None:
+            terms = [(self._x0, x0), (self._eps, eps), (self.x_t, x_t)]
+        else:
+            c_x = x_t + x0 * self._x0_coef[0] + eps * self._eps_coef[0]
+            c_b = x0 * self._x0_coef[1] + eps * self._eps_coef[1]
+            terms = [(self.b, c_b), (self.x_t, c_x)]
+        terms = [(v, c) for v, c in terms if c != 0.0]
+        if add_to is None:
+            v, c = terms.pop(0) if terms else (self.x_t, 0.0)
+            add_to = torch.mul(v, c)
+        for v, c in terms:
+            add_to.add_(v, alpha=c)
+        return add_to

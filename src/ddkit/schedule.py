@@ -200,6 +200,23 @@ def _strictly_increasing(raw: np.ndarray, t_max: int) -> list[int]:
     return out.tolist()
 
 
+def _listed(values: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+def check_index_list(seq: Sequence[int], T: int) -> None:
+    """Raise ValueError naming the offending values if integer indices ``seq`` has entries
+    outside 0..T-1 or repeated entries."""
+    outside = [s for s in seq if not 0 <= s < T]
+    if outside:
+        raise ValueError(f"timestep list has values outside 0..{T - 1}: {_listed(outside)}")
+    seen: set[int] = set()
+    repeated = sorted({s for s in seq if s in seen or seen.add(s)}, reverse=True)
+    if repeated:
+        raise ValueError(f"timestep list repeats the indices {_listed(repeated)}")
+
+
 def timesteps(
     T: int,
     n: int,
@@ -237,10 +254,8 @@ def timesteps(
         bad = [s for s in seq if isinstance(s, bool) or not isinstance(s, (int, np.integer))]
         if bad:
             raise ValueError(f"timestep list holds non-integers {bad[:3]!r}")
-        if any(not 0 <= s < T for s in seq):
-            raise ValueError(f"timestep list has values outside 0..{T - 1}: {sorted(seq)[:3]}...")
-        if len(set(seq)) != len(seq):
-            raise ValueError("timestep list has repeated indices")
+        seq = [int(s) for s in seq]
+        check_index_list(seq, T)
         if n is not None and n != len(seq):
             raise ValueError(f"n={n} does not match the {len(seq)} timesteps given")
         return sorted((int(s) for s in seq), reverse=True)

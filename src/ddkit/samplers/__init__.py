@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .ddim import ddim_invert, sample_ddim, slerp
 from .ddpm import sample_ddpm
-from .ode import sample_dpmpp, sample_dpmpp_2m, sample_heun
+from .ode import sample_adams, sample_dpmpp, sample_dpmpp_2m, sample_heun
 from .sde import langevin_correct, sample_euler_maruyama, sample_pc
 
 
@@ -37,6 +37,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "heun": SamplerInfo(sample_heun, model_calls=lambda n, o: 2 * n - 1),
     "dpmpp_2m": SamplerInfo(sample_dpmpp, {"order": 2}),
     "dpmpp_3m": SamplerInfo(sample_dpmpp, {"order": 3}),
+    "adams3": SamplerInfo(sample_adams, {"order": 3}),
 }
 
 
@@ -61,4 +62,5 @@ __all__ = [
     "sample_heun",
     "sample_dpmpp",
     "sample_dpmpp_2m",
+    "sample_adams",
 ]

@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..schedule import DATA
+from ..denoiser import Estimate
+from ..schedule import DATA, check_index_list
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 """callback(i, t, x_t, x0_hat): called after the denoiser is evaluated at step i (timestep t)."""
@@ -26,13 +27,24 @@ def check_inputs(denoiser, x: torch.Tensor, timesteps: Sequence[int]) -> list[in
     T = denoiser.schedule.T
     if not ts:
         raise ValueError("timesteps is empty; give at least one index")
-    if any(not 0 <= t < T for t in ts):
+    check_index_list(ts, T)
+    rising = [(a, b) for a, b in zip(ts, ts[1:]) if a < b]
+    if rising:
         raise ValueError(
-            f"timesteps must lie in 0..{T - 1}, got {[t for t in ts if not 0 <= t < T][:3]}"
+            f"timesteps must be strictly decreasing (use ddkit.schedule.timesteps); "
+            f"{rising[0][0]} is followed by {rising[0][1]}"
         )
-    if any(a <= b for a, b in zip(ts, ts[1:])):
-        raise ValueError("timesteps must be strictly decreasing (use ddkit.schedule.timesteps)")
     return ts
+
+
+def estimate(denoiser, x: torch.Tensor, t: int) -> Estimate:
+    """One model call: ``denoiser.estimate`` (a :class:`ddkit.Denoiser`: eps and x0 formed on
+    demand) or, for any other ``denoiser(x, t) -> (eps, x0)`` callable, its explicit pair."""
+    fn = getattr(denoiser, "estimate", None)
+    if fn is not None:
+        return fn(x, t)
+    eps, x0 = denoiser(x, t)
+    return Estimate.of(x, eps, x0)
 
 
 def pairs(ts: list[int]) -> list[tuple[int, int]]:
@@ -40,8 +52,12 @@ def pairs(ts: list[int]) -> list[tuple[int, int]]:
     return list(zip(ts, ts[1:] + [DATA]))
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def randn_like(
+    x: torch.Tensor, generator: torch.Generator | None, std: float = 1.0
+) -> torch.Tensor:
+    """Gaussian noise N(0, std^2) shaped like x (std applied while drawing: no extra pass)."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out.normal_(0.0, std, generator=generator)
 
 
 def check_nonneg(name: str, value: float) -> float:

@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..schedule import DATA
-from ._common import Callback, check_inputs, check_nonneg, pairs, randn_like
+from ._common import Callback, check_inputs, check_nonneg, estimate, pairs, randn_like
 
 
 def ddim_coefficients(ab_t: float, ab_prev: float, eta: float) -> tuple[float, float, float]:
@@ -41,12 +41,11 @@ def sample_ddim(
     x = x_T
     for i, (t, t_prev) in enumerate(pairs(ts)):
         c_x0, c_eps, sigma = ddim_coefficients(ab(t), ab(t_prev), eta)
-        eps, x0 = denoiser(x, t)
+        est = estimate(denoiser, x, t)
         if callback is not None:
-            callback(i, t, x, x0)
-        x = torch.mul(x0, c_x0).add_(eps, alpha=c_eps)
-        if sigma > 0:
-            x.add_(randn_like(x, generator), alpha=sigma)
+            callback(i, t, x, est.x0)
+        noise = randn_like(x, generator, std=sigma) if sigma > 0 else None
+        x = est.combine(x0=c_x0, eps=c_eps, add_to=noise)  # eq. 12
     return x
 
 

@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample from a trained checkpoint")
     s.add_argument("checkpoint", help="a checkpoint file or a run folder (its newest checkpoint)")
     s.add_argument(
-        "--sampler", default="ddim", help="ddpm, ddim, euler_maruyama, pc, heun, dpmpp_2m, dpmpp_3m"
+        "--sampler",
+        default="ddim",
+        help="ddpm, ddim, euler_maruyama, pc, heun, dpmpp_2m, dpmpp_3m, adams3",
     )
     s.add_argument("--steps", type=_positive_int, default=50, help="number of timesteps")
     s.add_argument(

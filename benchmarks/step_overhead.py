@@ -25,6 +25,7 @@ import warnings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 from ddkit.denoiser import Denoiser  # noqa: E402
 from ddkit.samplers.ddim import sample_ddim  # noqa: E402
@@ -34,17 +35,6 @@ from ddkit.schedule import NoiseSchedule  # noqa: E402
 
 SHAPE = (64, 3, 32, 32)
 T = 1000
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def make_pairs(steps: int):

@@ -38,6 +38,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run)
 from torch.utils.flop_counter import (  # noqa: E402
     FlopCounterMode,
     sdpa_backward_flop_count,
@@ -48,17 +49,6 @@ from ddkit.models import UNet, UNetConfig, count_parameters, preset  # noqa: E40
 
 CASES = {"cifar": ("ddpm-cifar10", 8), "28": ("ddpm-28", 64)}
 LR = 2e-4
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def diffusers_model(cfg: UNetConfig):

@@ -28,6 +28,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
+# names only: the sweep's samplers without importing torch at parse time
+_SWEEP_FAMILIES = (
+    "ddpm",
+    "ddim-eta0",
+    "ddim-eta0-quad",
+    "ddim-eta1",
+    "ddim-eta1-quad",
+    "dpmpp_2m",
+    "pf-ode",
+)
+
+
 def _cmd_verify(args) -> int:
     from . import verify
     from .samplers import SAMPLERS
@@ -103,12 +115,7 @@ def _cmd_sample(args) -> int:
     from .sampling import SampleSpec, generate, load_trained
     from .training.checkpoint import atomic_write_bytes
 
-    options = {}
-    if args.eta is not None:
-        options["eta"] = args.eta
-    if args.variance is not None:
-        options["variance"] = args.variance
-    spec = SampleSpec(args.sampler, args.steps, args.spacing, options)
+    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args))
     trained = load_trained(args.checkpoint, args.weights, args.device)
     spec.timesteps(trained.schedule)  # validate steps against the model's T before any work
     out = Path(args.out)
@@ -151,6 +158,174 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(Path(args.out), steps_scale=args.scale, progress=not args.quiet)
+    return 0
+
+
+def _sampler_options(args) -> dict:
+    options = {}
+    if args.eta is not None:
+        options["eta"] = args.eta
+    if args.variance is not None:
+        options["variance"] = args.variance
+    return options
+
+
+def _cmd_eval(args) -> int:
+    import json
+    import time
+    from dataclasses import asdict
+
+    from . import evaluation as ev
+    from . import viz
+    from .data import load_dataset
+    from .sampling import SampleSpec, load_trained
+    from .training.checkpoint import atomic_write_bytes
+
+    wanted = [k for k in ("bpd", "fid", "sweep", "inversion", "interpolation") if getattr(args, k)]
+    if not wanted:
+        raise ValueError("say what to measure: --bpd, --fid, --sweep, --inversion, --interpolation")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args))
+    trained = load_trained(args.checkpoint, args.weights, args.device)
+    if args.fid or args.interpolation:
+        spec.timesteps(trained.schedule)
+    if args.inversion:
+        for steps in args.inversion_steps:
+            SampleSpec("ddim", steps, "leading").timesteps(trained.schedule)
+    cache = Path(args.cache) if args.cache else None
+    # everything that can be checked is checked before the first model call
+    featnet = reference = plan = None
+    if args.fid or args.sweep:
+        featnet = ev.feature_network(trained, args.inception, args.feature_net, cache_dir=cache)
+        if args.num < 2:
+            raise ValueError(f"--num {args.num}: FID needs at least 2 samples")
+        if args.num < ev.min_samples(featnet):
+            print(
+                f"ddkit eval: warning: {args.num} samples for {featnet.dim}-dimensional features; "
+                f"FID is biased below N = {ev.min_samples(featnet)} (compare only equal N)",
+                file=sys.stderr,
+            )
+        if args.sweep:
+            plan = ev.sweep_plan(trained, args.families, args.nfe)
+    if args.bpd:
+        ev.check_shape(trained, load_dataset(ev.data_config_for(trained, args.split)))
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": trained.path,
+        "step": trained.step,
+        "weights": trained.weights,
+        "data": trained.config.data.name,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"ddkit eval: {trained.path} (step {trained.step}, {trained.weights} weights)")
+    if args.bpd:
+        res = []
+        if "vlb" in args.bpd_methods:
+            r = ev.bits_per_dim_vlb(
+                trained, split=args.split, num=args.bpd_num, seed=args.seed, device=args.device
+            )
+            print(r.line())
+            for name, v in r.parts.items():
+                print(f"    {name}: {v:.4f}")
+            res.append(r)
+        if "ode" in args.bpd_methods:
+            r = ev.bits_per_dim_ode(
+                trained,
+                split=args.split,
+                num=args.ode_num,
+                steps=args.ode_steps,
+                probes=args.probes,
+                seed=args.seed,
+                device=args.device,
+            )
+            print(r.line())
+            res.append(r)
+        report["bpd"] = [asdict(r) for r in res]
+    if featnet is not None:
+        ref_cfg = ev.data_config_for(trained, args.ref_split)
+        reference = ev.reference_features(featnet, ref_cfg, args.ref_num, cache_dir=cache)
+        report["features"] = {
+            "network": featnet.label,
+            "path": featnet.path,
+            "sha256": featnet.digest,
+            "metric": featnet.metric_name,
+        }
+
+    def quality(s, samples_out=None):
+        return ev.sample_quality(
+            trained,
+            s,
+            featnet,
+            reference,
+            args.num,
+            reference_split=args.ref_split,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            samples_out=samples_out,
+        )
+
+    if args.fid:
+        q = quality(spec, out / "fid_samples.png")
+        print(f"{spec.sampler} {spec.steps} steps ({spec.spacing}, {spec.options}): {q.line()}")
+        report["fid"] = {"sampler": spec.as_dict(), **asdict(q)}
+    if args.sweep:
+        rows = []
+        for i, (fam, s) in enumerate(plan):
+            q = quality(s)
+            rows.append(ev.sweep_row(fam, s, q))
+            print(
+                f"[{i + 1}/{len(plan)}] {ev.SWEEP_FAMILIES[fam][0]}, {s.steps} steps: {q.line()}",
+                flush=True,
+            )
+            title = (
+                f"{trained.config.data.name}, {Path(trained.path).name} (step "
+                f"{trained.step}), {args.num} samples"
+            )
+            ev.write_sweep(rows, out, title)  # rewritten after each run: partial results survive
+        report["sweep"] = rows
+        print(f"wrote {out / 'sweep.csv'}, sweep.md and sweep.png")
+    if args.inversion:
+        report["inversion"] = ev.reconstruction_error(
+            trained,
+            args.inversion_steps,
+            split=args.split,
+            num=args.inversion_num,
+            device=args.device,
+        )
+    if args.interpolation:
+        x = ev.interpolation_grid(trained, steps=args.steps, seed=args.seed, device=args.device)
+        if trained.is_image:
+            viz.save_image_grid(x, out / "interpolation.png", nrow=9)
+        else:
+            viz.save_scatter(x, out / "interpolation.png")
+        print(f"wrote {out / 'interpolation.png'}")
+    atomic_write_bytes(out / "eval.json", json.dumps(report, indent=2).encode())
+    print(f"wrote {out / 'eval.json'}")
+    return 0
+
+
+def _cmd_features(args) -> int:
+    from . import evaluation as ev
+    from .data import DataConfig, load_dataset
+    from .metrics.features import classifier_path, load_classifier
+
+    cfg = DataConfig(args.data, path=args.path)
+    path = classifier_path(
+        cfg.name, load_dataset(cfg).shape, Path(args.cache) if args.cache else None
+    )
+    if path.exists() and not args.retrain:
+        net = load_classifier(path)
+        print(f"{path}: ddkit-{net.dataset} features, test accuracy {net.test_accuracy:.4f}")
+        return 0
+    if path.exists():
+        path.unlink()
+    net = ev.classifier_features(
+        cfg, cache_dir=Path(args.cache) if args.cache else None, epochs=args.epochs, seed=args.seed
+    )
+    print(f"{net.path}: test accuracy {net.test_accuracy:.4f}")
     return 0
 
 
@@ -205,6 +380,75 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", default="samples", help="folder for samples.png, .npz and sampler.json")
     s.set_defaults(func=_cmd_sample)
+
+    e = sub.add_parser("eval", help="bits/dim, FID/KID, quality-vs-steps sweep of a checkpoint")
+    e.add_argument("checkpoint", help="a checkpoint file or a run folder (its newest checkpoint)")
+    e.add_argument("--bpd", action="store_true", help="bits/dim on held-out data (VLB and PF-ODE)")
+    e.add_argument("--fid", action="store_true", help="FID and KID of one sampler's samples")
+    e.add_argument("--sweep", action="store_true", help="FID against NFE for many samplers")
+    e.add_argument("--inversion", action="store_true", help="DDIM inversion reconstruction error")
+    e.add_argument("--interpolation", action="store_true", help="DDIM latent interpolation PNG")
+    e.add_argument("--out", default="eval-out", help="folder for eval.json, tables and PNGs")
+    e.add_argument("--weights", default="ema", help="ema or online")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--split", default="test", help="held-out split for --bpd and --inversion")
+    e.add_argument("--bpd-num", type=_positive_int, default=1000, help="images for the VLB")
+    e.add_argument("--bpd-methods", nargs="+", default=["vlb", "ode"], choices=["vlb", "ode"])
+    e.add_argument("--ode-num", type=_positive_int, default=100, help="images for the PF-ODE")
+    e.add_argument("--ode-steps", type=_positive_int, default=100, help="Heun intervals")
+    e.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes per image")
+    e.add_argument(
+        "--num",
+        type=_positive_int,
+        default=10_000,
+        help="samples for FID (10,000; 50,000 for paper-comparable numbers)",
+    )
+    e.add_argument("--ref-num", type=_positive_int, default=10_000, help="real images for FID")
+    e.add_argument("--ref-split", default="train", help="split of the reference images")
+    e.add_argument(
+        "--inception",
+        metavar="PTH",
+        help="local pt_inception-2015-12-05-6726825d.pth: Inception FID",
+    )
+    e.add_argument(
+        "--feature-net", metavar="FILE", help="a ddkit feature network (default: the cached one)"
+    )
+    e.add_argument("--cache", help="cache folder (default $DDKIT_CACHE or ~/.cache/ddkit)")
+    e.add_argument("--sampler", default="ddim", help="sampler for --fid")
+    e.add_argument(
+        "--steps", type=_positive_int, default=50, help="steps for --fid/--interpolation"
+    )
+    e.add_argument("--spacing", default="trailing", help="spacing for --fid")
+    e.add_argument("--eta", type=float, help="DDIM eta for --fid")
+    e.add_argument("--variance", help="DDPM variance for --fid")
+    e.add_argument("--batch-size", type=_positive_int, default=250)
+    e.add_argument("--nfe", type=_positive_int, nargs="+", default=[5, 10, 20, 50, 100, 1000])
+    e.add_argument(
+        "--families",
+        nargs="+",
+        default=list(_SWEEP_FAMILIES),
+        help="sweep samplers: " + ", ".join(_SWEEP_FAMILIES),
+    )
+    e.add_argument(
+        "--inversion-steps",
+        type=_positive_int,
+        nargs="+",
+        default=[10, 20, 50, 100, 200, 500, 1000],
+    )
+    e.add_argument("--inversion-num", type=_positive_int, default=100)
+    e.set_defaults(func=_cmd_eval)
+
+    f = sub.add_parser(
+        "features", help="train (or show) ddkit's FID feature network for a data set"
+    )
+    f.add_argument("--data", required=True, help="digits, mnist5k or fashion_mnist")
+    f.add_argument("--path", help="folder of the data set's files, where it has one")
+    f.add_argument("--epochs", type=_positive_int, default=4)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--retrain", action="store_true", help="replace a cached network")
+    f.add_argument("--cache", help="cache folder (default $DDKIT_CACHE or ~/.cache/ddkit)")
+    f.set_defaults(func=_cmd_features)
 
     d = sub.add_parser("demo", help="train on bundled data (2-D spiral, 8x8 digits) and sample")
     d.add_argument("--out", default="demo-out")

@@ -1,0 +1,408 @@
+"""``ddkit eval`` and its parts: feature networks (ddkit's classifier, Inception-v3), cached
+reference features, FID/KID of samples, bits/dim, the sweep, inversion and interpolation; and the
+errors a user meets (missing weights, a feature network of another data set, too few samples, a
+checkpoint whose data does not match)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddkit.cli import main
+from ddkit.data import DataConfig, load_dataset
+from ddkit.metrics import feature_stats, frechet_distance, kid
+from ddkit.metrics.features import (
+    Classifier,
+    InceptionV3,
+    accuracy,
+    extract,
+    load_classifier,
+    load_inception,
+    quantize,
+    save_classifier,
+    train_classifier,
+)
+from ddkit.sampling import load_trained
+
+TOML = """
+[model]
+preset = "ddpm-8"
+base_channels = 8
+channel_mult = [1, 2]
+num_res_blocks = 1
+attention_resolutions = []
+dropout = 0.0
+groups = 4
+[data]
+name = "digits"
+[diffusion]
+T = 40
+[optim]
+lr = 2e-3
+warmup_steps = 2
+[train]
+max_steps = 4
+batch_size = 16
+ckpt_every = 4
+log_every = 2
+sample_every = 0
+progress = false
+tensorboard = false
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train = load_dataset(DataConfig("digits"))
+    test = load_dataset(DataConfig("digits", split="test"))
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def digits_net(digits, cache) -> Path:
+    """ddkit's digits feature network, trained once (a few seconds) into the test cache."""
+    train, test = digits
+    net, acc = train_classifier(
+        train.get_batch(torch.arange(len(train))),
+        train.labels,
+        test.get_batch(torch.arange(len(test))),
+        test.labels,
+        epochs=6,
+    )
+    path = cache / "features" / "ddkit-digits-1x8x8.safetensors"
+    save_classifier(net, path, dataset="digits", shape=train.shape, test_accuracy=acc)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tmp / "run.toml"
+    cfg.write_text(TOML)
+    assert main(["train", str(cfg), "--set", f'train.out_dir="{tmp / "out"}"']) == 0
+    return tmp / "out"
+
+
+def one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    for w in words:
+        assert w in err, err
+
+
+# --- feature networks -------------------------------------------------------------------------
+
+
+def test_classifier_learns_digits_and_round_trips(digits, digits_net):
+    train, test = digits
+    f = load_classifier(digits_net)
+    assert f.dataset == "digits" and f.shape == (1, 8, 8) and f.dim == 64
+    x = test.get_batch(torch.arange(len(test)))
+    assert accuracy(f.net, quantize(x), test.labels) == pytest.approx(f.test_accuracy)
+    assert f.test_accuracy > 0.85  # 10 classes: chance is 0.1
+    feats = extract(f, x)
+    assert feats.shape == (len(test), 64) and feats.dtype == torch.float64
+    assert torch.equal(extract(load_classifier(digits_net), x), feats)
+    assert f.metric_name == "FID (ddkit-digits features)"
+
+
+def test_classifier_refuses_other_data(digits_net):
+    f = load_classifier(digits_net)
+    with pytest.raises(ValueError, match="trained on digits .* not on fashion_mnist"):
+        f.check_data("fashion_mnist", (1, 28, 28))
+    with pytest.raises(ValueError, match="not on digits \\[1, 16, 16\\]"):
+        f.check_data("digits", (1, 16, 16))
+
+
+def test_quantize_is_8_bit():
+    x = torch.linspace(-1.2, 1.2, 1001)
+    q = quantize(x)
+    levels = (q + 1) * 127.5
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert q.min() == -1 and q.max() == 1
+    assert (q - x.clamp(-1, 1)).abs().max() <= 1 / 255 + 1e-6
+
+
+def blur(x, k):
+    """Box blur with a (2k+1)^2 window, replicate padding."""
+    if k == 0:
+        return x
+    w = torch.ones(1, 1, 2 * k + 1, 2 * k + 1, dtype=x.dtype) / (2 * k + 1) ** 2
+    return F.conv2d(F.pad(x, (k,) * 4, mode="replicate"), w)
+
+
+def test_fid_with_learned_features_is_zero_on_itself_and_rises_with_noise_and_blur(
+    digits, digits_net
+):
+    train, test = digits
+    f = load_classifier(digits_net)
+    real = extract(f, train.get_batch(torch.arange(len(train))))
+    ref = feature_stats(extract(f, test.get_batch(torch.arange(len(test)))))
+    assert frechet_distance(feature_stats(real), feature_stats(real)) == pytest.approx(0, abs=1e-8)
+    x = train.get_batch(torch.arange(len(train)))
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=g)
+    by_noise = [
+        frechet_distance(feature_stats(extract(f, x + s * noise)), ref)
+        for s in (0.0, 0.1, 0.2, 0.4, 0.8)
+    ]
+    by_blur = [frechet_distance(feature_stats(extract(f, blur(x, k))), ref) for k in (0, 1, 2, 3)]
+    assert all(a < b for a, b in zip(by_noise, by_noise[1:])), by_noise
+    assert all(a < b for a, b in zip(by_blur, by_blur[1:])), by_blur
+    # KID is unbiased: near zero for two random halves of the same images, far above with noise
+    perm = torch.randperm(len(real), generator=g)
+    a, b = perm[: len(perm) // 2], perm[len(perm) // 2 :]
+    same = kid(real[a], real[b], subsets=20, subset_size=400, generator=g)
+    noisy = kid(
+        real[a], extract(f, x[b] + 0.4 * noise[b]), subsets=20, subset_size=400, generator=g
+    )
+    assert abs(same.mean) < 2 * same.std, same
+    assert noisy.mean - same.mean > 5 * max(same.std, noisy.std), (same, noisy)
+
+
+def test_inception_has_the_reference_architecture(tmp_path):
+    net = InceptionV3()
+    # torchvision's inception_v3 without its auxiliary head has 23,834,568 parameters; the FID
+    # graph's classifier has 1008 outputs instead of 1000: 8 * (2048 + 1) more.
+    assert sum(p.numel() for p in net.parameters()) == 23_834_568 + 8 * 2049
+    state = net.state_dict()
+    assert "Mixed_7c.branch3x3dbl_3b.bn.running_var" in state and "fc.weight" in state
+    path = tmp_path / "pt_inception-random.pth"
+    torch.save(state, path)
+    feats = load_inception(path)
+    assert not feats.reference_weights  # random weights: not the published file
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    out = feats(x)
+    assert out.shape == (2, 2048) and torch.isfinite(out).all()
+    assert (out >= 0).all()  # an average of ReLU outputs
+    # gray input equals the same image given as RGB
+    assert torch.allclose(feats(x.expand(-1, 3, -1, -1)), out)
+    assert feats.metric_name == "FID"
+
+
+def test_inception_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist; download pt_inception-2015-12-05"):
+        load_inception(tmp_path / "nope.pth")
+    wrong = tmp_path / "wrong.pth"
+    torch.save(Classifier(1, 8, 10).state_dict(), wrong)
+    with pytest.raises(ValueError, match="not the FID Inception-v3 state dict: missing"):
+        load_inception(wrong)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="is not a torch state dict"):
+        load_inception(junk)
+
+
+# --- the evaluation functions -----------------------------------------------------------------
+
+
+def test_reference_features_are_cached(digits_net, cache):
+    from ddkit import evaluation as ev
+
+    f = load_classifier(digits_net)
+    cfg = DataConfig("digits")
+    a = ev.reference_features(f, cfg, 500, cache_dir=cache, log=lambda s: None)
+    files = list((cache / "reference").iterdir())
+    assert len(files) == 1 and "ddkit-digits" in files[0].name and "n500" in files[0].name
+    b = ev.reference_features(f, cfg, 500, cache_dir=cache, log=lambda s: None)
+    assert a.shape == (500, 64) and torch.allclose(a, b, atol=1e-5)  # stored as float32
+    # the full train split when asked for more than it has
+    c = ev.reference_features(f, cfg, 10**6, cache_dir=cache, log=lambda s: None)
+    assert len(c) == len(load_dataset(cfg))
+
+
+def test_vlb_bpd_parts_add_up_and_match_the_core(run):
+    from ddkit import evaluation as ev
+    from ddkit.likelihood import vlb_bpd
+
+    trained = load_trained(run)
+    r = ev.bits_per_dim_vlb(trained, num=12, batch_size=12, log=lambda s: None)
+    assert r.num_images == 12 and r.split == "test" and "discretized decoder" in r.detail
+    assert sum(r.parts.values()) == pytest.approx(r.bpd, rel=1e-6)
+    _, x0 = ev._held_out(trained, "test", 12)
+    direct = vlb_bpd(
+        trained.denoiser(),
+        trained.schedule,
+        x0,
+        decoder="discretized",
+        batch_t=500 // 12,
+        generator=torch.Generator().manual_seed(0),
+    ).total
+    assert r.bpd == pytest.approx(float(direct.double().mean()), rel=1e-6)
+    assert r.stderr == pytest.approx(float(direct.double().std() / math.sqrt(12)), rel=1e-5)
+    assert r.bpd > 0  # a code length for 8-bit data
+
+
+def test_sweep_plan_skips_duplicates_and_unreachable(run):
+    from ddkit import evaluation as ev
+
+    trained = load_trained(run)  # T = 40
+    plan = ev.sweep_plan(trained, ["ddim-eta0", "ddim-eta0-quad", "pf-ode"], [1, 5, 40, 100])
+    got = [(fam, s.steps) for fam, s in plan]
+    # quadratic at all 40 steps is the uniform run; Heun makes 2 n - 1 calls and needs n >= 2;
+    # 100 > T
+    assert got == [
+        ("ddim-eta0", 1),
+        ("ddim-eta0", 5),
+        ("ddim-eta0", 40),
+        ("ddim-eta0-quad", 1),
+        ("ddim-eta0-quad", 5),
+        ("pf-ode", 3),
+        ("pf-ode", 20),
+    ], got
+    with pytest.raises(ValueError, match="unknown sweep family 'ddim2'"):
+        ev.sweep_plan(trained, ["ddim2"], [5])
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_eval_cli_all_measurements(run, digits_net, cache, tmp_path, capsys):
+    out = tmp_path / "ev"
+    argv = ["eval", str(run), "--out", str(out), "--cache", str(cache)]
+    argv += ["--bpd", "--bpd-num", "8", "--ode-num", "4", "--ode-steps", "5", "--probes", "2"]
+    argv += ["--fid", "--num", "40", "--ref-num", "300", "--steps", "5"]
+    argv += ["--sweep", "--nfe", "3", "6", "--families", "ddim-eta0", "ddim-eta1", "pf-ode"]
+    argv += ["--inversion", "--inversion-steps", "5", "40", "--inversion-num", "6"]
+    argv += ["--interpolation"]
+    assert main(argv) == 0
+    text = capsys.readouterr()
+    assert "FID is biased below N = 128" in text.err  # 40 samples, 64-d features
+    assert (
+        "FID (ddkit-digits features)" in text.out and "40 samples vs 300 train images" in text.out
+    )
+    report = json.loads((out / "eval.json").read_text())
+    assert report["step"] == 4 and report["data"] == "digits"
+    assert [b["method"] for b in report["bpd"]] == ["vlb", "ode"]
+    assert all(b["num_images"] in (8, 4) and b["stderr"] > 0 for b in report["bpd"])
+    assert report["fid"]["num_samples"] == 40 and report["fid"]["fid"] > 0
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(r["family"], int(r["nfe"])) for r in rows] == [
+        ("ddim-eta0", 3),
+        ("ddim-eta0", 6),
+        ("ddim-eta1", 3),
+        ("ddim-eta1", 6),
+        ("pf-ode", 3),  # Heun: 2 steps
+        ("pf-ode", 5),  # 3 steps for a target of 6 calls
+    ]
+    assert all(float(r["seconds_per_sample"]) > 0 and float(r["fid"]) > 0 for r in rows)
+    md = (out / "sweep.md").read_text()
+    assert "| DDIM eta=0, uniform |" in md and "NFE 6" in md
+    assert (out / "sweep.png").stat().st_size > 0
+    inv = report["inversion"]
+    assert [r["steps"] for r in inv] == [5, 40] and all(r["num_images"] == 6 for r in inv)
+    assert (out / "interpolation.png").stat().st_size > 0
+    assert (out / "fid_samples.png").stat().st_size > 0
+
+
+def test_inversion_error_falls_with_steps_for_an_exact_ode():
+    """On a Gaussian-mixture oracle (exact denoiser) the encode-decode error of DDIM falls as S
+    grows: the round trip is two first-order ODE solves."""
+    from ddkit.oracle import mixture_2d
+    from ddkit.samplers import ddim_invert, sample_ddim
+    from ddkit.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule.make("linear", 1000)
+    mix = mixture_2d()
+    den = mix.denoiser(schedule)
+    x0, _ = mix.sample(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    errs = []
+    for s in (10, 20, 50, 100):
+        ts = schedule.timesteps(s, "leading")
+        errs.append(float((sample_ddim(den, ddim_invert(den, x0, ts), ts) - x0).pow(2).mean()))
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--fid", "--steps", "5", "--inception", "/no/such/pt.pth"], ["does not exist"]),
+        (["--bpd", "--split", "validation"], ["split 'validation'"]),
+        (["--sweep", "--families", "ddim9"], ["unknown sweep family 'ddim9'"]),
+        ([], ["say what to measure"]),
+        (["--fid", "--sampler", "ddim", "--steps", "41"], ["steps=41 must lie in 1..40"]),
+        (["--inversion", "--inversion-steps", "5", "80"], ["steps=80 must lie in 1..40"]),
+    ],
+)
+def test_eval_cli_bad_input_exits_2_and_writes_nothing(run, cache, tmp_path, capsys, extra, words):
+    out = tmp_path / "never"
+    assert main(["eval", str(run), "--out", str(out), "--cache", str(cache), *extra]) == 2
+    one_line_error(capsys, *words)
+    assert not out.exists()
+
+
+def test_eval_cli_feature_net_of_another_data_set(run, cache, tmp_path, capsys):
+    net = Classifier(1, 28, 10)
+    other = tmp_path / "fm.safetensors"
+    save_classifier(net, other, dataset="fashion_mnist", shape=(1, 28, 28), test_accuracy=0.9)
+    out = tmp_path / "never"
+    argv = [
+        "eval",
+        str(run),
+        "--fid",
+        "--steps",
+        "5",
+        "--feature-net",
+        str(other),
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--cache", str(cache)]) == 2
+    one_line_error(capsys, "trained on fashion_mnist [1, 28, 28], not on digits [1, 8, 8]")
+    assert not out.exists()
+
+
+def test_eval_cli_checkpoint_whose_data_no_longer_matches(tmp_path, capsys):
+    """A model trained on an image folder of 8x8 images, evaluated after the folder was re-made
+    at 12x12: exit 2 naming both shapes, nothing written."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+
+    def fill(size):
+        for i in range(12):
+            px = torch.randint(0, 256, (size, size), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(px, mode="L").save(folder / f"{i}.png")
+
+    fill(8)
+    toml = tmp_path / "t.toml"
+    toml.write_text(
+        TOML.replace(
+            'name = "digits"', f'name = "folder"\npath = "{folder}"\nchannels = 1'
+        ).replace("max_steps = 4", "max_steps = 1")
+    )
+    assert main(["train", str(toml), "--set", f'train.out_dir="{tmp_path / "o"}"']) == 0
+    fill(12)
+    capsys.readouterr()
+    out = tmp_path / "never"
+    assert main(["eval", str(tmp_path / "o"), "--bpd", "--split", "train", "--out", str(out)]) == 2
+    one_line_error(capsys, "makes [1, 8, 8] samples", "has shape [1, 12, 12]")
+    assert not out.exists()
+
+
+def test_eval_cli_fid_of_a_2d_model_is_refused(tmp_path, capsys):
+    toml = tmp_path / "t.toml"
+    toml.write_text(
+        '[model]\npreset = "mlp-2d"\nhidden = 16\ndepth = 1\ntime_dim = 8\n[data]\nname = "moons"\n'
+        "num_samples = 32\n[diffusion]\nT = 30\n[train]\nmax_steps = 1\nbatch_size = 8\n"
+        "sample_every = 0\nprogress = false\ntensorboard = false\n"
+    )
+    assert main(["train", str(toml), "--set", f'train.out_dir="{tmp_path / "o"}"']) == 0
+    capsys.readouterr()
+    out = tmp_path / "never"
+    assert main(["eval", str(tmp_path / "o"), "--fid", "--steps", "5", "--out", str(out)]) == 2
+    one_line_error(capsys, "FID needs an image model")
+    assert not out.exists()

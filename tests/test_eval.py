@@ -406,3 +406,21 @@ def test_eval_cli_fid_of_a_2d_model_is_refused(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "o"), "--fid", "--steps", "5", "--out", str(out)]) == 2
     one_line_error(capsys, "FID needs an image model")
     assert not out.exists()
+
+
+def test_eval_cli_with_inception_features_warns_in_one_line(run, cache, tmp_path, capsys):
+    """Random Inception weights stand in for the reference file (which cannot be downloaded
+    here): the whole --inception path runs, and both warnings are one line each."""
+    path = tmp_path / "inception.pth"
+    torch.save(InceptionV3().state_dict(), path)
+    out = tmp_path / "inc"
+    argv = ["eval", str(run), "--fid", "--steps", "3", "--num", "4", "--ref-num", "4"]
+    assert main([*argv, "--inception", str(path), "--out", str(out), "--cache", str(cache)]) == 0
+    text = capsys.readouterr()
+    err = text.err.strip().splitlines()
+    assert len(err) == 2, err
+    assert "warning: " in err[0] and "not the reference pt_inception-2015-12-05 file" in err[0]
+    assert "FID is biased below N = 4096" in err[1]
+    assert "FID = " in text.out and "(ddkit-" not in text.out
+    report = json.loads((out / "eval.json").read_text())
+    assert report["features"]["network"] == "inception-v3" and report["fid"]["num_samples"] == 4

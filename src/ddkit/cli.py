@@ -459,12 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def one_line_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"ddkit {args.command}: warning: {message}", file=sys.stderr)
+
     from .training.trainer import NonFiniteLossError
 
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            return args.func(args)
     except ValueError as e:  # what the user asked for is not allowed: nothing was written
         print(f"ddkit {args.command}: error: {e}", file=sys.stderr)
         return 2

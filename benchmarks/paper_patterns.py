@@ -1,0 +1,227 @@
+"""The DDPM and DDIM papers' main findings, re-measured on Fashion-MNIST with ddkit's own tools.
+
+Two models of the same architecture and budget (configs/paper/fmnist_simple.toml: L_simple;
+configs/paper/fmnist_vlb.toml: the true variational bound) are trained first:
+
+    OMP_NUM_THREADS=1 ddkit train configs/paper/fmnist_simple.toml &
+    OMP_NUM_THREADS=1 ddkit train configs/paper/fmnist_vlb.toml
+    ddkit features --data fashion_mnist
+
+Then this script runs every measurement as a ``ddkit eval`` command line, two at a time (one
+thread each), prints each command, and merges the two sweep halves into one table:
+
+  * DDIM Table 1: FID against steps for DDIM eta = 0 / eta = 1 (uniform and quadratic spacing)
+    and DDPM's sigma-hat, S = 10, 20, 50, 100, 1000, plus DPM-Solver++(2M) and the PF-ODE;
+  * DDPM Table 2: bits/dim (VLB and PF-ODE) and FID of the L_simple model and the VLB model;
+  * DDIM Table 2: reconstruction error after DDIM inversion against S;
+  * DDIM sec. 5.3: latent interpolation.
+
+Run:  .venv/bin/python benchmarks/paper_patterns.py [--num 300] [--out docs/paper]
+(about an hour on two shared CPU cores with the defaults)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DDKIT = [sys.executable, "-m", "ddkit.cli"]
+
+
+def lane(cmds: list[list[str]], log: Path) -> subprocess.Popen:
+    """Run commands one after another in a background shell with one thread, output to log."""
+    script = " && ".join(shlex.join(c) for c in cmds)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen(
+        ["bash", "-c", script], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT
+    )
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def summarize(out: Path, rows: list[dict]) -> str:
+    """The three papers' tables from the eval outputs, as Markdown."""
+    fid = {(r["family"], r["steps"]): r for r in rows}
+    metric = rows[0]["metric"]
+    lines = [f"## DDIM Table 1 pattern: {metric} by steps S (L_simple model)", ""]
+    steps = sorted({r["steps"] for r in rows if r["family"].startswith(("ddim", "ddpm"))})
+    lines += ["| sampler | " + " | ".join(f"S={s}" for s in steps) + " |"]
+    lines += ["|---|" + "---:|" * len(steps)]
+    for fam in ("ddim-eta0", "ddim-eta0-quad", "ddim-eta1", "ddim-eta1-quad", "ddpm"):
+        cells = []
+        for s in steps:
+            r = fid.get((fam, s)) or (fid.get((fam[:-5], s)) if fam.endswith("-quad") else None)
+            cells.append(f"{r['fid']:.2f}" if r else "")
+        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    lines += ["", "(quadratic at S = 1000 is the uniform run: every index.)", ""]
+
+    lines += ["## DDPM Table 2 pattern: L_simple vs the true bound (same model and budget)", ""]
+    lines += [
+        f"| training loss | VLB bits/dim | PF-ODE bits/dim | {metric}, DDIM S=50 eta=0 | "
+        f"{metric}, DDPM S=1000 (eta=1) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, bpd_dir, f50, f1000 in (
+        ("L_simple", "simple_bpd", fid.get(("ddim-eta0", 50)), fid.get(("ddim-eta1", 1000))),
+        ("L_vlb", "vlb_bpd", None, None),
+    ):
+        b = {x["method"]: x for x in _load(out / bpd_dir / "eval.json")["bpd"]}
+        if name == "L_vlb":
+            f50 = _load(out / "vlb_fid_ddim50" / "eval.json")["fid"]
+            f1000 = _load(out / "vlb_fid_ddpm1000" / "eval.json")["fid"]
+        cells = [
+            f"{b[m]['bpd']:.3f} +- {b[m]['stderr']:.3f} ({b[m]['num_images']} img)"
+            for m in ("vlb", "ode")
+        ]
+        cells += [f"{f['fid']:.2f}" for f in (f50, f1000)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## DDIM Table 2 pattern: reconstruction MSE after DDIM inversion", ""]
+    inv = _load(out / "simple_inversion" / "eval.json")["inversion"]
+    lines += ["| S | " + " | ".join(str(r["steps"]) for r in inv) + " |"]
+    lines += ["|---|" + "---:|" * len(inv)]
+    lines += ["| MSE per dim | " + " | ".join(f"{r['mse']:.2e}" for r in inv) + " |"]
+    lines += ["| s.e. | " + " | ".join(f"{r['stderr']:.1e}" for r in inv) + " |", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--num", type=int, default=300, help="samples per FID")
+    p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
+    p.add_argument("--bpd-num", type=int, default=200, help="test images for the VLB")
+    p.add_argument("--ode-num", type=int, default=100, help="test images for the PF-ODE")
+    p.add_argument("--inversion-num", type=int, default=50)
+    p.add_argument("--simple", default="runs/paper/fmnist_simple")
+    p.add_argument("--vlb", default="runs/paper/fmnist_vlb")
+    p.add_argument("--out", default="docs/paper")
+    a = p.parse_args()
+    out = Path(a.out)
+    n = ["--num", str(a.num), "--ref-num", str(a.ref_num)]
+    bpd = ["--bpd", "--bpd-num", str(a.bpd_num), "--ode-num", str(a.ode_num)]
+    nfe = ["--nfe", "10", "20", "50", "100", "1000"]
+    fid = [*n, "--fid", "--sampler", "ddim", "--spacing", "leading"]
+    lane_a = [
+        [
+            *DDKIT,
+            "eval",
+            a.simple,
+            "--sweep",
+            *n,
+            *nfe,
+            "--families",
+            "ddim-eta0",
+            "ddim-eta0-quad",
+            "ddim-eta1-quad",
+            "--out",
+            str(out / "sweep_a"),
+        ],
+        [*DDKIT, "eval", a.simple, *bpd, "--out", str(out / "simple_bpd")],
+        [*DDKIT, "eval", a.vlb, *bpd, "--out", str(out / "vlb_bpd")],
+        [
+            *DDKIT,
+            "eval",
+            a.simple,
+            "--sweep",
+            *n,
+            "--nfe",
+            "5",
+            "10",
+            "20",
+            "50",
+            "--families",
+            "dpmpp_2m",
+            "pf-ode",
+            "--out",
+            str(out / "sweep_c"),
+        ],
+    ]
+    lane_b = [
+        [
+            *DDKIT,
+            "eval",
+            a.simple,
+            "--sweep",
+            *n,
+            *nfe,
+            "--families",
+            "ddim-eta1",
+            "ddpm",
+            "--out",
+            str(out / "sweep_b"),
+        ],
+        [
+            *DDKIT,
+            "eval",
+            a.simple,
+            "--inversion",
+            "--inversion-num",
+            str(a.inversion_num),
+            "--interpolation",
+            "--out",
+            str(out / "simple_inversion"),
+        ],
+        [
+            *DDKIT,
+            "eval",
+            a.vlb,
+            *fid,
+            "--eta",
+            "0",
+            "--steps",
+            "50",
+            "--out",
+            str(out / "vlb_fid_ddim50"),
+        ],
+        [
+            *DDKIT,
+            "eval",
+            a.vlb,
+            *fid,
+            "--eta",
+            "1",
+            "--steps",
+            "1000",
+            "--out",
+            str(out / "vlb_fid_ddpm1000"),
+        ],
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    for name, cmds in (("a", lane_a), ("b", lane_b)):
+        for c in cmds:
+            print(f"[lane {name}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)
+    t0 = time.perf_counter()
+    procs = [lane(lane_a, out / "lane_a.log"), lane(lane_b, out / "lane_b.log")]
+    codes = [pr.wait() for pr in procs]
+    print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
+    if any(codes):
+        return 1
+    from ddkit.evaluation import write_sweep
+
+    rows = []
+    for part in ("sweep_a", "sweep_b", "sweep_c"):
+        with open(out / part / "sweep.csv") as f:
+            rows += list(csv.DictReader(f))
+    for r in rows:
+        for k in ("steps", "nfe", "num_samples", "num_reference"):
+            r[k] = int(r[k])
+        for k in ("fid", "kid_x1e3", "kid_std_x1e3", "seconds_per_sample"):
+            r[k] = float(r[k])
+    write_sweep(rows, out / "sweep", f"fashion_mnist, L_simple model, {a.num} samples per cell")
+    tables = summarize(out, rows)
+    (out / "tables.md").write_text(tables)
+    print(tables)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

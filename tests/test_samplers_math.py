@@ -500,6 +500,38 @@ def test_ddpm_tweedie_variance_is_exact_for_gaussian_data(n):
     _check_moments(out, NARROW_MEAN, NARROW_STD**2, ("tweedie", n))
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("n", [20, 200])
+def test_ddpm_tweedie_jacobian_variance_is_exact_for_isotropic_gaussian_data(n):
+    """The Jacobian-shaped Tweedie noise reduces to the exact variance when Cov[x0 | x_t] is
+    isotropic (its Rayleigh quotient is then the eigenvalue)."""
+    gm = _gaussian(NARROW_MEAN, NARROW_STD)
+    ts = SCHED.timesteps(n, "linspace")
+    x_T = torch.randn(N_MC, 2, generator=_gen(32), dtype=torch.float64)
+    out = sample_ddpm(gm.denoiser(SCHED), x_T, ts, generator=_gen(33), variance="tweedie_jacobian")
+    _check_moments(out, NARROW_MEAN, NARROW_STD**2, ("tweedie_jacobian", n))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_ddpm_tweedie_jacobian_puts_the_variance_where_the_posterior_spreads():
+    """Data N(m, diag(0.02^2, 0.5^2)), 200 ancestral steps: the isotropic Tweedie variance gives
+    the narrow coordinate the wide one's share of noise (+50% variance); the Jacobian-shaped one
+    gets both coordinates right."""
+    std = np.array([0.02, 0.5])
+    gm = GaussianMixture([1.0], [NARROW_MEAN], [np.diag(std**2)])
+    ts = SCHED.timesteps(200, "linspace")
+    x_T = torch.randn(N_MC, 2, generator=_gen(34), dtype=torch.float64)
+    ratio = {}
+    for v in ("tweedie", "tweedie_jacobian"):
+        out = sample_ddpm(gm.denoiser(SCHED), x_T, ts, generator=_gen(35), variance=v)
+        ratio[v] = out.var(0).numpy() / std**2
+    # 5 standard errors of a variance ratio from 4000 samples: 5 * sqrt(2 / 4000) = 0.11
+    assert np.all(np.abs(ratio["tweedie_jacobian"] - 1) < 0.11), ratio
+    assert ratio["tweedie"][0] > 1.3, ratio
+
+
 def _exact_ode_map(ts, m, v, end):
     """Slope and offset of x_0 = slope x_T + offset for the exact probability-flow ODE of N(m, v)
     from ts[0] (the flow keeps (x - a m) / sqrt(a^2 v + s^2)).  end="data": down to the data;

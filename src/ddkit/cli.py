@@ -371,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--spacing", default="trailing", help="leading, trailing, linspace, quadratic, log_snr"
     )
     s.add_argument("--eta", type=float, help="DDIM eta (>= 0; 0 is deterministic)")
-    s.add_argument("--variance", help="DDPM variance: fixed_small, fixed_large, tweedie")
+    s.add_argument(
+        "--variance", help="DDPM variance: fixed_small, fixed_large, tweedie, tweedie_jacobian"
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num", type=_positive_int, default=64)
     s.add_argument("--batch-size", type=_positive_int, default=256)

@@ -23,7 +23,7 @@ SPACINGS = ("leading", "trailing", "linspace", "quadratic", "log_snr")
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
 SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {
-    "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie")},
+    "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
     "ddim": {"eta": None},
 }
 

@@ -15,6 +15,9 @@ Rademacher probes through a forward-mode Jacobian-vector product), and keeps the
 step, Cov[x0 | x_0] ~ (1 - ab_0)/ab_0.  Once the remaining noise is far below the data's own scale,
 beta-tilde misses that term (fixed_small under-disperses small modes) and a plain x0 estimate at
 the end trims variance; "tweedie" fixes both at the cost of one JVP per step (about 2-3 model calls).
+Its isotropic noise over-feeds the narrow directions of an anisotropic posterior;
+``variance="tweedie_jacobian"`` shapes the noise by the Jacobian itself, (alpha I + beta J) z with
+the same single JVP (see :func:`_jacobian_shaped_noise`), and is then right per direction.
 
 Cost per step besides the model (fixed variances): the posterior mean is a fixed combination of
 x_t and x0_hat, hence of x_t and the raw model output, and is accumulated in two passes into the
@@ -30,7 +33,7 @@ import torch
 
 from ._common import Callback, check_inputs, estimate, pairs, randn_like
 
-VARIANCES = ("fixed_small", "fixed_large", "tweedie")
+VARIANCES = ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")
 
 
 def ddpm_coefficients(ab_t: float, ab_prev: float, variance: str) -> tuple[float, float, float]:
@@ -38,13 +41,23 @@ def ddpm_coefficients(ab_t: float, ab_prev: float, variance: str) -> tuple[float
     beta = 1.0 - ab_t / ab_prev
     c_x0 = math.sqrt(ab_prev) * beta / (1.0 - ab_t)
     c_xt = math.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)
-    if variance in ("fixed_small", "tweedie"):
+    if variance in ("fixed_small", "tweedie", "tweedie_jacobian"):
         var = beta * (1.0 - ab_prev) / (1.0 - ab_t)
     elif variance == "fixed_large":
         var = beta
     else:
         raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
     return c_x0, c_xt, math.sqrt(var)
+
+
+def _x0_jvp(denoiser, x: torch.Tensor, t: int, v: torch.Tensor):
+    """(x0_hat, J v) with J = d x0_hat / d x_t, by forward-mode AD.  Attention runs on the math
+    kernel of scaled_dot_product_attention, whose ops all have forward derivatives (the fused CPU
+    and GPU kernels have none)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        return torch.func.jvp(lambda y: denoiser(y, t)[1], (x,), (v,))
 
 
 def _x0_and_posterior_var(denoiser, x: torch.Tensor, t: int, probes: int, generator):
@@ -55,10 +68,35 @@ def _x0_and_posterior_var(denoiser, x: torch.Tensor, t: int, probes: int, genera
     x0 = None
     for _ in range(probes):
         u = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-        x0, ju = torch.func.jvp(lambda y: denoiser(y, t)[1], (x,), (u,))
+        x0, ju = _x0_jvp(denoiser, x, t, u)
         trace += (u * ju).flatten(1).sum(1)
     per_dim = (trace / (probes * x[0].numel()) * scale).clamp_min(0.0)
     return x0.detach(), per_dim.reshape(-1, *[1] * (x.ndim - 1))
+
+
+def _jacobian_shaped_noise(denoiser, x: torch.Tensor, t: int, sigma: float, c_x0: float, generator):
+    """x0_hat and noise with covariance close to sigma^2 I + c_x0^2 Cov[x0 | x_t], from one JVP.
+
+    Cov[x0 | x_t] = k J with J = d x0_hat / d x_t (symmetric for the exact denoiser) and
+    k = s^2 / a, so on an eigenvector of J with eigenvalue lam the wanted variance is
+    f(lam)^2, f(lam) = sqrt(sigma^2 + g lam), g = c_x0^2 k.  The noise is M z with z ~ N(0, I) and
+    M = alpha I + beta J, the tangent of f at lam-hat = z.Jz / z.z (the Rayleigh quotient: the
+    per-example mean eigenvalue, exact when J is isotropic): beta = g / (2 f(lam-hat)),
+    alpha = f(lam-hat) - beta lam-hat.  (alpha + beta lam)^2 then matches f(lam)^2 to second
+    order in lam - lam-hat, and puts the extra variance along the directions in which the
+    posterior spreads, where the isotropic "tweedie" variance spreads it evenly.
+    """
+    ab = denoiser.schedule.alpha_bar(t)
+    g = c_x0 * c_x0 * (1.0 - ab) / math.sqrt(ab)
+    z = randn_like(x, generator)
+    x0, jz = _x0_jvp(denoiser, x, t, z)
+    x0, jz = x0.detach(), jz.detach()
+    dims = tuple(range(1, x.ndim))
+    lam = ((z * jz).sum(dims, keepdim=True) / (z * z).sum(dims, keepdim=True)).clamp_min(0.0)
+    f = torch.sqrt(sigma * sigma + g * lam)
+    beta = torch.where(f > 0, g / (2 * f).clamp_min(1e-300), torch.zeros_like(f))
+    alpha = f - beta * lam
+    return x0, alpha * z + beta * jz
 
 
 def sample_ddpm(
@@ -88,6 +126,12 @@ def sample_ddpm(
                 callback(i, t, x, x0)
             std = torch.sqrt(sigma * sigma + c_x0 * c_x0 * cov)
             x = torch.mul(x0, c_x0).add_(x, alpha=c_xt).addcmul_(randn_like(x, generator), std)
+            continue
+        if variance == "tweedie_jacobian":
+            x0, noise = _jacobian_shaped_noise(denoiser, x, t, sigma, c_x0, generator)
+            if callback is not None:
+                callback(i, t, x, x0)
+            x = torch.mul(x0, c_x0).add_(x, alpha=c_xt).add_(noise)
             continue
         est = estimate(denoiser, x, t)
         if callback is not None:

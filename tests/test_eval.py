@@ -424,3 +424,18 @@ def test_eval_cli_with_inception_features_warns_in_one_line(run, cache, tmp_path
     assert "FID = " in text.out and "(ddkit-" not in text.out
     report = json.loads((out / "eval.json").read_text())
     assert report["features"]["network"] == "inception-v3" and report["fid"]["num_samples"] == 4
+
+
+def test_features_cli_trains_reports_and_reuses(tmp_path, capsys):
+    cache = tmp_path / "c"
+    assert main(["features", "--data", "digits", "--epochs", "2", "--cache", str(cache)]) == 0
+    first = capsys.readouterr().out
+    assert "test accuracy" in first
+    path = cache / "features" / "ddkit-digits-1x8x8.safetensors"
+    net = load_classifier(path)
+    assert 0.5 < net.test_accuracy <= 1.0 and f"{net.test_accuracy:.4f}" in first
+    stamp = path.stat().st_mtime_ns
+    assert main(["features", "--data", "digits", "--cache", str(cache)]) == 0  # reused
+    assert path.stat().st_mtime_ns == stamp and "ddkit-digits features" in capsys.readouterr().out
+    assert main(["features", "--data", "moons", "--cache", str(cache)]) == 2
+    one_line_error(capsys, "'moons' has no labels", "fashion_mnist")

@@ -313,17 +313,18 @@ def _cmd_features(args) -> int:
     from .metrics.features import classifier_path, load_classifier
 
     cfg = DataConfig(args.data, path=args.path)
-    path = classifier_path(
-        cfg.name, load_dataset(cfg).shape, Path(args.cache) if args.cache else None
-    )
+    if cfg.name not in ev.LABELLED:
+        raise ValueError(
+            f"--data {cfg.name!r} has no labels to train on; allowed: {', '.join(ev.LABELLED)}"
+        )
+    cache = Path(args.cache) if args.cache else None
+    path = classifier_path(cfg.name, load_dataset(cfg).shape, cache)
     if path.exists() and not args.retrain:
         net = load_classifier(path)
         print(f"{path}: ddkit-{net.dataset} features, test accuracy {net.test_accuracy:.4f}")
         return 0
-    if path.exists():
-        path.unlink()
     net = ev.classifier_features(
-        cfg, cache_dir=Path(args.cache) if args.cache else None, epochs=args.epochs, seed=args.seed
+        cfg, cache_dir=cache, retrain=True, epochs=args.epochs, seed=args.seed
     )
     print(f"{net.path}: test accuracy {net.test_accuracy:.4f}")
     return 0

@@ -60,12 +60,14 @@ def classifier_features(
     *,
     cache_dir: Path | None = None,
     train_if_missing: bool = True,
+    retrain: bool = False,
     epochs: int = 4,
     seed: int = 0,
     log=_log_default,
 ) -> ClassifierFeatures:
     """ddkit's feature network for this data set, from the cache; trained on the data set's
-    train split (and saved) when absent.  Data sets without labels raise ValueError."""
+    train split (and saved atomically) when absent or when ``retrain``.  Data sets without labels
+    raise ValueError."""
     if data_cfg.name not in LABELLED:
         raise ValueError(
             f"ddkit trains feature networks on labelled data sets ({', '.join(LABELLED)}); "
@@ -73,7 +75,7 @@ def classifier_features(
         )
     train = load_dataset(replace(data_cfg, split="train", hflip=False))
     path = classifier_path(data_cfg.name, train.shape, cache_dir)
-    if path.exists():
+    if path.exists() and not retrain:
         return load_classifier(path)
     if not train_if_missing:
         raise ValueError(f"no feature network for {data_cfg.name} at {str(path)!r}")

@@ -7,8 +7,8 @@ configs/paper/fmnist_vlb.toml: the true variational bound) are trained first:
     OMP_NUM_THREADS=1 ddkit train configs/paper/fmnist_vlb.toml
     ddkit features --data fashion_mnist
 
-Then this script runs every measurement as a ``ddkit eval`` command line, two at a time (one
-thread each), prints each command, and merges the two sweep halves into one table:
+Then this script runs every measurement as a ``ddkit eval`` command line, in one or two lanes
+of one thread each, prints each command, and merges the sweep parts into one table:
 
   * DDIM Table 1: FID against steps for DDIM eta = 0 / eta = 1 (uniform and quadratic spacing)
     and DDPM's sigma-hat, S = 10, 20, 50, 100, 1000, plus DPM-Solver++(2M) and the PF-ODE;
@@ -16,8 +16,9 @@ thread each), prints each command, and merges the two sweep halves into one tabl
   * DDIM Table 2: reconstruction error after DDIM inversion against S;
   * DDIM sec. 5.3: latent interpolation.
 
-Run:  .venv/bin/python benchmarks/paper_patterns.py [--num 300] [--out docs/paper]
-(about an hour on two shared CPU cores with the defaults)
+Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 45 min)
+      .venv/bin/python benchmarks/paper_patterns.py table1     (two lanes, about 35 min)
+      .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
 
 from __future__ import annotations
@@ -67,26 +68,20 @@ def summarize(out: Path, rows: list[dict]) -> str:
 
     lines += ["## DDPM Table 2 pattern: L_simple vs the true bound (same model and budget)", ""]
     lines += [
-        f"| training loss | VLB bits/dim | PF-ODE bits/dim | {metric}, DDIM S=50 eta=0 | "
-        f"{metric}, DDPM S=1000 (eta=1) |",
+        f"| training loss | VLB bits/dim | PF-ODE bits/dim | {metric}, DDPM S=1000 | KID x 1e3 |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, bpd_dir, f50, f1000 in (
-        ("L_simple", "simple_bpd", fid.get(("ddim-eta0", 50)), fid.get(("ddim-eta1", 1000))),
-        ("L_vlb", "vlb_bpd", None, None),
-    ):
-        b = {x["method"]: x for x in _load(out / bpd_dir / "eval.json")["bpd"]}
-        if name == "L_vlb":
-            f50 = _load(out / "vlb_fid_ddim50" / "eval.json")["fid"]
-            f1000 = _load(out / "vlb_fid_ddpm1000" / "eval.json")["fid"]
+    for name, tag in (("L_simple", "simple"), ("L_vlb", "vlb")):
+        b = {x["method"]: x for x in _load(out / f"{tag}_bpd" / "eval.json")["bpd"]}
+        f = _load(out / f"{tag}_fid_ddpm1000" / "eval.json")["fid"]
         cells = [
             f"{b[m]['bpd']:.3f} +- {b[m]['stderr']:.3f} ({b[m]['num_images']} img)"
             for m in ("vlb", "ode")
         ]
-        cells += [f"{f['fid']:.2f}" for f in (f50, f1000)]
+        cells += [f"{f['fid']:.2f}", f"{f['kid']:.2f} +- {f['kid_std']:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## DDIM Table 2 pattern: reconstruction MSE after DDIM inversion", ""]
-    inv = _load(out / "simple_inversion" / "eval.json")["inversion"]
+    inv = _load(out / "inversion" / "eval.json")["inversion"]
     lines += ["| S | " + " | ".join(str(r["steps"]) for r in inv) + " |"]
     lines += ["|---|" + "---:|" * len(inv)]
     lines += ["| MSE per dim | " + " | ".join(f"{r['mse']:.2e}" for r in inv) + " |"]
@@ -94,27 +89,35 @@ def summarize(out: Path, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--num", type=int, default=300, help="samples per FID")
-    p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
-    p.add_argument("--bpd-num", type=int, default=200, help="test images for the VLB")
-    p.add_argument("--ode-num", type=int, default=100, help="test images for the PF-ODE")
-    p.add_argument("--inversion-num", type=int, default=50)
-    p.add_argument("--simple", default="runs/paper/fmnist_simple")
-    p.add_argument("--vlb", default="runs/paper/fmnist_vlb")
-    p.add_argument("--out", default="docs/paper")
-    a = p.parse_args()
+def commands(a) -> dict[str, list[list[list[str]]]]:
+    """stage -> lanes -> command lines."""
     out = Path(a.out)
     n = ["--num", str(a.num), "--ref-num", str(a.ref_num)]
     bpd = ["--bpd", "--bpd-num", str(a.bpd_num), "--ode-num", str(a.ode_num)]
     nfe = ["--nfe", "10", "20", "50", "100", "1000"]
-    fid = [*n, "--fid", "--sampler", "ddim", "--spacing", "leading"]
-    lane_a = [
+    ddpm1000 = [
+        *n,
+        "--fid",
+        "--sampler",
+        "ddim",
+        "--spacing",
+        "leading",
+        "--eta",
+        "1",
+        "--steps",
+        "1000",
+    ]
+    table2 = [
+        [*DDKIT, "eval", a.simple, *bpd, "--out", str(out / "simple_bpd")],
+        [*DDKIT, "eval", a.vlb, *bpd, "--out", str(out / "vlb_bpd")],
+        [*DDKIT, "eval", a.simple, *ddpm1000, "--out", str(out / "simple_fid_ddpm1000")],
+        [*DDKIT, "eval", a.vlb, *ddpm1000, "--out", str(out / "vlb_fid_ddpm1000")],
+    ]
+    sweep_a = [
         [
             *DDKIT,
             "eval",
-            a.simple,
+            a.long,
             "--sweep",
             *n,
             *nfe,
@@ -125,12 +128,10 @@ def main() -> int:
             "--out",
             str(out / "sweep_a"),
         ],
-        [*DDKIT, "eval", a.simple, *bpd, "--out", str(out / "simple_bpd")],
-        [*DDKIT, "eval", a.vlb, *bpd, "--out", str(out / "vlb_bpd")],
         [
             *DDKIT,
             "eval",
-            a.simple,
+            a.long,
             "--sweep",
             *n,
             "--nfe",
@@ -145,11 +146,11 @@ def main() -> int:
             str(out / "sweep_c"),
         ],
     ]
-    lane_b = [
+    sweep_b = [
         [
             *DDKIT,
             "eval",
-            a.simple,
+            a.long,
             "--sweep",
             *n,
             *nfe,
@@ -162,49 +163,46 @@ def main() -> int:
         [
             *DDKIT,
             "eval",
-            a.simple,
+            a.long,
             "--inversion",
             "--inversion-num",
             str(a.inversion_num),
             "--interpolation",
             "--out",
-            str(out / "simple_inversion"),
-        ],
-        [
-            *DDKIT,
-            "eval",
-            a.vlb,
-            *fid,
-            "--eta",
-            "0",
-            "--steps",
-            "50",
-            "--out",
-            str(out / "vlb_fid_ddim50"),
-        ],
-        [
-            *DDKIT,
-            "eval",
-            a.vlb,
-            *fid,
-            "--eta",
-            "1",
-            "--steps",
-            "1000",
-            "--out",
-            str(out / "vlb_fid_ddpm1000"),
+            str(out / "inversion"),
         ],
     ]
+    return {"table2": [table2], "table1": [sweep_a, sweep_b]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("stage", choices=["table2", "table1", "summary"])
+    p.add_argument("--num", type=int, default=300, help="samples per FID")
+    p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
+    p.add_argument("--bpd-num", type=int, default=100, help="test images for the VLB")
+    p.add_argument("--ode-num", type=int, default=100, help="test images for the PF-ODE")
+    p.add_argument("--inversion-num", type=int, default=50)
+    p.add_argument("--simple", default="runs/paper/frozen/fmnist_simple_3000.safetensors")
+    p.add_argument("--vlb", default="runs/paper/frozen/fmnist_vlb_3000.safetensors")
+    p.add_argument("--long", default="runs/paper/fmnist_simple", help="model for the sweep")
+    p.add_argument("--out", default="docs/paper")
+    a = p.parse_args()
+    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, cmds in (("a", lane_a), ("b", lane_b)):
-        for c in cmds:
-            print(f"[lane {name}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)
-    t0 = time.perf_counter()
-    procs = [lane(lane_a, out / "lane_a.log"), lane(lane_b, out / "lane_b.log")]
-    codes = [pr.wait() for pr in procs]
-    print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
-    if any(codes):
-        return 1
+    if a.stage != "summary":
+        lanes = commands(a)[a.stage]
+        for k, cmds in enumerate(lanes):
+            for c in cmds:
+                print(f"[lane {k}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)
+        t0 = time.perf_counter()
+        procs = [lane(cmds, out / f"{a.stage}_lane{k}.log") for k, cmds in enumerate(lanes)]
+        codes = [pr.wait() for pr in procs]
+        print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
+        if any(codes):
+            return 1
+    if a.stage == "table2":
+        return 0
     from ddkit.evaluation import write_sweep
 
     rows = []

@@ -22,6 +22,7 @@ from ddkit.metrics.features import (
     InceptionV3,
     accuracy,
     extract,
+    feature_scale,
     load_classifier,
     load_inception,
     quantize,
@@ -81,7 +82,11 @@ def digits_net(digits, cache) -> Path:
         epochs=6,
     )
     path = cache / "features" / "ddkit-digits-1x8x8.safetensors"
-    save_classifier(net, path, dataset="digits", shape=train.shape, test_accuracy=acc)
+    x = train.get_batch(torch.arange(len(train)))
+    scale = feature_scale(net, x)
+    save_classifier(
+        net, path, dataset="digits", shape=train.shape, test_accuracy=acc, feature_scale=scale
+    )
     return path
 
 
@@ -115,6 +120,9 @@ def test_classifier_learns_digits_and_round_trips(digits, digits_net):
     assert feats.shape == (len(test), 64) and feats.dtype == torch.float64
     assert torch.equal(extract(load_classifier(digits_net), x), feats)
     assert f.metric_name == "FID (ddkit-digits features)"
+    # features at unit root-mean-square on the training images (KID's kernel assumes that scale)
+    rms = extract(f, train.get_batch(torch.arange(len(train)))).pow(2).mean().sqrt()
+    assert float(rms) == pytest.approx(1.0, rel=1e-4)
 
 
 def test_classifier_refuses_other_data(digits_net):
@@ -345,7 +353,9 @@ def test_eval_cli_bad_input_exits_2_and_writes_nothing(run, cache, tmp_path, cap
 def test_eval_cli_feature_net_of_another_data_set(run, cache, tmp_path, capsys):
     net = Classifier(1, 28, 10)
     other = tmp_path / "fm.safetensors"
-    save_classifier(net, other, dataset="fashion_mnist", shape=(1, 28, 28), test_accuracy=0.9)
+    save_classifier(
+        net, other, dataset="fashion_mnist", shape=(1, 28, 28), test_accuracy=0.9, feature_scale=1.0
+    )
     out = tmp_path / "never"
     argv = [
         "eval",

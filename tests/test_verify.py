@@ -77,3 +77,10 @@ def test_steps_for_respects_model_calls():
     pc = next(c for c in verify.CONFIGS if c.sampler == "pc")
     assert heun.steps_for(10) == 5 and pc.steps_for(10) == 5
     assert verify.BEST.steps_for(20) == 20
+
+
+def test_cli_rejects_unknown_config_label(capsys, tmp_path):
+    code = main(["verify", "--quick", "--config", "ddpm huge", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "'ddpm huge'" in err and "ddpm tweedie-jacobian" in err
+    assert not (tmp_path / "o").exists()

@@ -47,7 +47,16 @@ def _cmd_verify(args) -> int:
     for name in args.sampler or []:
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
-    configs = [c for c in verify.CONFIGS if not args.sampler or c.sampler in args.sampler]
+    labels = [c.label for c in verify.CONFIGS]
+    for label in args.config or []:
+        if label not in labels:
+            raise ValueError(f"unknown config {label!r}; allowed: {', '.join(labels)}")
+    configs = [
+        c
+        for c in verify.CONFIGS
+        if (not args.sampler or c.sampler in args.sampler)
+        and (not args.config or c.label in args.config)
+    ]
     if args.quick:
         n_2d, n_64d, nfes, reps = 2000, 1000, (10, 20, 100), 4
     else:
@@ -351,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--n-64d", type=_positive_int, default=4_000, help="samples on the 64-D mixture")
     v.add_argument("--floor-reps", type=_positive_int, default=8)
     v.add_argument("--sampler", action="append", help="only this sampler (repeatable)")
+    v.add_argument(
+        "--config", action="append", help="only this configuration, by label (repeatable)"
+    )
     v.set_defaults(func=_cmd_verify)
 
     t = sub.add_parser("train", help="train a diffusion model from TOML config files")

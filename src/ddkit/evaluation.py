@@ -23,6 +23,7 @@ from .metrics.features import (
     classifier_path,
     default_cache_dir,
     extract,
+    feature_scale,
     load_classifier,
     save_classifier,
     train_classifier,
@@ -86,8 +87,9 @@ def classifier_features(
     )
     all_train = torch.arange(len(train))
     all_test = torch.arange(len(test))
+    train_x = train.get_batch(all_train)
     net, acc = train_classifier(
-        train.get_batch(all_train),
+        train_x,
         train.labels,
         test.get_batch(all_test),
         test.labels,
@@ -101,6 +103,7 @@ def classifier_features(
         dataset=data_cfg.name,
         shape=train.shape,
         test_accuracy=acc,
+        feature_scale=feature_scale(net, train_x),
         epochs=epochs,
         seed=seed,
         train_images=len(train),

@@ -64,6 +64,7 @@ CONFIGS: tuple[SamplerConfig, ...] = (
     SamplerConfig("ddpm small", "ddpm", "leading", {"variance": "fixed_small"}),
     SamplerConfig("ddpm large (=ddim sigma-hat)", "ddpm", "leading", {"variance": "fixed_large"}),
     SamplerConfig("ddpm tweedie", "ddpm", "leading", {"variance": "tweedie"}),
+    SamplerConfig("ddpm tweedie-jacobian", "ddpm", "leading", {"variance": "tweedie_jacobian"}),
     SamplerConfig("ddim eta=0", "ddim", "leading", {"eta": 0.0}),
     SamplerConfig("ddim eta=0 quad", "ddim", "quadratic", {"eta": 0.0}),
     SamplerConfig("ddim eta=1", "ddim", "leading", {"eta": 1.0}),

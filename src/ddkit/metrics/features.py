@@ -100,6 +100,9 @@ class ClassifierFeatures:
     test_accuracy: float
     digest: str  # sha256 of the weights file: the cache key of reference features
     path: str
+    scale: float = (
+        1.0  # root-mean-square feature of the training images: features are divided by it
+    )
     dim: int = 64
 
     @property
@@ -121,7 +124,7 @@ class ClassifierFeatures:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.features(quantize(x.float())).double()
+        return self.net.features(quantize(x.float())).double() / self.scale
 
 
 def classifier_path(dataset: str, shape, cache_dir: Path | None = None) -> Path:
@@ -203,6 +206,7 @@ def save_classifier(
         "shape": list(shape),
         "num_classes": net.head[-1].out_features,
         "test_accuracy": test_accuracy,
+        "feature_scale": feature_scale,
         **info,
     }
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
@@ -234,7 +238,20 @@ def load_classifier(path: str | Path) -> ClassifierFeatures:
         float(meta["test_accuracy"]),
         file_digest(path),
         str(path),
+        float(meta["feature_scale"]),
     )
+
+
+@torch.no_grad()
+def feature_scale(net: Classifier, images: torch.Tensor, batch_size: int = 1000) -> float:
+    """Root-mean-square of the raw features of ``images``: dividing by it puts the features at
+    unit scale, the scale that KID's kernel (x.y / d + 1)^3 assumes (as for Inception's)."""
+    net.eval()
+    sq = sum(
+        float(net.features(quantize(images[i : i + batch_size].float())).double().pow(2).sum())
+        for i in range(0, len(images), batch_size)
+    )
+    return math.sqrt(sq / (len(images) * net.body[-2].out_features))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,6 +238,7 @@ def test_vlb_bpd_parts_add_up_and_match_the_core(run):
     r = ev.bits_per_dim_vlb(trained, num=12, batch_size=12, log=lambda s: None)
     assert r.num_images == 12 and r.split == "test" and "discretized decoder" in r.detail
     assert sum(r.parts.values()) == pytest.approx(r.bpd, rel=1e-6)
+    assert len(r.per_image) == 12 and sum(r.per_image) / 12 == pytest.approx(r.bpd, rel=1e-5)
     _, x0 = ev._held_out(trained, "test", 12)
     direct = vlb_bpd(
         trained.denoiser(),

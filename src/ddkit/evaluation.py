@@ -265,6 +265,7 @@ class BPDResult:
     split: str
     detail: str  # decoder / dequantization / solver, in words
     parts: dict = field(default_factory=dict)  # vlb: prior, decoder L_0, diffusion sum
+    per_image: list = field(default_factory=list)  # bits/dim of each image, in subset order
 
     def line(self) -> str:
         return (
@@ -300,7 +301,9 @@ def bits_per_dim_vlb(
     """The full bound -- L_T + sum_t L_{t-1} + L_0 over all T terms -- averaged over ``num``
     images of ``split`` (a fixed random subset, seed 0), with its standard error over images.
     8-bit data uses the discretized Gaussian decoder (DDPM eq. 13): a bound on the discrete code
-    length.  The reverse variance is the model's: fixed (beta-tilde or beta) or learned."""
+    length.  The reverse variance is the model's: fixed (beta-tilde or beta) or learned.
+    The image subset and, for one ``seed``, every noise draw are the same for any checkpoint of
+    the data set, so two checkpoints can be compared image by image (``per_image``)."""
     from .likelihood import vlb_bpd
 
     data, x0 = _held_out(trained, split, num)
@@ -343,6 +346,7 @@ def bits_per_dim_vlb(
         split,
         detail,
         {n: _mean_se(p[:, i + 1])[0] for i, n in enumerate(names)},
+        [round(float(v), 6) for v in p[:, 0]],
     )
 
 
@@ -380,10 +384,13 @@ def bits_per_dim_ode(
         )
         vals.append(r.bpd.cpu())
         log(f"  ode: {start + len(xb)}/{len(x0)} images ({time.perf_counter() - t0:.0f} s)")
-    mean, se = _mean_se(torch.cat(vals))
+    per_image = torch.cat(vals)
+    mean, se = _mean_se(per_image)
     deq = "uniform dequantization U(-1/255, 1/255) + log2(127.5)" if data.quantized else "density"
     detail = f"{deq}; Heun on {steps} quadratic intervals, {probes} Rademacher probe(s)"
-    return BPDResult("ode", mean, se, len(x0), split, detail)
+    return BPDResult(
+        "ode", mean, se, len(x0), split, detail, per_image=[round(float(v), 6) for v in per_image]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

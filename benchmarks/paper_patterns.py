@@ -80,6 +80,17 @@ def summarize(out: Path, rows: list[dict]) -> str:
         ]
         cells += [f"{f['fid']:.2f}", f"{f['kid']:.2f} +- {f['kid_std']:.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pair = []
+    for m in ("vlb", "ode"):
+        a = {x["method"]: x for x in _load(out / "simple_bpd" / "eval.json")["bpd"]}[m]
+        b = {x["method"]: x for x in _load(out / "vlb_bpd" / "eval.json")["bpd"]}[m]
+        d = [u - v for u, v in zip(a["per_image"], b["per_image"])]
+        mean = sum(d) / len(d)
+        se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+        pair.append(f"{mean:+.3f} +- {se:.3f}")
+    lines.append(
+        f"| L_simple - L_vlb, same images and noise (paired) | {pair[0]} | {pair[1]} | | |"
+    )
     lines += ["", "## DDIM Table 2 pattern: reconstruction MSE after DDIM inversion", ""]
     inv = _load(out / "inversion" / "eval.json")["inversion"]
     lines += ["| S | " + " | ".join(str(r["steps"]) for r in inv) + " |"]
@@ -156,7 +167,6 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
             *nfe,
             "--families",
             "ddim-eta1",
-            "ddpm",
             "--out",
             str(out / "sweep_b"),
         ],
@@ -167,9 +177,31 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
             "--inversion",
             "--inversion-num",
             str(a.inversion_num),
+            "--inversion-steps",
+            "10",
+            "20",
+            "50",
+            "100",
+            "200",
             "--interpolation",
             "--out",
             str(out / "inversion"),
+        ],
+        [
+            *DDKIT,
+            "eval",
+            a.long,
+            "--sweep",
+            *n,
+            "--nfe",
+            "10",
+            "20",
+            "50",
+            "100",
+            "--families",
+            "ddpm",
+            "--out",
+            str(out / "sweep_d"),
         ],
     ]
     return {"table2": [table2], "table1": [sweep_a, sweep_b]}
@@ -182,7 +214,7 @@ def main() -> int:
     p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
     p.add_argument("--bpd-num", type=int, default=100, help="test images for the VLB")
     p.add_argument("--ode-num", type=int, default=100, help="test images for the PF-ODE")
-    p.add_argument("--inversion-num", type=int, default=50)
+    p.add_argument("--inversion-num", type=int, default=30)
     p.add_argument("--simple", default="runs/paper/frozen/fmnist_simple_3000.safetensors")
     p.add_argument("--vlb", default="runs/paper/frozen/fmnist_vlb_3000.safetensors")
     p.add_argument("--long", default="runs/paper/fmnist_simple", help="model for the sweep")
@@ -206,7 +238,7 @@ def main() -> int:
     from ddkit.evaluation import write_sweep
 
     rows = []
-    for part in ("sweep_a", "sweep_b", "sweep_c"):
+    for part in ("sweep_a", "sweep_b", "sweep_c", "sweep_d"):
         with open(out / part / "sweep.csv") as f:
             rows += list(csv.DictReader(f))
     for r in rows:

@@ -450,3 +450,11 @@ def test_features_cli_trains_reports_and_reuses(tmp_path, capsys):
     assert path.stat().st_mtime_ns == stamp and "ddkit-digits features" in capsys.readouterr().out
     assert main(["features", "--data", "moons", "--cache", str(cache)]) == 2
     one_line_error(capsys, "'moons' has no labels", "fashion_mnist")
+
+
+def test_cli_lists_the_sweep_families_of_the_evaluation_module():
+    """The CLI keeps the names without importing torch at parse time; they must not drift."""
+    from ddkit import cli
+    from ddkit import evaluation as ev
+
+    assert cli._SWEEP_FAMILIES == tuple(ev.SWEEP_FAMILIES)

@@ -121,6 +121,7 @@ def test_sample_missing_or_foreign_checkpoint(tmp_path, capsys):
         ("[train]\nmax_step = 3\n", ["unknown key train.max_step", "max_steps"]),
         ("[extra]\nx = 1\n", ["unknown section 'extra'"]),
         ('[model]\narch = "unet"\n', ["contradicts preset 'mlp-2d'"]),
+        ('[train]\ninit_from = "no/such/run"\n', ["no/such/run"]),
     ],
 )
 def test_train_bad_config_exit_2_nothing_written(tmp_path, capsys, extra, words):

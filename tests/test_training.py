@@ -117,6 +117,9 @@ def test_load_config_merges_files_and_overrides(tmp_path):
     [
         ("optim", "lr", math.nan, "optim.lr"),
         ("optim", "lrr", 1e-3, "unknown key optim.lrr"),
+        ("optim", "lr_schedule", "step", "allowed: constant, cosine, linear"),
+        ("optim", "min_lr", 0.1, "optim.min_lr=0.1 must not exceed optim.lr"),
+        ("optim", "min_lr", -1.0, "optim.min_lr=-1.0"),
         ("train", "batch_size", 0, "train.batch_size"),
         ("train", "precision", "fp8", "allowed: auto, fp32, bf16"),
         ("diffusion", "prediction", "score", "allowed: eps, x0, v"),
@@ -128,6 +131,13 @@ def test_bad_config_values_name_the_key(tmp_path, section, key, value, words):
     d = base_config(tmp_path)
     d[section][key] = value
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        config_from_dict(d)
+
+
+def test_decay_needs_steps_after_the_warm_up(tmp_path):
+    d = base_config(tmp_path)
+    d["optim"] |= {"lr_schedule": "cosine", "warmup_steps": 10}
+    with pytest.raises(ConfigError, match="optim.warmup_steps=10 leaves no steps for the cosine"):
         config_from_dict(d)
 
 
@@ -240,6 +250,73 @@ def test_epoch_batches_cover_each_epoch_once():
 def test_lr_warmup_is_linear(tmp_path):
     tr = Trainer(config_from_dict(base_config(tmp_path)), dataset=points())
     assert [tr.lr_at(s) for s in range(5)] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3])
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_lr_decay_matches_closed_form_and_reaches_min_lr(tmp_path, kind):
+    d = base_config(tmp_path)
+    d["optim"] |= {"lr_schedule": kind, "min_lr": 1e-4}
+    tr = Trainer(config_from_dict(d), dataset=points(), log=lambda s: None)
+    lrs = [tr.lr_at(s) for s in range(10)]
+    assert lrs[:2] == pytest.approx([1e-3 / 3, 2e-3 / 3])  # the warm-up is unchanged
+    for s in range(2, 10):  # decay from step 2 (the last warm-up step gives the full lr) to 9
+        p = (s - 2) / 7
+        shape = 0.5 * (1 + math.cos(math.pi * p)) if kind == "cosine" else 1 - p
+        assert lrs[s] == pytest.approx(1e-4 + 9e-4 * shape, rel=1e-12)
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    tr.fit()
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # the last step used min_lr
+    logged = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl")}
+    assert logged[10] == pytest.approx(1e-4) and logged[4] == pytest.approx(lrs[3])
+
+
+def test_resume_with_cosine_decay_is_bit_identical_and_keeps_max_steps(tmp_path):
+    data = points()
+    d = base_config(tmp_path / "full")
+    d["optim"] |= {"lr_schedule": "cosine", "min_lr": 1e-5}
+    full = Trainer(config_from_dict(d), dataset=data, log=lambda s: None)
+    full.fit()
+    d["train"]["out_dir"] = str(tmp_path / "cut")
+    Trainer(config_from_dict(d), dataset=data).fit(until=7)
+    with pytest.raises(ValueError, match="max_steps=20 cannot change on resume"):
+        Trainer.from_checkpoint(tmp_path / "cut", train_overrides={"max_steps": 20}, dataset=data)
+    resumed = Trainer.from_checkpoint(tmp_path / "cut", dataset=data, log=lambda s: None)
+    resumed.fit()
+    assert_identical(state_of(full), state_of(resumed))
+    _, meta = ckpt.load_checkpoint(tmp_path / "cut")
+    assert meta["lr_schedule"]["kind"] == "linear_warmup+cosine"
+    assert meta["lr_schedule"]["current_lr"] == pytest.approx(1e-5)
+
+
+def test_init_from_starts_from_the_ema_weights_only(tmp_path):
+    first = Trainer(config_from_dict(base_config(tmp_path / "a", max_steps=4)), dataset=points())
+    first.fit()
+    ema = {k: v.clone() for k, v in first.ema.shadow.items()}
+    d = base_config(tmp_path / "b", max_steps=3, init_from=str(tmp_path / "a"))
+    second = Trainer(config_from_dict(d), dataset=points(), log=lambda s: None)
+    assert second.step == 0 and not second.optimizer.state  # a fresh phase: step, optimizer
+    params = dict(second.model.named_parameters())
+    for k, v in ema.items():
+        assert torch.equal(params[k].detach(), v), k
+        assert torch.equal(second.ema.shadow[k], v), k
+    assert any(not torch.equal(p, first.model.state_dict()[k]) for k, p in ema.items())
+    second.fit()
+    # resuming the second phase needs only its own checkpoint, not the init file
+    for f in (tmp_path / "a" / "checkpoints").iterdir():
+        f.unlink()
+    Trainer.from_checkpoint(tmp_path / "b", train_overrides={"max_steps": 5}, dataset=points())
+
+
+def test_init_from_missing_or_foreign_checkpoint_is_refused(tmp_path):
+    d = base_config(tmp_path / "b", init_from=str(tmp_path / "nothing-here"))
+    with pytest.raises(ckpt.CheckpointError, match="nothing-here"):
+        Trainer(config_from_dict(d), dataset=points())
+    Trainer(config_from_dict(base_config(tmp_path / "a", max_steps=1)), dataset=points()).fit()
+    d = base_config(tmp_path / "b", init_from=str(tmp_path / "a"))
+    d["model"]["hidden"] = 64
+    with pytest.raises(ckpt.CheckpointError, match="do not fit this config's model"):
+        Trainer(config_from_dict(d), dataset=points())
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("interrupt_at", [3, 5, 7])

@@ -86,6 +86,9 @@ class DiffusionConfig:
         return NoiseSchedule.make(self.schedule, self.T, zero_terminal_snr=self.zero_terminal_snr)
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "adam"  # adam | adamw
@@ -94,6 +97,8 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 5000  # linear warm-up of the learning rate from 0
+    lr_schedule: str = "constant"  # after warm-up: constant | cosine | linear decay to min_lr
+    min_lr: float = 0.0  # where a decaying schedule ends, at train.max_steps
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay_k = min(ema_decay, (1 + k) / (10 + k))
@@ -104,6 +109,10 @@ class OptimConfig:
         _positive("optim.eps", self.eps)
         _positive("optim.weight_decay", self.weight_decay, zero_ok=True)
         _positive("optim.warmup_steps", self.warmup_steps, integer=True, zero_ok=True)
+        _choice("optim.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _positive("optim.min_lr", self.min_lr, zero_ok=True)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"optim.min_lr={self.min_lr!r} must not exceed optim.lr={self.lr!r}")
         _positive("optim.grad_clip", self.grad_clip, zero_ok=True)
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"optim.betas={self.betas!r} must be two numbers in [0, 1)")
@@ -118,6 +127,7 @@ class TrainSection:
     grad_accum: int = 1
     seed: int = 0
     out_dir: str = "runs/ddkit"
+    init_from: str = ""  # a checkpoint (file or run folder) whose EMA weights start the model
     precision: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU, else fp32) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
     log_every: int = 50
@@ -165,6 +175,12 @@ class Config:
             raise ConfigError(
                 f"diffusion.variance={self.diffusion.variance!r} and model.learn_sigma={learned} "
                 "disagree: learned_range variance needs learn_sigma = true and vice versa"
+            )
+        o, tr = self.optim, self.train
+        if o.lr_schedule != "constant" and o.warmup_steps >= tr.max_steps:
+            raise ConfigError(
+                f"optim.warmup_steps={o.warmup_steps} leaves no steps for the "
+                f"{o.lr_schedule} decay: it must be below train.max_steps={tr.max_steps}"
             )
 
 

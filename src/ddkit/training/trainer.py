@@ -97,7 +97,7 @@ def check_model_fits_data(cfg: Config, shape: tuple[int, ...]) -> None:
 class Trainer:
     """Owns the model, its optimizer, EMA and the step counter; see the module docstring."""
 
-    def __init__(self, cfg: Config, *, dataset=None, log=print):
+    def __init__(self, cfg: Config, *, dataset=None, log=print, init: bool = True):
         from ..data import load_dataset
 
         self.cfg, self.log = cfg, log
@@ -118,7 +118,10 @@ class Trainer:
         self.schedule = cfg.diffusion.make_schedule()
 
         torch.manual_seed(tr.seed + self.dist.rank)  # dropout: per-rank global RNG, checkpointed
-        self.model = cfg.model.build().to(self.device)
+        self.model = cfg.model.build()
+        if tr.init_from and init:
+            init_weights(self.model, tr.init_from, log=log if self.dist.is_main else None)
+        self.model = self.model.to(self.device)
         self.ddp = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -168,9 +171,9 @@ class Trainer:
         }
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up from 0 over ``warmup_steps`` optimizer steps, then constant."""
-        w = self.cfg.optim.warmup_steps
-        return self.cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+        """Linear warm-up from 0 over ``warmup_steps`` optimizer steps; then constant, or a
+        cosine or linear decay that reaches ``min_lr`` at ``train.max_steps``."""
+        return lr_at(self.cfg.optim, self.cfg.train.max_steps, step)
 
     # ---- one optimizer step ---------------------------------------------------------------
     def train_step(self) -> dict:
@@ -409,9 +412,12 @@ class Trainer:
                 "data_shape": list(self.dataset.shape),
                 "optimizer": opt_meta,
                 "lr_schedule": {
-                    "kind": "linear_warmup",
+                    "kind": f"linear_warmup+{self.cfg.optim.lr_schedule}",
                     "lr": self.cfg.optim.lr,
+                    "min_lr": self.cfg.optim.min_lr,
                     "warmup_steps": self.cfg.optim.warmup_steps,
+                    "decay_end": self.cfg.train.max_steps,
+                    "current_lr": self.lr_at(self.step - 1),
                 },
                 "ema": self.ema.state_dict(),
                 "rng_python": _jsonable(random.getstate()),
@@ -480,8 +486,15 @@ class Trainer:
             )
         cfg = config_from_dict(d)
         if train_overrides:
+            new_max = train_overrides.get("max_steps", cfg.train.max_steps)
+            if cfg.optim.lr_schedule != "constant" and new_max != cfg.train.max_steps:
+                raise ValueError(
+                    f"train.max_steps={new_max} cannot change on resume with "
+                    f"optim.lr_schedule={cfg.optim.lr_schedule!r}: the decay is laid out over "
+                    f"max_steps={cfg.train.max_steps}"
+                )
             cfg = replace(cfg, train=replace(cfg.train, **train_overrides))
-        trainer = cls(cfg, dataset=dataset, log=log)
+        trainer = cls(cfg, dataset=dataset, log=log, init=False)
         trainer.load_state(tensors, meta)
         return trainer
 
@@ -497,6 +510,38 @@ RESUMABLE_TRAIN_KEYS = (
     "progress",
     "tensorboard",
 )
+
+
+def lr_at(o, max_steps: int, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) under :class:`OptimConfig` ``o``."""
+    w = o.warmup_steps
+    if step < w:
+        return o.lr * (step + 1) / w
+    if o.lr_schedule == "constant":
+        return o.lr
+    p = min(1.0, (step - w + 1) / (max_steps - w))  # reaches 1 at the last step
+    shape = 0.5 * (1.0 + math.cos(math.pi * p)) if o.lr_schedule == "cosine" else 1.0 - p
+    return o.min_lr + (o.lr - o.min_lr) * shape
+
+
+def init_weights(model: nn.Module, path: str | Path, log=None) -> None:
+    """Start ``model`` from the EMA weights of a checkpoint (a file or a run folder: its
+    newest) of the same architecture -- fine-tuning, or a new training phase with other
+    optimizer settings.  Only the weights are taken: step, optimizer and RNG start fresh."""
+    tensors, meta = ckpt.load_checkpoint(path)
+    state = {
+        **ckpt.tensors_with_prefix(tensors, "model"),
+        **ckpt.tensors_with_prefix(tensors, "ema"),
+    }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ckpt.CheckpointError(
+            f"train.init_from={str(path)!r}: its weights do not fit this config's model "
+            "(another architecture)"
+        ) from None
+    if log is not None:
+        log(f"model initialised from the EMA weights of {meta['path']} (step {meta['step']})")
 
 
 def make_denoiser(model: nn.Module, cfg: Config, schedule, dataset=None) -> Denoiser:

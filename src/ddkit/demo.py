@@ -34,7 +34,14 @@ DEMOS = {
     "digits": {
         "model": {"preset": "ddpm-8", "num_res_blocks": 1, "dropout": 0.0},
         "data": {"name": "digits"},
-        "optim": {"lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995, "grad_clip": 1.0},
+        "optim": {
+            "lr": 2e-3,
+            "warmup_steps": 100,
+            "lr_schedule": "cosine",
+            "min_lr": 1e-5,
+            "ema_decay": 0.995,
+            "grad_clip": 1.0,
+        },
         "train": {"max_steps": 1500, "batch_size": 64, "sample_every": 500, "sample_num": 64},
     },
 }
@@ -45,13 +52,15 @@ def demo_config(name: str, out: Path, steps_scale: float = 1.0, progress: bool =
     tr = d["train"]
     tr["max_steps"] = max(1, math.ceil(tr["max_steps"] * steps_scale))
     tr["sample_every"] = max(1, math.ceil(tr["sample_every"] * steps_scale))
+    o = d["optim"]  # the warm-up shrinks with the run, leaving steps for the decay
+    o["warmup_steps"] = min(math.ceil(o["warmup_steps"] * steps_scale), tr["max_steps"] - 1)
     tr.update(
         out_dir=str(out / name),
         ckpt_every=tr["max_steps"],
         keep_last=1,
         log_every=max(1, tr["max_steps"] // 50),
         sample_sampler="ddim",
-        sample_steps=100,
+        sample_steps=25,
         progress=progress,
         tensorboard=False,
     )

@@ -458,3 +458,29 @@ def test_cli_lists_the_sweep_families_of_the_evaluation_module():
     from ddkit import evaluation as ev
 
     assert cli._SWEEP_FAMILIES == tuple(ev.SWEEP_FAMILIES)
+
+
+# ---- sharpness: the detail diagnostic beside FID -------------------------------------------------
+def test_sharpness_closed_forms_and_blur_lowers_it():
+    from ddkit.metrics.sharpness import sharpness
+
+    flat = torch.full((2, 1, 8, 8), 0.3)
+    s = sharpness(flat)
+    assert torch.all(s["grad"] == 0) and torch.all(s["hf_share"] == 0)
+    i = torch.arange(8)
+    checker = ((i[:, None] + i[None, :]) % 2 * 2 - 1).double().expand(1, 1, 8, 8)
+    s = sharpness(checker)  # |dx| = |dy| = 2 everywhere; all power at (0.5, 0.5) c/px
+    assert s["grad"].item() == pytest.approx(4.0) and s["hf_share"].item() == pytest.approx(1.0)
+    ramp = (i / 7.0).double().expand(1, 1, 8, 8)  # dx = 1/7 on every row, dy = 0
+    assert sharpness(ramp)["grad"].item() == pytest.approx(1 / 7)
+    # cos at 0.125 cycles/pixel along rows: no power above 0.25 (up to float32 rounding)
+    stripes = torch.cos(2 * torch.pi * i / 8).double().expand(1, 2, 8, 8)
+    assert sharpness(stripes)["hf_share"].item() == pytest.approx(0.0, abs=1e-12)
+    noise = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    blurred = torch.nn.functional.avg_pool2d(noise, 3, stride=1, padding=1, count_include_pad=False)
+    a, b = sharpness(noise), sharpness(blurred)
+    assert torch.all(b["grad"] < a["grad"]) and torch.all(b["hf_share"] < a["hf_share"])
+    with pytest.raises(ValueError, match="cutoff=0.9"):
+        sharpness(noise, cutoff=0.9)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        sharpness(noise[0])

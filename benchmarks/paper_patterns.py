@@ -22,7 +22,9 @@ of one thread each, prints each command, and merges the sweep parts into one tab
   * DDIM sec. 5.3: latent interpolation.
 
 Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 45 min)
-      .venv/bin/python benchmarks/paper_patterns.py table1     (two lanes, about 35 min)
+      .venv/bin/python benchmarks/paper_patterns.py table1     (two lanes, about 45 min)
+      .venv/bin/python benchmarks/paper_patterns.py seeds      (eta 0 vs 1 on seeds 1-3, ~10 min)
+      .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
 
@@ -140,7 +142,6 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
             "--families",
             "ddim-eta0",
             "ddim-eta0-quad",
-            "ddim-eta1-quad",
             "--out",
             str(out / "sweep_a"),
         ],
@@ -172,6 +173,7 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
             *nfe,
             "--families",
             "ddim-eta1",
+            "ddim-eta1-quad",
             "--out",
             str(out / "sweep_b"),
         ],
@@ -209,12 +211,85 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
             str(out / "sweep_d"),
         ],
     ]
-    return {"table2": [table2], "table1": [sweep_a, sweep_b]}
+
+    def seed_run(k: int) -> list[str]:
+        fams = ["--families", "ddim-eta0", "ddim-eta1"]
+        return [*DDKIT, "eval", a.long, "--sweep", *n, "--nfe", "10", "20", "50", *fams]
+
+    seeds = [
+        [[*seed_run(k), "--seed", str(k), "--out", str(out / "seeds" / f"seed{k}")] for k in ks]
+        for ks in ((1, 3), (2,))
+    ]
+    sharp = [
+        [
+            [*DDKIT, "sample", a.long, "--sampler", "ddim", "--spacing", "leading"]
+            + ["--steps", str(S), "--eta", str(eta), "--num", str(a.num), "--seed", "0"]
+            + ["--out", str(Path(a.sharp_dir) / f"ddim_eta{eta}_S{S}")]
+            for S in SHARP_STEPS
+        ]
+        for eta in (0, 1)
+    ]
+    return {
+        "table2": [table2],
+        "table1": [sweep_a, sweep_b],
+        "seeds": seeds,
+        "sharpness": sharp,
+    }
+
+
+SHARP_STEPS = (10, 20, 50)
+
+
+def _read_sweep(path: Path) -> list[dict]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k in ("steps", "nfe", "num_samples", "num_reference"):
+            r[k] = int(r[k])
+        for k in ("fid", "kid_x1e3", "kid_std_x1e3", "seconds_per_sample"):
+            r[k] = float(r[k])
+    return rows
+
+
+def seed_table(out: Path, rows0: list[dict]) -> str:
+    """DDIM eta = 0 against eta = 1 at S = 10, 20, 50 over seeds: seed 0 from the sweep, the
+    others from the ``seeds`` stage; each seed draws one initial noise for both samplers, so
+    their difference is paired."""
+    fid = {(0, r["family"], r["steps"]): r["fid"] for r in rows0}
+    seeds = [0]
+    for d in sorted((out / "seeds").glob("seed*")):
+        k = int(d.name[4:])
+        seeds.append(k)
+        fid |= {(k, r["family"], r["steps"]): r["fid"] for r in _read_sweep(d / "sweep.csv")}
+    head = "| S | " + " | ".join(f"eta0 / eta1, seed {k}" for k in seeds)
+    lines = [head + " | mean eta0 | mean eta1 | eta0 - eta1 (paired) |"]
+    lines.append("|---:|" + "---:|" * (len(seeds) + 3))
+    for S in SHARP_STEPS:
+        a = [fid[(k, "ddim-eta0", S)] for k in seeds]
+        b = [fid[(k, "ddim-eta1", S)] for k in seeds]
+        cells = [f"{x:.2f} / {y:.2f}" for x, y in zip(a, b, strict=True)]
+        stats = [_mean_se(a), _mean_se(b), _mean_se([x - y for x, y in zip(a, b, strict=True)])]
+        lines.append(
+            f"| {S} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(
+                f"{m:+.2f} +- {e:.2f}" if i == 2 else f"{m:.2f} +- {e:.2f}"
+                for i, (m, e) in enumerate(stats)
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _mean_se(v: list[float]) -> tuple[float, float]:
+    m = sum(v) / len(v)
+    return m, (sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) ** 0.5
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("stage", choices=["table2", "table1", "summary"])
+    p.add_argument("stage", choices=["table2", "table1", "seeds", "sharpness", "summary"])
     p.add_argument("--num", type=int, default=300, help="samples per FID")
     p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
     p.add_argument("--bpd-num", type=int, default=100, help="test images for the VLB")
@@ -229,6 +304,9 @@ def main() -> int:
         help="the sweep model, as the tables name it",
     )
     p.add_argument("--out", default="docs/paper")
+    p.add_argument(
+        "--sharp-dir", default="runs/paper/sharpness", help="samples of the sharpness stage"
+    )
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,21 +321,33 @@ def main() -> int:
         print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
         if any(codes):
             return 1
-    if a.stage == "table2":
+    if a.stage in ("table2", "table1", "seeds"):
+        return 0
+    if a.stage == "sharpness":
+        files = [
+            f"DDIM eta {eta}, S {S}={Path(a.sharp_dir) / f'ddim_eta{eta}_S{S}' / 'samples.npz'}"
+            for S in SHARP_STEPS
+            for eta in (0, 1)
+        ]
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "sample_sharpness.py"), *files]
+        print(shlex.join(cmd[1:]), flush=True)
+        table = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        (out / "sharpness.md").write_text(table)
+        print(table)
         return 0
     from ddkit.evaluation import write_sweep
 
     rows = []
     for part in ("sweep_a", "sweep_b", "sweep_c", "sweep_d"):
-        with open(out / part / "sweep.csv") as f:
-            rows += list(csv.DictReader(f))
-    for r in rows:
-        for k in ("steps", "nfe", "num_samples", "num_reference"):
-            r[k] = int(r[k])
-        for k in ("fid", "kid_x1e3", "kid_std_x1e3", "seconds_per_sample"):
-            r[k] = float(r[k])
+        rows += _read_sweep(out / part / "sweep.csv")
     write_sweep(rows, out / "sweep", f"fashion_mnist, {a.label}, {a.num} samples per cell")
     tables = summarize(out, rows, a.label)
+    if (out / "seeds").is_dir():
+        tables += "\n## DDIM eta = 0 against eta = 1 over seeds (FID, same noise for both)\n\n"
+        tables += seed_table(out, rows)
+    if (out / "sharpness.md").is_file():
+        tables += "\n## Detail of the samples (benchmarks/sample_sharpness.py)\n\n"
+        tables += (out / "sharpness.md").read_text()
     (out / "tables.md").write_text(tables)
     print(tables)
     return 0

@@ -471,7 +471,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
             torch.testing.assert_close(two[k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")))
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").rglob("*.toml")))
 def test_shipped_configs_are_valid(path):
     cfg = load_config([path])
     assert cfg.train.max_steps >= 1

@@ -18,8 +18,9 @@ from ddkit.models import (
     model_config_to_dict,
     preset,
     timestep_embedding,
+    winograd,
 )
-from ddkit.models.layers import AttentionBlock, Conv3x3, Dropout, upsample_conv
+from ddkit.models.layers import AttentionBlock, Conv3x3, Dropout, keep_mask, upsample_conv
 from ddkit.models.winograd import winograd_conv3x3, winograd_pays
 
 TINY = UNetConfig(
@@ -203,7 +204,13 @@ def test_winograd_conv_float32_accuracy_and_layout():
         winograd_conv3x3(torch.randn(1, 32, 8, 8), w, b)
 
 
-def test_winograd_is_taken_only_where_it_pays():
+@pytest.fixture
+def avx2(monkeypatch):
+    """Take the CPU for one where Winograd pays (AVX2 without AVX-512), whatever this one is."""
+    monkeypatch.setattr(winograd, "cpu_favours_winograd", lambda: True)
+
+
+def test_winograd_is_taken_only_where_it_pays(avx2):
     wide = torch.empty(8, 256, 16, 16)
     assert winograd_pays(wide, 256, 256)
     assert not winograd_pays(wide[:1], 256, 256)  # 64 tiles
@@ -213,7 +220,30 @@ def test_winograd_is_taken_only_where_it_pays():
     assert not winograd_pays(wide.to(torch.bfloat16), 256, 256)
 
 
-def test_conv3x3_matches_conv2d_on_both_paths():
+def test_winograd_is_never_taken_on_cpus_where_it_loses(monkeypatch):
+    monkeypatch.setattr(winograd, "cpu_favours_winograd", lambda: False)
+    assert not winograd_pays(torch.empty(8, 256, 16, 16), 256, 256)
+
+
+@pytest.mark.parametrize(
+    "isa, env, expected",
+    [("AVX2", None, True), ("AVX512", None, False), ("DEFAULT", None, False), ("AVX512", "1", True)]
+    + [("AVX2", "0", False)],
+)
+def test_winograd_cpu_check_follows_the_isa_and_the_override(monkeypatch, isa, env, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    if env is None:
+        monkeypatch.delenv("DDKIT_WINOGRAD", raising=False)
+    else:
+        monkeypatch.setenv("DDKIT_WINOGRAD", env)
+    winograd.cpu_favours_winograd.cache_clear()
+    try:
+        assert winograd.cpu_favours_winograd() is expected
+    finally:
+        winograd.cpu_favours_winograd.cache_clear()
+
+
+def test_conv3x3_matches_conv2d_on_both_paths(avx2):
     torch.manual_seed(0)
     conv = Conv3x3(128, 128)
     ref = torch.nn.Conv2d(128, 128, 3, padding=1)
@@ -245,11 +275,11 @@ def test_upsample_conv_is_nearest_upsampling_then_conv():
 
 def test_dropout_statistics_and_modes():
     torch.manual_seed(0)
-    drop = Dropout(0.25)
+    drop = Dropout(0.25)  # a multiple of 2**-15: exact
     x = torch.ones(200_000, requires_grad=True)
     y = drop(x)
     kept = y != 0
-    assert abs(kept.float().mean().item() - 0.75) < 0.005
+    assert abs(kept.float().mean().item() - 0.75) < 0.005  # 5 standard errors
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
     y.sum().backward()
     torch.testing.assert_close(x.grad, kept.float() / 0.75)  # the same mask in the backward
@@ -257,6 +287,25 @@ def test_dropout_statistics_and_modes():
     assert drop(x) is x
     with pytest.raises(ValueError, match="dropout"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 1e-6, 0.99999])
+def test_keep_mask_rate_and_unbiased_scale(p):
+    """P(keep) = 1 - p' with p' = p rounded to 2**-15, and scale = 1 / (1 - p'), so that
+    E[keep * scale] = 1 exactly; the draws are uniform (rate within 5 standard errors), and the
+    two 15-bit fields of one draw are independent (no correlation between neighbours)."""
+    torch.manual_seed(1)
+    n = 1_000_001  # odd: the last draw is half used
+    keep, scale = keep_mask((n,), p)
+    q = min(round(p * 2**15), 2**15 - 1) / 2**15
+    assert abs(q - p) <= 2**-16 or (p > 1 - 2**-15 and q == 1 - 2**-15)  # some are kept
+    assert scale == pytest.approx(1 / (1 - q), rel=1e-12)
+    rate = keep.double().mean().item()
+    assert abs(rate - (1 - q)) <= 5 * math.sqrt(q * (1 - q) / n) + 1e-12
+    k = keep[: n - 1].double().view(-1, 2)  # the two fields of each draw
+    if 0.01 < q < 0.99:
+        corr = torch.corrcoef(k.T)[0, 1].item()
+        assert abs(corr) < 5 / math.sqrt(k.shape[0])
 
 
 # --- whole models ---------------------------------------------------------------------------

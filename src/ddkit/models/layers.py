@@ -65,12 +65,34 @@ class _MaskedScale(torch.autograd.Function):
         return torch.mul(grad, keep).mul_(ctx.scale), None, None
 
 
+_DROP_BITS = 15  # mask resolution: p is rounded to a multiple of 2**-15
+
+
+def keep_mask(shape, p: float, device=None) -> tuple[torch.Tensor, float]:
+    """A boolean keep-mask with P(keep) = 1 - p', and the scale 1 / (1 - p') that makes inverted
+    dropout unbiased, where p' is p rounded to the nearest multiple of 2**-15 (|p' - p| <= 2**-16;
+    p above 1 - 2**-15 becomes 1 - 2**-15, so that some elements are kept).
+
+    CPU random draws cost one mt19937 output each, ~20x a SiLU of the same tensor; one 31-bit
+    draw here serves two elements (its two low 15-bit fields), which makes the mask ~3x cheaper
+    than ``rand_like(x) >= p``.  Draws from torch's default generator (``torch.manual_seed``).
+    """
+    n = math.prod(shape)
+    levels = 1 << _DROP_BITS
+    threshold = min(round(p * levels), levels - 1)
+    r = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()
+    r = r.view(torch.int16)[:n].bitwise_and_(levels - 1).view(shape)
+    return r >= threshold, levels / (levels - threshold)
+
+
 class Dropout(nn.Module):
     """Inverted dropout, as ``nn.Dropout(p)``: in training each element is zeroed with probability
     p and the rest scaled by 1 / (1 - p); the identity in eval mode.
 
-    The mask is drawn as ``rand_like(x) >= p`` from torch's default generator (seed it with
-    ``torch.manual_seed``): on CPU about twice as fast as ``bernoulli_``, which ``nn.Dropout`` uses.
+    The mask comes from :func:`keep_mask`: p is rounded to a multiple of 2**-15 (0.1 becomes
+    0.100006) and the scale uses the rounded value, so E[output] = input exactly.  Drawn from
+    torch's default generator (seed it with ``torch.manual_seed``); ~3x cheaper on CPU than the
+    float draws of ``nn.Dropout``'s ``bernoulli_``.
     """
 
     def __init__(self, p: float = 0.0):
@@ -82,8 +104,8 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.rand_like(x) >= self.p
-        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+        keep, scale = keep_mask(x.shape, self.p, x.device)
+        return _MaskedScale.apply(x, keep, scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

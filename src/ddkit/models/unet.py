@@ -13,13 +13,14 @@ Downsample pads one pixel on every side (TF's "SAME" pads only bottom/right), an
 PyTorch's default initialisation except for the zero-initialised last conv of each residual branch,
 the attention output and conv_out (as in the TF code).
 
-Speed on CPU, all of it default behaviour and exact (no setting to turn on): 3x3 convolutions with
-many channels and enough tiles run as Winograd F(2x2, 3x3) (``winograd.py``), the upsampling convs
-from 8x8 and 128 channels up as four 2x2 convolutions on the low-resolution grid
-(``layers.upsample_conv``), dropout draws its mask with ``rand_like`` (``layers.Dropout``), the
-time embedding's SiLU is computed once per forward, and attention is one fused q/k/v projection
-plus ``scaled_dot_product_attention``.  Feed contiguous (NCHW) input: on the AVX2 CPU measured,
-oneDNN's direct convolutions train faster in it than in channels_last.  The output is always a
+Speed on CPU, all of it default behaviour and exact up to rounding (no setting to turn on): on AVX2
+CPUs (where it was measured to pay), 3x3 convolutions with many channels and enough tiles run as
+Winograd F(2x2, 3x3) (``winograd.py``); the upsampling convs from 8x8 and 128 channels up run as
+four 2x2 convolutions on the low-resolution grid (``layers.upsample_conv``); dropout draws two
+15-bit mask fields per random number (``layers.keep_mask``: p rounded to a multiple of 2**-15,
+unbiased); the time embedding's SiLU is computed once per forward, and attention is one fused q/k/v
+projection plus ``scaled_dot_product_attention``.  Feed contiguous (NCHW) input: on the AVX2 CPU
+measured, oneDNN's direct convolutions train faster in it than in channels_last.  The output is a
 contiguous [N, C_out, H, W] tensor.
 """
 

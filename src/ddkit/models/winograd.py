@@ -22,20 +22,39 @@ order as direct convolution's own rounding); the tests check both passes against
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+
+
+@functools.cache
+def cpu_favours_winograd() -> bool:
+    """Whether this CPU is one where the eager F(2x2, 3x3) was measured to beat oneDNN: AVX2
+    without AVX-512 (torch's CPU capability "AVX2").  With AVX-512, oneDNN's direct convolutions
+    are about 4x faster per core and the memory-bound tile transforms lose: on an AMD Zen 5
+    (2026-11-28) ``ddpm-cifar10`` trained at 0.79x diffusers' speed with Winograd and 1.07-1.13x
+    without.  ``DDKIT_WINOGRAD=0`` / ``1`` overrides the check."""
+    env = os.environ.get("DDKIT_WINOGRAD")
+    if env in ("0", "1"):
+        return env == "1"
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
     """Whether F(2x2, 3x3) beats oneDNN's direct convolution for this call (measured on AVX2:
     ~20% faster for 256 -> 256 channels at 16x16, batch 8; slower for few channels or tiles).
 
-    CPU only (GPUs have their own Winograd in cuDNN), even H and W, at least 512 tiles,
+    CPU only (GPUs have their own Winograd in cuDNN), on CPUs that :func:`cpu_favours_winograd`
+    accepts, even H and W, at least 512 tiles,
     C_in * C_out / (C_in + C_out) >= 64 (GEMM work per tile against transform work per tile), and
     transformed input V of at most 24 MiB (beyond, the transforms fall out of cache and lose).
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.ndim != 4:
+        return False
+    if not cpu_favours_winograd():
         return False
     n, _, h, w = x.shape
     tiles = n * (h // 2) * (w // 2)

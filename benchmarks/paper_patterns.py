@@ -73,6 +73,8 @@ def summarize(out: Path, rows: list[dict], label: str) -> str:
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
     lines += ["", "(quadratic at S = 1000 is the uniform run: every index.)", ""]
 
+    if not (out / "simple_bpd" / "eval.json").is_file():  # a sweep-only folder (another model)
+        return "\n".join(lines) + "\n" + _inversion_table(out)
     lines += ["## DDPM Table 2 pattern: L_simple vs the true bound (same model and budget)", ""]
     lines += [
         f"| training loss | VLB bits/dim | PF-ODE bits/dim | {metric}, DDPM S=1000 | KID x 1e3 |",
@@ -98,7 +100,11 @@ def summarize(out: Path, rows: list[dict], label: str) -> str:
     lines.append(
         f"| L_simple - L_vlb, same images and noise (paired) | {pair[0]} | {pair[1]} | | |"
     )
-    lines += ["", "## DDIM Table 2 pattern: reconstruction MSE after DDIM inversion", ""]
+    return "\n".join(lines) + "\n\n" + _inversion_table(out)
+
+
+def _inversion_table(out: Path) -> str:
+    lines = ["## DDIM Table 2 pattern: reconstruction MSE after DDIM inversion", ""]
     inv = _load(out / "inversion" / "eval.json")["inversion"]
     lines += ["| S | " + " | ".join(str(r["steps"]) for r in inv) + " |"]
     lines += ["|---|" + "---:|" * len(inv)]
@@ -214,7 +220,7 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
 
     def seed_run(k: int) -> list[str]:
         fams = ["--families", "ddim-eta0", "ddim-eta1"]
-        return [*DDKIT, "eval", a.long, "--sweep", *n, "--nfe", "10", "20", "50", *fams]
+        return [*DDKIT, "eval", a.long, "--sweep", *n, "--nfe", *map(str, a.seed_steps), *fams]
 
     seeds = [
         [[*seed_run(k), "--seed", str(k), "--out", str(out / "seeds" / f"seed{k}")] for k in ks]
@@ -252,9 +258,9 @@ def _read_sweep(path: Path) -> list[dict]:
 
 
 def seed_table(out: Path, rows0: list[dict]) -> str:
-    """DDIM eta = 0 against eta = 1 at S = 10, 20, 50 over seeds: seed 0 from the sweep, the
-    others from the ``seeds`` stage; each seed draws one initial noise for both samplers, so
-    their difference is paired."""
+    """DDIM eta = 0 against eta = 1 over seeds, at every S that all seeds have: seed 0 from the
+    sweep, the others from the ``seeds`` stage; each seed draws one initial noise for both
+    samplers, so their difference is paired."""
     fid = {(0, r["family"], r["steps"]): r["fid"] for r in rows0}
     seeds = [0]
     for d in sorted((out / "seeds").glob("seed*")):
@@ -264,7 +270,11 @@ def seed_table(out: Path, rows0: list[dict]) -> str:
     head = "| S | " + " | ".join(f"eta0 / eta1, seed {k}" for k in seeds)
     lines = [head + " | mean eta0 | mean eta1 | eta0 - eta1 (paired) |"]
     lines.append("|---:|" + "---:|" * (len(seeds) + 3))
-    for S in SHARP_STEPS:
+    fams = ("ddim-eta0", "ddim-eta1")
+    steps = sorted(
+        S for S in {S for (_, _, S) in fid} if all((k, f, S) in fid for k in seeds for f in fams)
+    )
+    for S in steps:
         a = [fid[(k, "ddim-eta0", S)] for k in seeds]
         b = [fid[(k, "ddim-eta1", S)] for k in seeds]
         cells = [f"{x:.2f} / {y:.2f}" for x, y in zip(a, b, strict=True)]
@@ -295,6 +305,9 @@ def main() -> int:
     p.add_argument("--bpd-num", type=int, default=100, help="test images for the VLB")
     p.add_argument("--ode-num", type=int, default=100, help="test images for the PF-ODE")
     p.add_argument("--inversion-num", type=int, default=30)
+    p.add_argument(
+        "--seed-steps", type=int, nargs="+", default=[10, 20, 50], help="S of the seeds stage"
+    )
     p.add_argument("--simple", default="runs/paper/frozen/fmnist_simple_3000.safetensors")
     p.add_argument("--vlb", default="runs/paper/frozen/fmnist_vlb_3000.safetensors")
     p.add_argument("--long", default="runs/paper/fmnist_simple_anneal", help="model for the sweep")
@@ -338,8 +351,9 @@ def main() -> int:
     from ddkit.evaluation import write_sweep
 
     rows = []
-    for part in ("sweep_a", "sweep_b", "sweep_c", "sweep_d"):
-        rows += _read_sweep(out / part / "sweep.csv")
+    for part in ("sweep_a", "sweep_b", "sweep_c", "sweep_d", "sweep_e"):  # e: optional extras
+        if part != "sweep_e" or (out / part / "sweep.csv").is_file():
+            rows += _read_sweep(out / part / "sweep.csv")
     write_sweep(rows, out / "sweep", f"fashion_mnist, {a.label}, {a.num} samples per cell")
     tables = summarize(out, rows, a.label)
     if (out / "seeds").is_dir():

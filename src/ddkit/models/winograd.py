@@ -35,8 +35,8 @@ def cpu_favours_winograd() -> bool:
     """Whether this CPU is one where the eager F(2x2, 3x3) was measured to beat oneDNN: AVX2
     without AVX-512 (torch's CPU capability "AVX2").  With AVX-512, oneDNN's direct convolutions
     are about 4x faster per core and the memory-bound tile transforms lose: on an AMD Zen 5
-    (2026-11-28) ``ddpm-cifar10`` trained at 0.79x diffusers' speed with Winograd and 1.07-1.13x
-    without.  ``DDKIT_WINOGRAD=0`` / ``1`` overrides the check."""
+    (2026-11-28) ``ddpm-cifar10`` trained at 0.78x diffusers' speed with Winograd and 1.06x
+    without (``benchmarks/unet_throughput.py``).  ``DDKIT_WINOGRAD=0`` / ``1`` overrides the check."""
     env = os.environ.get("DDKIT_WINOGRAD")
     if env in ("0", "1"):
         return env == "1"

@@ -252,11 +252,7 @@ def run_case(preset_name: str, batch: int, reps: int, threads: int) -> dict:
     for s in sides.values():  # warm-up: oneDNN primitive caches, allocator
         s.step()
         s.step()
-    times = {name: [] for name in sides}
-    for r in range(reps):
-        order = ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours")
-        for name in order:
-            times[name].append(sides[name].step())
+    times = interleaved(sides, reps)
     memory = {name: peak_memory(name, preset_name, batch, threads) for name in sides}
     return {
         "preset": preset_name,
@@ -293,14 +289,28 @@ def report(result: dict) -> str:
             f"{1e3 * med[name]:.0f} | {result['nominal_gflop'] / med[name]:.1f} | "
             f"{mem['after_kib'] / 1024:.0f} MiB | {(mem['after_kib'] - mem['before_kib']) / 1024:.0f} MiB |"
         )
-    ratios = sorted(d / o for o, d in zip(times["ours"], times["diffusers"]))
-    lines += [
-        "",
-        f"speed-up ours / diffusers: **{med['diffusers'] / med['ours']:.3f}x** (ratio of medians); "
-        f"per-round ratios {ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.3f}",
-        "",
-    ]
+    lines += ["", speedup_line(times), ""]
     return "\n".join(lines)
+
+
+def interleaved(sides: dict, reps: int) -> dict[str, list[float]]:
+    """Step times of each side over ``reps`` rounds in alternating order (ours, theirs, theirs,
+    ours, ...), so that neither side always runs first."""
+    times = {name: [] for name in sides}
+    for r in range(reps):
+        for name in ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours"):
+            times[name].append(sides[name].step())
+    return times
+
+
+def speedup_line(times: dict[str, list[float]]) -> str:
+    """Ratio of median step times, with the range and median of the per-round ratios."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = sorted(d / o for o, d in zip(times["ours"], times["diffusers"]))
+    return (
+        f"speed-up ours / diffusers: **{med['diffusers'] / med['ours']:.3f}x** (ratio of medians); "
+        f"per-round ratios {ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.3f}"
+    )
 
 
 def main() -> None:

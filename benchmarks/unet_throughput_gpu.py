@@ -28,7 +28,7 @@ import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from unet_throughput import check_same_function, diffusers_model  # noqa: E402
+from unet_throughput import check_same_function, diffusers_model, interleaved, speedup_line
 
 from ddkit.models import count_parameters, preset
 
@@ -117,10 +117,7 @@ def run_case(preset_name: str, batch: int, reps: int, peak: float) -> str:
     for s in sides.values():
         for _ in range(5):
             s.step()
-    times = {k: [] for k in sides}
-    for r in range(reps):
-        for k in ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours"):
-            times[k].append(sides[k].step())
+    times = interleaved(sides, reps)
     mem = {k: s.memory() for k, s in sides.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     lines = [
@@ -142,13 +139,7 @@ def run_case(preset_name: str, batch: int, reps: int, peak: float) -> str:
             f"{100 * flops / m / peak:.1f}% | {mem[k][0] / 2**20:.0f} MiB | "
             f"{mem[k][1] / 2**20:.0f} MiB |"
         )
-    ratios = sorted(d / o for o, d in zip(times["ours"], times["diffusers"]))
-    lines += [
-        "",
-        f"speed-up ours / diffusers: **{med['diffusers'] / med['ours']:.3f}x** (ratio of medians); "
-        f"per-round ratios {ratios[0]:.2f}-{ratios[-1]:.2f}",
-        "",
-    ]
+    lines += ["", speedup_line(times), ""]
     return "\n".join(lines)
 
 

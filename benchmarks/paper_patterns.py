@@ -24,6 +24,9 @@ of one thread each, prints each command, and merges the sweep parts into one tab
 Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 45 min)
       .venv/bin/python benchmarks/paper_patterns.py table1     (two lanes, about 45 min)
       .venv/bin/python benchmarks/paper_patterns.py seeds      (eta 0 vs 1 on seeds 1-3, ~10 min)
+      .venv/bin/python benchmarks/paper_patterns.py large --num 2000 --out DIR
+                         (Table 1 at --seed-steps with many samples: seed 0 with both spacings,
+                          seeds 1-2 uniform; two lanes, ~35 min for 2,000 samples and S 10-50)
       .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
@@ -70,8 +73,11 @@ def summarize(out: Path, rows: list[dict], label: str) -> str:
         for s in steps:
             r = fid.get((fam, s)) or (fid.get((fam[:-5], s)) if fam.endswith("-quad") else None)
             cells.append(f"{r['fid']:.2f}" if r else "")
-        lines.append(f"| {fam} | " + " | ".join(cells) + " |")
-    lines += ["", "(quadratic at S = 1000 is the uniform run: every index.)", ""]
+        if any(cells):
+            lines.append(f"| {fam} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if 1000 in steps:
+        lines += ["(quadratic at S = 1000 is the uniform run: every index.)", ""]
 
     if not (out / "simple_bpd" / "eval.json").is_file():  # a sweep-only folder (another model)
         return "\n".join(lines) + "\n" + _inversion_table(out)
@@ -104,6 +110,8 @@ def summarize(out: Path, rows: list[dict], label: str) -> str:
 
 
 def _inversion_table(out: Path) -> str:
+    if not (out / "inversion").is_dir():
+        return ""
     lines = ["## DDIM Table 2 pattern: reconstruction MSE after DDIM inversion", ""]
     inv = _load(out / "inversion" / "eval.json")["inversion"]
     lines += ["| S | " + " | ".join(str(r["steps"]) for r in inv) + " |"]
@@ -226,6 +234,20 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         [[*seed_run(k), "--seed", str(k), "--out", str(out / "seeds" / f"seed{k}")] for k in ks]
         for ks in ((1, 3), (2,))
     ]
+    # Table 1 at few steps with many samples per cell: seed 0 with both spacings in one lane,
+    # seeds 1 and 2 (uniform only) in the other; about equal work.
+    fams4 = ["ddim-eta0", "ddim-eta1", "ddim-eta0-quad", "ddim-eta1-quad"]
+    steps = ["--nfe", *map(str, a.seed_steps)]
+    large = [
+        [
+            [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families", *fams4]
+            + ["--seed", "0", "--out", str(out / "sweep_a")]
+        ],
+        [
+            [*seed_run(k), "--seed", str(k), "--out", str(out / "seeds" / f"seed{k}")]
+            for k in (1, 2)
+        ],
+    ]
     sharp = [
         [
             [*DDKIT, "sample", a.long, "--sampler", "ddim", "--spacing", "leading"]
@@ -239,6 +261,7 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         "table2": [table2],
         "table1": [sweep_a, sweep_b],
         "seeds": seeds,
+        "large": large,
         "sharpness": sharp,
     }
 
@@ -299,7 +322,7 @@ def _mean_se(v: list[float]) -> tuple[float, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("stage", choices=["table2", "table1", "seeds", "sharpness", "summary"])
+    p.add_argument("stage", choices=["table2", "table1", "seeds", "large", "sharpness", "summary"])
     p.add_argument("--num", type=int, default=300, help="samples per FID")
     p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
     p.add_argument("--bpd-num", type=int, default=100, help="test images for the VLB")
@@ -334,7 +357,7 @@ def main() -> int:
         print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
         if any(codes):
             return 1
-    if a.stage in ("table2", "table1", "seeds"):
+    if a.stage in ("table2", "table1", "seeds", "large"):
         return 0
     if a.stage == "sharpness":
         files = [
@@ -351,7 +374,10 @@ def main() -> int:
     from ddkit.evaluation import write_sweep
 
     rows = []
-    for part in ("sweep_a", "sweep_b", "sweep_c", "sweep_d", "sweep_e"):  # e: optional extras
+    parts = ("sweep_a", "sweep_b", "sweep_c", "sweep_d", "sweep_e")  # e: optional extras
+    if not (out / "sweep_b").is_dir():  # the ``large`` stage: sweep_a alone
+        parts = ("sweep_a",)
+    for part in parts:
         if part != "sweep_e" or (out / part / "sweep.csv").is_file():
             rows += _read_sweep(out / part / "sweep.csv")
     write_sweep(rows, out / "sweep", f"fashion_mnist, {a.label}, {a.num} samples per cell")

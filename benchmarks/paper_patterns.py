@@ -71,7 +71,9 @@ def summarize(out: Path, rows: list[dict], label: str) -> str:
     for fam in ("ddim-eta0", "ddim-eta0-quad", "ddim-eta1", "ddim-eta1-quad", "ddpm"):
         cells = []
         for s in steps:
-            r = fid.get((fam, s)) or (fid.get((fam[:-5], s)) if fam.endswith("-quad") else None)
+            r = fid.get((fam, s))
+            if r is None and fam.endswith("-quad") and s == 1000:  # every index: the uniform run
+                r = fid.get((fam[:-5], s))
             cells.append(f"{r['fid']:.2f}" if r else "")
         if any(cells):
             lines.append(f"| {fam} | " + " | ".join(cells) + " |")
@@ -375,8 +377,8 @@ def main() -> int:
 
     rows = []
     parts = ("sweep_a", "sweep_b", "sweep_c", "sweep_d", "sweep_e")  # e: optional extras
-    if not (out / "sweep_b").is_dir():  # the ``large`` stage: sweep_a alone
-        parts = ("sweep_a",)
+    if not (out / "sweep_b").is_dir():  # the ``large`` stage: sweep_a (+ optional sweep_e)
+        parts = ("sweep_a", "sweep_e")
     for part in parts:
         if part != "sweep_e" or (out / part / "sweep.csv").is_file():
             rows += _read_sweep(out / part / "sweep.csv")

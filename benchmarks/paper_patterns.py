@@ -26,7 +26,7 @@ Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 
       .venv/bin/python benchmarks/paper_patterns.py seeds      (eta 0 vs 1 on seeds 1-3, ~10 min)
       .venv/bin/python benchmarks/paper_patterns.py large --num 2000 --out DIR
                          (Table 1 at --seed-steps with many samples: seed 0 with both spacings,
-                          seeds 1-2 uniform; two lanes, ~35 min for 2,000 samples and S 10-50)
+                          seeds 1-2 uniform; two lanes, ~51 min for 2,000 samples and S 10-50)
       .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
@@ -228,27 +228,23 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         ],
     ]
 
+    steps = ["--nfe", *map(str, a.seed_steps)]
+
     def seed_run(k: int) -> list[str]:
         fams = ["--families", "ddim-eta0", "ddim-eta1"]
-        return [*DDKIT, "eval", a.long, "--sweep", *n, "--nfe", *map(str, a.seed_steps), *fams]
+        where = ["--seed", str(k), "--out", str(out / "seeds" / f"seed{k}")]
+        return [*DDKIT, "eval", a.long, "--sweep", *n, *steps, *fams, *where]
 
-    seeds = [
-        [[*seed_run(k), "--seed", str(k), "--out", str(out / "seeds" / f"seed{k}")] for k in ks]
-        for ks in ((1, 3), (2,))
-    ]
+    seeds = [[seed_run(k) for k in ks] for ks in ((1, 3), (2,))]
     # Table 1 at few steps with many samples per cell: seed 0 with both spacings in one lane,
     # seeds 1 and 2 (uniform only) in the other; about equal work.
     fams4 = ["ddim-eta0", "ddim-eta1", "ddim-eta0-quad", "ddim-eta1-quad"]
-    steps = ["--nfe", *map(str, a.seed_steps)]
     large = [
         [
             [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families", *fams4]
             + ["--seed", "0", "--out", str(out / "sweep_a")]
         ],
-        [
-            [*seed_run(k), "--seed", str(k), "--out", str(out / "seeds" / f"seed{k}")]
-            for k in (1, 2)
-        ],
+        [seed_run(k) for k in (1, 2)],
     ]
     sharp = [
         [

@@ -18,7 +18,12 @@ the same work.  Peak memory: each model trains 3 steps alone in a fresh subproce
 process's peak resident set size (VmHWM; imports of torch and diffusers, model, Adam state
 included) and its growth over the training steps (activations, gradients, optimizer state).
 
+With ``--precision bf16`` both sides run forward and loss under ``torch.autocast("cpu",
+torch.bfloat16)``, as ``ddkit train --set train.precision=bf16`` does (weights, gradients and Adam in
+fp32); on CPUs with AMX or AVX512-BF16 oneDNN then computes convolutions and matmuls in bf16.
+
     .venv/bin/python benchmarks/unet_throughput.py [--reps 9] [--threads 2] [--case cifar|28|all]
+        [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -180,8 +185,9 @@ def count_step_flops(model, forward, cfg: UNetConfig, batch: int) -> int:
 class Side:
     """One model with its optimizer, data and a ``step()``."""
 
-    def __init__(self, name: str, cfg: UNetConfig, batch: int):
+    def __init__(self, name: str, cfg: UNetConfig, batch: int, precision: str = "fp32"):
         torch.manual_seed(1)
+        self.amp = precision == "bf16"
         if name == "ours":
             self.model = cfg.build()
             self.forward = self.model
@@ -202,7 +208,8 @@ class Side:
 
     def step(self) -> float:
         start = time.perf_counter()
-        loss = (self.forward(self.x, self.t) - self.noise).square().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+            loss = (self.forward(self.x, self.t).float() - self.noise).square().mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -222,28 +229,31 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def worker(side: str, preset_name: str, batch: int, threads: int, steps: int) -> None:
+def worker(
+    side: str, preset_name: str, batch: int, threads: int, steps: int, precision: str
+) -> None:
     """Subprocess entry: train ``steps`` steps alone, print the peak RSS before and after (KiB)."""
     import diffusers  # noqa: F401  (both sides import the same modules)
 
     torch.set_num_threads(threads)
-    s = Side(side, preset(preset_name), batch)
+    s = Side(side, preset(preset_name), batch, precision)
     before = peak_rss_kib()
     for _ in range(steps):
         s.step()
     print(json.dumps({"before_kib": before, "after_kib": peak_rss_kib()}))
 
 
-def peak_memory(side: str, preset_name: str, batch: int, threads: int) -> dict:
+def peak_memory(side: str, preset_name: str, batch: int, threads: int, precision: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, preset_name, str(batch), str(threads), "3"]
+    cmd.append(precision)
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_case(preset_name: str, batch: int, reps: int, threads: int) -> dict:
+def run_case(preset_name: str, batch: int, reps: int, threads: int, precision: str) -> dict:
     cfg = preset(preset_name)
     err = check_same_function(cfg)
-    sides = {name: Side(name, cfg, batch) for name in ("ours", "diffusers")}
+    sides = {name: Side(name, cfg, batch, precision) for name in ("ours", "diffusers")}
     params = {name: count_parameters(s.model) for name, s in sides.items()}
     if params["ours"] != params["diffusers"]:
         raise RuntimeError(f"parameter counts differ: {params}")
@@ -253,7 +263,7 @@ def run_case(preset_name: str, batch: int, reps: int, threads: int) -> dict:
         s.step()
         s.step()
     times = interleaved(sides, reps)
-    memory = {name: peak_memory(name, preset_name, batch, threads) for name in sides}
+    memory = {name: peak_memory(name, preset_name, batch, threads, precision) for name in sides}
     return {
         "preset": preset_name,
         "batch": batch,
@@ -315,13 +325,14 @@ def speedup_line(times: dict[str, list[float]]) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        side, name, batch, threads, steps = sys.argv[2:7]
-        worker(side, name, int(batch), int(threads), int(steps))
+        side, name, batch, threads, steps, *precision = sys.argv[2:8]
+        worker(side, name, int(batch), int(threads), int(steps), *precision or ["fp32"])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9, help="timed steps per model and case")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--case", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import diffusers
@@ -329,13 +340,13 @@ def main() -> None:
     load = os.getloadavg()
     print(
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({args.threads} threads), diffusers {diffusers.__version__}, fp32, "
+        f"({args.threads} threads), diffusers {diffusers.__version__}, {args.precision}, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start "
         f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {args.reps} timed steps per model\n"
     )
     cases = CASES.values() if args.case == "all" else [CASES[args.case]]
     for name, batch in cases:
-        print(report(run_case(name, batch, args.reps, args.threads)), flush=True)
+        print(report(run_case(name, batch, args.reps, args.threads, args.precision)), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from ddkit.models import (
     timestep_embedding,
     winograd,
 )
+from ddkit.models import unet as unet_module
 from ddkit.models.layers import AttentionBlock, Conv3x3, Dropout, keep_mask, upsample_conv
 from ddkit.models.winograd import winograd_conv3x3, winograd_pays
 
@@ -225,24 +226,6 @@ def test_winograd_is_never_taken_on_cpus_where_it_loses(monkeypatch):
     assert not winograd_pays(torch.empty(8, 256, 16, 16), 256, 256)
 
 
-@pytest.mark.parametrize(
-    "isa, env, expected",
-    [("AVX2", None, True), ("AVX512", None, False), ("DEFAULT", None, False), ("AVX512", "1", True)]
-    + [("AVX2", "0", False)],
-)
-def test_winograd_cpu_check_follows_the_isa_and_the_override(monkeypatch, isa, env, expected):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
-    if env is None:
-        monkeypatch.delenv("DDKIT_WINOGRAD", raising=False)
-    else:
-        monkeypatch.setenv("DDKIT_WINOGRAD", env)
-    winograd.cpu_favours_winograd.cache_clear()
-    try:
-        assert winograd.cpu_favours_winograd() is expected
-    finally:
-        winograd.cpu_favours_winograd.cache_clear()
-
-
 def test_conv3x3_matches_conv2d_on_both_paths(avx2):
     torch.manual_seed(0)
     conv = Conv3x3(128, 128)
@@ -261,6 +244,117 @@ def test_conv3x3_matches_conv2d_on_both_paths(avx2):
         torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-3)
         conv.zero_grad()
         ref.zero_grad()
+
+
+# --- memory layout: channels_last at wide, few-channel levels on AVX-512 CPUs ----------------
+
+# 16x16 with 32 channels (level 0, channels_last where it pays), 8x8 with 64 (always NCHW);
+# groups 4, one block per level, attention at both
+LAYOUT_CFG = TINY.replace(
+    image_size=16, in_channels=3, base_channels=32, attention_resolutions=(16, 8), dropout=0.1
+)
+
+
+def test_channels_last_levels_of_the_presets():
+    assert preset("ddpm-cifar10").channels_last_levels() == {0}  # 32x32 x 128; 256 wide below
+    assert preset("ddpm-28").channels_last_levels() == {0, 1}  # 28x28 x 32, 14x14 x 64
+    assert preset("ddpm-8").channels_last_levels() == frozenset()  # 8x8: too small
+    assert LAYOUT_CFG.channels_last_levels() == {0}
+
+
+def _layout_twins(monkeypatch):
+    """The same U-Net twice, one that may use channels_last (the CPU check forced on) and one
+    pinned to NCHW; and a record of the memory format each 3x3 conv of the first receives."""
+    monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
+    torch.manual_seed(0)
+    fast, plain = LAYOUT_CFG.build(), LAYOUT_CFG.build()
+    _randomise_zero_params(fast)
+    plain.load_state_dict(fast.state_dict())
+    plain._channels_last_levels = frozenset()
+    seen = []
+
+    def record(module, args):
+        x = args[0]
+        seen.append((x.shape[-1], x.is_contiguous(memory_format=torch.channels_last)))
+
+    for m in fast.modules():
+        if isinstance(m, Conv3x3):
+            m.register_forward_pre_hook(record)
+    return fast, plain, seen
+
+
+def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch):
+    fast, plain, seen = _layout_twins(monkeypatch)
+    x, t = _inputs(LAYOUT_CFG, 4)
+    outs = []
+    for model in (fast, plain):
+        torch.manual_seed(1)  # same dropout masks: drawn in logical order in both layouts
+        out = model(x, t)
+        out.square().mean().backward()
+        outs.append(out)
+    # the 16x16 convs ran in channels_last, the 8x8 ones in NCHW
+    assert seen and all(cl == (size == 16) for size, cl in seen)
+    assert {size for size, _ in seen} == {16, 8}
+    assert outs[0].is_contiguous()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_unet_stays_nchw_where_channels_last_does_not_pay(monkeypatch):
+    fast, _, seen = _layout_twins(monkeypatch)
+    x, t = _inputs(LAYOUT_CFG, 2)
+    fast.double()(x.double(), t)  # not fp32
+    fast.float()
+    monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: False)
+    fast(x, t)  # a CPU where NCHW is faster
+    assert seen and not any(cl for _, cl in seen)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_unet_forward_mode_derivative_in_nchw_under_jvp(monkeypatch):
+    """GroupNorm's forward-mode derivative needs NCHW: under torch.func.jvp (used by the DDPM
+    sampler's Tweedie variances) the U-Net keeps NCHW and gives the NCHW model's derivative."""
+    fast, plain, seen = _layout_twins(monkeypatch)
+    fast.eval()
+    plain.eval()
+    x, t = _inputs(LAYOUT_CFG, 2)
+    v = torch.randn_like(x)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward derivative
+        out_f, jv_f = torch.func.jvp(lambda y: fast(y, t), (x,), (v,))
+        out_p, jv_p = torch.func.jvp(lambda y: plain(y, t), (x,), (v,))
+    torch.testing.assert_close(jv_f, jv_p, rtol=1e-5, atol=1e-5)
+    assert seen and not any(cl for _, cl in seen)
+    seen.clear()
+    fast(x, t)  # outside the transform: channels_last again
+    assert any(cl for _, cl in seen)
+
+
+# each CPU check: the function, its override variable, and the torch capability it accepts
+CPU_CHECKS = {
+    "winograd": (winograd, "cpu_favours_winograd", "DDKIT_WINOGRAD", "AVX2"),
+    "channels_last": (unet_module, "cpu_favours_channels_last", "DDKIT_CHANNELS_LAST", "AVX512"),
+}
+
+
+@pytest.mark.parametrize("check", sorted(CPU_CHECKS))
+@pytest.mark.parametrize("isa", ["AVX2", "AVX512", "DEFAULT"])
+@pytest.mark.parametrize("env", [None, "0", "1"])
+def test_cpu_checks_follow_the_isa_and_the_override(monkeypatch, check, isa, env):
+    module, name, variable, favoured = CPU_CHECKS[check]
+    fn = getattr(module, name)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    if env is None:
+        monkeypatch.delenv(variable, raising=False)
+    else:
+        monkeypatch.setenv(variable, env)
+    fn.cache_clear()
+    try:
+        assert fn() is (isa == favoured if env is None else env == "1")
+    finally:
+        fn.cache_clear()
 
 
 def test_upsample_conv_is_nearest_upsampling_then_conv():

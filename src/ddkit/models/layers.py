@@ -1,8 +1,7 @@
 """Building blocks shared by the U-Net and the MLP.
 
 Notation: N batch, C channels, H x W spatial size, E time-embedding width, D feature width.
-Images are [N, C, H, W] in either memory format (contiguous is what the U-Net uses on CPU; see
-``unet.py``).
+Images are [N, C, H, W] in either memory format (the U-Net picks one per level; see ``unet.py``).
 """
 
 from __future__ import annotations

@@ -19,18 +19,23 @@ Winograd F(2x2, 3x3) (``winograd.py``); the upsampling convs from 8x8 and 128 ch
 four 2x2 convolutions on the low-resolution grid (``layers.upsample_conv``); dropout draws two
 15-bit mask fields per random number (``layers.keep_mask``: p rounded to a multiple of 2**-15,
 unbiased); the time embedding's SiLU is computed once per forward, and attention is one fused q/k/v
-projection plus ``scaled_dot_product_attention``.  Feed contiguous (NCHW) input: on the AVX2 CPU
-measured, oneDNN's direct convolutions train faster in it than in channels_last.  The output is a
-contiguous [N, C_out, H, W] tensor.
+projection plus ``scaled_dot_product_attention``.  On AVX-512 CPUs, levels with at most 128 channels
+and at least 14x14 pixels run in channels_last memory order (:func:`channels_last_levels`), where
+oneDNN's convolutions are faster; elsewhere everything stays NCHW.  Input may be in either memory
+format; the output is a contiguous [N, C_out, H, W] tensor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
+from torch.autograd import forward_ad
 
 from .layers import (
     GROUPNORM_EPS,
@@ -42,6 +47,25 @@ from .layers import (
     timestep_embedding,
     zero_,
 )
+
+
+@functools.cache
+def cpu_favours_channels_last() -> bool:
+    """Whether this CPU is one where oneDNN's fp32 convolutions were measured to train faster in
+    channels_last at few channels and many pixels: torch's CPU capability "AVX512".  On an Intel
+    Xeon with AVX-512 (2026-11-30, ``benchmarks/conv_paths.py``) a 3x3 conv's forward + backward at
+    32x32 with 128 channels took 35 ms instead of 43, at 28x28 with 32 channels 16 ms instead of
+    24, while at 256 channels or 8x8 and below channels_last was slower; on an AMD Zen 5 it was
+    0-24% faster per conv and level end to end.  On the AVX2 CPU measured, NCHW was faster.
+    ``DDKIT_CHANNELS_LAST=0`` / ``1`` overrides the check."""
+    env = os.environ.get("DDKIT_CHANNELS_LAST")
+    if env in ("0", "1"):
+        return env == "1"
+    return torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+CHANNELS_LAST_MAX_WIDTH = 128
+CHANNELS_LAST_MIN_SIZE = 14
 
 
 def _is_int(value) -> bool:
@@ -136,6 +160,18 @@ class UNetConfig:
         """(C, H, W) of one input image."""
         return (self.in_channels, self.image_size, self.image_size)
 
+    def channels_last_levels(self) -> frozenset[int]:
+        """Levels (0 = full resolution) that :class:`UNet` runs in channels_last on a CPU that
+        :func:`cpu_favours_channels_last` accepts: at most ``CHANNELS_LAST_MAX_WIDTH`` channels and
+        at least ``CHANNELS_LAST_MIN_SIZE`` pixels on a side (``ddpm-cifar10``: the 32x32 level;
+        ``ddpm-28``: 28x28 and 14x14)."""
+        return frozenset(
+            level
+            for level, (mult, size) in enumerate(zip(self.channel_mult, self.resolutions()))
+            if self.base_channels * mult <= CHANNELS_LAST_MAX_WIDTH
+            and size >= CHANNELS_LAST_MIN_SIZE
+        )
+
     def replace(self, **changes) -> UNetConfig:
         return dataclasses.replace(self, **changes)
 
@@ -172,6 +208,7 @@ class UNet(nn.Module):
 
         # down path: a flat list of stages; each stage's output is kept as a skip
         self.down = nn.ModuleList()
+        self._down_levels: list[int] = []  # the level each stage runs at (its input resolution)
         skip_widths = [ch]
         width = ch
         for level, mult in enumerate(cfg.channel_mult):
@@ -181,15 +218,18 @@ class UNet(nn.Module):
                 if resolutions[level] in cfg.attention_resolutions:
                     stage.append(attn(width))
                 self.down.append(stage)
+                self._down_levels.append(level)
                 skip_widths.append(width)
             if level != len(cfg.channel_mult) - 1:
                 self.down.append(nn.ModuleList([Downsample(width)]))
+                self._down_levels.append(level)
                 skip_widths.append(width)
 
         self.middle = nn.ModuleList([res(width, width), attn(width), res(width, width)])
 
         # up path: each stage concatenates one skip, then ResBlock (+ attention) (+ Upsample)
         self.up = nn.ModuleList()
+        self._up_levels: list[int] = []
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 stage = nn.ModuleList([res(width + skip_widths.pop(), ch * mult)])
@@ -199,7 +239,10 @@ class UNet(nn.Module):
                 if level != 0 and i == cfg.num_res_blocks:
                     stage.append(Upsample(width))
                 self.up.append(stage)
+                self._up_levels.append(level)
         assert not skip_widths
+        self._last_level = len(cfg.channel_mult) - 1
+        self._channels_last_levels = cfg.channels_last_levels()
 
         self.norm_out = GroupNormSiLU(cfg.groups, width, eps=GROUPNORM_EPS)
         self.conv_out = zero_(nn.Conv2d(width, cfg.out_channels, 3, padding=1))
@@ -222,13 +265,32 @@ class UNet(nn.Module):
                 f"timesteps must have shape [{x.shape[0]}] (one per image), got {tuple(t.shape)}"
             )
         emb = self.time_embed(timestep_embedding(t, cfg.base_channels).to(x.dtype))
-        h = self.conv_in(x)
+        nhwc = self._channels_last_levels if self._channels_last_pays(x) else frozenset()
+
+        def layout(h: torch.Tensor, level: int) -> torch.Tensor:  # no copy when already so
+            fmt = torch.channels_last if level in nhwc else torch.contiguous_format
+            return h.contiguous(memory_format=fmt)
+
+        h = self.conv_in(layout(x, 0))
         skips = [h]
-        for stage in self.down:
-            h = self._run(stage, h, emb)
+        for stage, level in zip(self.down, self._down_levels):
+            h = self._run(stage, layout(h, level), emb)
             skips.append(h)
-        h = self._run(self.middle, h, emb)
-        for stage in self.up:
-            h = self._run(stage, torch.cat([h, skips.pop()], dim=1), emb)
-        out = self.conv_out(self.norm_out(h))
+        h = self._run(self.middle, layout(h, self._last_level), emb)
+        for stage, level in zip(self.up, self._up_levels):
+            h = self._run(stage, layout(torch.cat([h, skips.pop()], dim=1), level), emb)
+        out = self.conv_out(self.norm_out(layout(h, 0)))
         return out.contiguous()
+
+    def _channels_last_pays(self, x: torch.Tensor) -> bool:
+        """channels_last for :meth:`UNetConfig.channels_last_levels`: fp32 on a CPU that
+        :func:`cpu_favours_channels_last` accepts, and not under forward-mode AD or torch.func
+        transforms (GroupNorm's forward-mode derivative needs NCHW)."""
+        return (
+            bool(self._channels_last_levels)
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and cpu_favours_channels_last()
+            and not is_functorch_wrapped_tensor(x)
+            and forward_ad.unpack_dual(x).tangent is None
+        )

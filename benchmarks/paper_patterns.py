@@ -68,7 +68,9 @@ def summarize(out: Path, rows: list[dict], label: str) -> str:
     steps = sorted({r["steps"] for r in rows if r["family"].startswith(("ddim", "ddpm"))})
     lines += ["| sampler | " + " | ".join(f"S={s}" for s in steps) + " |"]
     lines += ["|---|" + "---:|" * len(steps)]
-    for fam in ("ddim-eta0", "ddim-eta0-quad", "ddim-eta1", "ddim-eta1-quad", "ddpm"):
+    fams = ("ddim-eta0", "ddim-eta0-quad", "ddim-eta0-ddimquad")
+    fams += ("ddim-eta1", "ddim-eta1-quad", "ddim-eta1-ddimquad", "ddpm")
+    for fam in fams:
         cells = []
         for s in steps:
             r = fid.get((fam, s))

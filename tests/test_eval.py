@@ -257,19 +257,30 @@ def test_sweep_plan_skips_duplicates_and_unreachable(run):
     from ddkit import evaluation as ev
 
     trained = load_trained(run)  # T = 40
-    plan = ev.sweep_plan(trained, ["ddim-eta0", "ddim-eta0-quad", "pf-ode"], [1, 5, 40, 100])
+    fams = ["ddim-eta0", "ddim-eta0-quad", "ddim-eta0-ddimquad", "pf-ode"]
+    plan = ev.sweep_plan(trained, fams, [1, 5, 33, 34, 40, 100])
     got = [(fam, s.steps) for fam, s in plan]
-    # quadratic at all 40 steps is the uniform run; Heun makes 2 n - 1 calls and needs n >= 2;
-    # 100 > T
+    # quadratic at all 40 steps is the uniform run; DDIM's quadratic ends at 0.8 T = 32, so it
+    # has 33 indices at most, and all 33 are uniform's 33 (stride 1); Heun makes 2 n - 1 calls
+    # and needs n >= 2; 100 > T
     assert got == [
         ("ddim-eta0", 1),
         ("ddim-eta0", 5),
+        ("ddim-eta0", 33),
+        ("ddim-eta0", 34),
         ("ddim-eta0", 40),
         ("ddim-eta0-quad", 1),
         ("ddim-eta0-quad", 5),
+        ("ddim-eta0-quad", 33),
+        ("ddim-eta0-quad", 34),
+        ("ddim-eta0-ddimquad", 1),
+        ("ddim-eta0-ddimquad", 5),
         ("pf-ode", 3),
+        ("pf-ode", 17),
         ("pf-ode", 20),
     ], got
+    ddimquad = [s for fam, s in plan if fam == "ddim-eta0-ddimquad"]
+    assert ddimquad[-1].timesteps(trained.schedule) == [32, 18, 8, 2, 0]  # 32 (k / 4)^2
     with pytest.raises(ValueError, match="unknown sweep family 'ddim2'"):
         ev.sweep_plan(trained, ["ddim2"], [5])
 

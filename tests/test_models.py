@@ -306,6 +306,8 @@ def test_unet_stays_nchw_where_channels_last_does_not_pay(monkeypatch):
     x, t = _inputs(LAYOUT_CFG, 2)
     fast.double()(x.double(), t)  # not fp32
     fast.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 convolutions
+        fast(x, t)
     monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: False)
     fast(x, t)  # a CPU where NCHW is faster
     assert seen and not any(cl for _, cl in seen)

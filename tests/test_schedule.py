@@ -182,6 +182,8 @@ def _sched():
 @pytest.mark.parametrize("t_max", [None, 499])
 def test_timesteps_basic_contract(spacing, t_max):
     top = T - 1 if t_max is None else t_max
+    if spacing == "ddim_quadratic":  # the DDIM code's selection ends at 0.8 (t_max + 1)
+        top = math.floor(0.8 * (top + 1))
     for n in [n for n in N_STEPS if n <= top + 1] + [top + 1]:
         ts = _sched().timesteps(n, spacing, t_max=t_max)
         assert isinstance(ts, list) and len(ts) == n, (spacing, n)
@@ -230,6 +232,25 @@ def test_quadratic_matches_ddim_paper_form_without_collisions(t_max):
         # c = t_max / (n-1)^2 >= 1, so floor(c i^2) is already strictly increasing
         expected = [(top * i * i) // ((n - 1) ** 2) for i in range(n)][::-1]
         assert timesteps(T, n, "quadratic", t_max=t_max) == expected, n
+
+
+def test_ddim_quadratic_is_the_ddim_codes_selection():
+    """The DDIM authors' code: (np.linspace(0, np.sqrt(0.8 T), n) ** 2).astype(int), 0-indexed
+    timesteps up to 800 for T = 1000.  Equal wherever that list is distinct (n < 30); from n = 30
+    on it repeats indices near 0, which are made distinct here with the top ones unchanged."""
+    for n in range(2, 30):
+        code = (np.linspace(0, np.sqrt(0.8 * T), n) ** 2).astype(int)
+        assert len(set(code)) == n
+        assert timesteps(T, n, "ddim_quadratic") == code[::-1].tolist(), n
+    for n in (50, 100):
+        code = (np.linspace(0, np.sqrt(0.8 * T), n) ** 2).astype(int)
+        ours = timesteps(T, n, "ddim_quadratic")[::-1]
+        assert len(set(code)) < n and len(set(ours)) == n and ours[-1] == 800
+        assert ours[n // 2 :] == code[n // 2 :].tolist()
+    assert timesteps(T, 1, "ddim_quadratic") == [800]
+    assert timesteps(T, 10, "ddim_quadratic", t_max=499)[0] == 400
+    with pytest.raises(ValueError, match="ddim_quadratic.*n=802"):
+        timesteps(T, 802, "ddim_quadratic")
 
 
 def test_quadratic_denser_near_the_data():

@@ -37,9 +37,9 @@ def points(n=50, seed=0):
     return TinyData(torch.rand(n, 2, generator=g) * 2 - 1)
 
 
-def images(n=12, seed=0):
+def images(n=12, seed=0, size=8):
     g = torch.Generator().manual_seed(seed)
-    k = torch.randint(0, 256, (n, 1, 8, 8), generator=g)
+    k = torch.randint(0, 256, (n, 1, size, size), generator=g)
     return TinyData(k.float() / 127.5 - 1, quantized=True)
 
 
@@ -357,6 +357,33 @@ def test_resume_image_hybrid_grad_accum_flips_is_bit_identical(tmp_path):
     resumed = Trainer.from_checkpoint(tmp_path / "b", dataset=data)
     resumed.fit()
     assert_identical(state_of(full), state_of(resumed))
+
+
+def test_bf16_autocast_on_cpu_trains_and_resumes_bit_identically(tmp_path):
+    """train.precision = "bf16" on CPU (fast where oneDNN has AMX / AVX512-BF16): convolutions run
+    in bf16, while weights, gradients, EMA and Adam state stay fp32; a 16x16 U-Net (channels_last
+    at its first level on AVX-512 CPUs) resumed across a checkpoint still ends bit-identical."""
+    data = images(size=16)
+    extra = dict(batch_size=4, max_steps=4, ckpt_every=2, precision="bf16")
+    full_cfg = image_config(tmp_path / "a", **extra)
+    full_cfg["model"] |= {"image_size": 16, "attention_resolutions": [8]}
+    full = Trainer(config_from_dict(full_cfg), dataset=data)
+    assert full.amp_dtype == torch.bfloat16
+    conv_dtypes = set()
+    full.model.conv_in.register_forward_hook(lambda m, a, out: conv_dtypes.add(out.dtype))
+    full.fit()
+    assert conv_dtypes == {torch.bfloat16}
+    state = state_of(full)
+    assert all(v.dtype in (torch.float32, torch.int64) or v.ndim == 0 for v in state.values())
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "a" / "metrics.jsonl"))
+
+    cut_cfg = image_config(tmp_path / "b", **extra)
+    cut_cfg["model"] |= {"image_size": 16, "attention_resolutions": [8]}
+    Trainer(config_from_dict(cut_cfg), dataset=data).fit(until=3)
+    resumed = Trainer.from_checkpoint(tmp_path / "b", dataset=data)
+    resumed.fit()
+    assert_identical(state, state_of(resumed))
 
 
 def test_metrics_have_loss_by_timestep_bucket(tmp_path):

@@ -33,8 +33,10 @@ _SWEEP_FAMILIES = (
     "ddpm",
     "ddim-eta0",
     "ddim-eta0-quad",
+    "ddim-eta0-ddimquad",
     "ddim-eta1",
     "ddim-eta1-quad",
+    "ddim-eta1-ddimquad",
     "dpmpp_2m",
     "pf-ode",
 )
@@ -381,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--steps", type=_positive_int, default=50, help="number of timesteps")
     s.add_argument(
-        "--spacing", default="trailing", help="leading, trailing, linspace, quadratic, log_snr"
+        "--spacing",
+        default="trailing",
+        help="leading, trailing, linspace, quadratic, ddim_quadratic (DDIM's code: to 0.8 T), log_snr",
     )
     s.add_argument("--eta", type=float, help="DDIM eta (>= 0; 0 is deterministic)")
     s.add_argument(

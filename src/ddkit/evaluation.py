@@ -30,6 +30,7 @@ from .metrics.features import (
 )
 from .metrics.fid import FIDWarning, feature_stats, frechet_distance, kid
 from .sampling import SampleSpec, Trained, generate
+from .schedule import max_steps
 from .training.checkpoint import atomic_write_bytes
 
 LABELLED = ("digits", "mnist5k", "fashion_mnist")
@@ -419,6 +420,11 @@ SWEEP_FAMILIES: dict[str, tuple[str, object, object]] = {
         lambda nfe: nfe,
         lambda s: SampleSpec("ddim", s, "quadratic", {"eta": 0.0}),
     ),
+    "ddim-eta0-ddimquad": (
+        "DDIM eta=0, quadratic to 0.8T (DDIM's code)",
+        lambda nfe: nfe,
+        lambda s: SampleSpec("ddim", s, "ddim_quadratic", {"eta": 0.0}),
+    ),
     "ddim-eta1": (
         "DDIM eta=1 (= DDPM fixed_small), uniform",
         lambda nfe: nfe,
@@ -428,6 +434,11 @@ SWEEP_FAMILIES: dict[str, tuple[str, object, object]] = {
         "DDIM eta=1, quadratic",
         lambda nfe: nfe,
         lambda s: SampleSpec("ddim", s, "quadratic", {"eta": 1.0}),
+    ),
+    "ddim-eta1-ddimquad": (
+        "DDIM eta=1, quadratic to 0.8T (DDIM's code)",
+        lambda nfe: nfe,
+        lambda s: SampleSpec("ddim", s, "ddim_quadratic", {"eta": 1.0}),
     ),
     "dpmpp_2m": (
         "DPM-Solver++(2M), log-SNR spacing",
@@ -446,7 +457,8 @@ DEFAULT_NFES = (5, 10, 20, 50, 100, 1000)
 
 def sweep_plan(trained: Trained, families, nfes) -> list[tuple[str, SampleSpec]]:
     """(family, spec) for each family and target NFE, skipping duplicates (quadratic at T steps
-    is uniform) and NFEs a family cannot reach; validated before any sampling."""
+    is uniform) and NFEs a family cannot reach (more steps than T, or than the 0.8 T + 1 indices
+    of DDIM's quadratic); validated before any sampling."""
     T = trained.schedule.T
     plan, seen = [], set()
     for fam in families:
@@ -458,6 +470,8 @@ def sweep_plan(trained: Trained, families, nfes) -> list[tuple[str, SampleSpec]]
             if steps is None or steps > T:
                 continue
             spec = make(steps)
+            if steps > max_steps(T, spec.spacing):
+                continue
             ts = tuple(spec.timesteps(trained.schedule))
             key = (spec.sampler, ts, tuple(sorted(spec.options.items())))
             if key in seen:

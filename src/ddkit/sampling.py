@@ -16,10 +16,8 @@ from torch import nn
 from .config import Config, config_from_dict
 from .denoiser import Denoiser
 from .samplers import SAMPLERS, get_sampler
-from .schedule import NoiseSchedule
+from .schedule import SPACINGS, NoiseSchedule
 from .training import checkpoint as ckpt
-
-SPACINGS = ("leading", "trailing", "linspace", "quadratic", "log_snr")
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
 SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {

@@ -24,7 +24,7 @@ DATA = -1
 """The index of clean data x_0 (alpha_bar = 1); the step after a sampler's last timestep."""
 
 SCHEDULES = ("linear", "cosine")
-SPACINGS = ("leading", "trailing", "linspace", "quadratic", "log_snr")
+SPACINGS = ("leading", "trailing", "linspace", "quadratic", "ddim_quadratic", "log_snr")
 
 _DEFAULT_T = 1000
 
@@ -217,6 +217,13 @@ def check_index_list(seq: Sequence[int], T: int) -> None:
         raise ValueError(f"timestep list repeats the indices {_listed(repeated)}")
 
 
+def max_steps(T: int, spacing: str, *, t_max: int | None = None) -> int:
+    """The largest ``n`` that :func:`timesteps` accepts for this spacing: t_max + 1, or for
+    ``"ddim_quadratic"`` (which ends at 0.8 (t_max + 1)) that end + 1."""
+    span = T if t_max is None else t_max + 1
+    return math.floor(0.8 * span + 1e-9) + 1 if spacing == "ddim_quadratic" else span
+
+
 def timesteps(
     T: int,
     n: int,
@@ -234,6 +241,11 @@ def timesteps(
       * ``"trailing"``: ``round(t_max + 1 - k (t_max+1)/n) - 1``, starts at t_max.
       * ``"linspace"``: n points rounded from [0, t_max], both ends included (n=1 gives [t_max]).
       * ``"quadratic"``: DDIM paper sec. D.2, ``c k^2`` from 0 to t_max, made distinct.
+      * ``"ddim_quadratic"``: the quadratic selection of the DDIM authors' code, which produced
+        the paper's CIFAR-10 results: ``floor((k sqrt(0.8 span) / (n - 1))^2)`` in float64 as
+        the code computes it, with span = t_max + 1, so the first step is at 0.8 span (800 for
+        T = 1000) and the chain starts from N(0, I) there; made distinct (the code repeats
+        indices near 0 from n = 30 on).
       * ``"log_snr"``: uniform in log-SNR between t_max and 0 (needs ``log_snr``, the schedule's).
         With ``min_log_snr``, the first step goes from t_max straight to the log-SNR
         ``min_log_snr`` and the other n - 1 are uniform in log-SNR above it: below a log-SNR of
@@ -274,6 +286,16 @@ def timesteps(
     elif spacing == "quadratic":
         raw = [t_max] if n == 1 else np.floor(np.linspace(0, math.sqrt(t_max), n) ** 2 + 1e-9)
         seq = _strictly_increasing(np.asarray(raw), t_max)
+    elif spacing == "ddim_quadratic":
+        top = math.floor(0.8 * span + 1e-9)
+        if n > top + 1:
+            raise ValueError(
+                f"ddim_quadratic spacing ends at 0.8 x {span} = {top}: n={n} steps is more than "
+                f"its {top + 1} indices; use at most {top + 1} or another spacing"
+            )
+        # as the code computes it, float rounding included (n = 16 gives 511 where 512 is exact)
+        raw = [top] if n == 1 else np.floor(np.linspace(0, math.sqrt(0.8 * span), n) ** 2)
+        seq = _strictly_increasing(np.asarray(raw), top)
     elif spacing == "log_snr":
         if log_snr is None:
             raise ValueError("log_snr spacing needs the schedule's log-SNR table")

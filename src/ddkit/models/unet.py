@@ -22,8 +22,8 @@ unbiased); the time embedding's SiLU is computed once per forward, and attention
 projection plus ``scaled_dot_product_attention``.  In fp32 on AVX-512 CPUs, levels with at most 128
 channels and at least 14x14 pixels run in channels_last memory order
 (:meth:`UNetConfig.channels_last_levels`), where oneDNN's convolutions are faster; elsewhere
-everything stays NCHW.  Input may be in either memory
-format; the output is a contiguous [N, C_out, H, W] tensor.
+everything stays NCHW.  Input may be in either memory format; the output is a contiguous
+[N, C_out, H, W] tensor.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def cpu_favours_channels_last() -> bool:
     Xeon with AVX-512 (2026-11-30, ``benchmarks/conv_paths.py``) a 3x3 conv's forward + backward at
     32x32 with 128 channels took 35 ms instead of 43, at 28x28 with 32 channels 16 ms instead of
     24, while at 256 channels or 8x8 and below channels_last was slower; on an AMD Zen 5 it was
-    0-24% faster per conv and level end to end.  On the AVX2 CPU measured, NCHW was faster.
+    0-24% faster per conv (a whole-model NHWC there was level end to end).  On the AVX2 CPU
+    measured, NCHW was faster.
     ``DDKIT_CHANNELS_LAST=0`` / ``1`` overrides the check."""
     env = os.environ.get("DDKIT_CHANNELS_LAST")
     if env in ("0", "1"):

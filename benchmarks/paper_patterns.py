@@ -27,6 +27,9 @@ Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 
       .venv/bin/python benchmarks/paper_patterns.py large --num 2000 --out DIR
                          (Table 1 at --seed-steps with many samples: seed 0 with both spacings,
                           seeds 1-2 uniform; two lanes, ~51 min for 2,000 samples and S 10-50)
+      .venv/bin/python benchmarks/paper_patterns.py spacing --num 2000 --seed-steps 10 --out DIR
+                         (uniform, quadratic to T - 1 and DDIM's quadratic to 0.8 T, eta 0 and 1,
+                          seeds 0-2, paired; lane 0 eta 0, lane 1 eta 1)
       .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
@@ -248,6 +251,15 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         ],
         [seed_run(k) for k in (1, 2)],
     ]
+    spacing = [
+        [
+            [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families"]
+            + [f"ddim-eta{eta}", f"ddim-eta{eta}-quad", f"ddim-eta{eta}-ddimquad"]
+            + ["--seed", str(k), "--out", str(out / "spacing" / f"seed{k}_eta{eta}")]
+            for k in (0, 1, 2)
+        ]
+        for eta in (0, 1)
+    ]
     sharp = [
         [
             [*DDKIT, "sample", a.long, "--sampler", "ddim", "--spacing", "leading"]
@@ -262,6 +274,7 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         "table1": [sweep_a, sweep_b],
         "seeds": seeds,
         "large": large,
+        "spacing": spacing,
         "sharpness": sharp,
     }
 
@@ -315,6 +328,57 @@ def seed_table(out: Path, rows0: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SPACING_NAMES = {"": "uniform", "-quad": "quadratic to T-1", "-ddimquad": "quadratic to 0.8T"}
+
+
+def spacing_table(out: Path) -> str:
+    """The ``spacing`` stage: FID of DDIM eta = 0 / 1 with each spacing over seeds, and paired
+    differences (each seed draws one initial noise for every sampler of the stage)."""
+    fid, seeds = {}, set()
+    for d in sorted((out / "spacing").glob("seed*_eta*")):
+        k = int(d.name[4:].split("_")[0])
+        seeds.add(k)
+        fid |= {(k, r["family"], r["steps"]): r["fid"] for r in _read_sweep(d / "sweep.csv")}
+    seeds = sorted(seeds)
+    steps = sorted({S for (_, _, S) in fid})
+
+    def col(fam: str, S: int) -> list[float] | None:
+        v = [fid.get((k, fam, S)) for k in seeds]
+        return None if None in v else v
+
+    def fmt(v: list[float] | None, signed: bool = False) -> str:
+        if v is None:
+            return ""
+        m, e = _mean_se(v) if len(v) > 1 else (v[0], float("nan"))
+        return f"{m:+.2f} +- {e:.2f}" if signed else f"{m:.2f} +- {e:.2f}"
+
+    def diff(a, b):
+        return None if a is None or b is None else [x - y for x, y in zip(a, b, strict=True)]
+
+    lines = [f"FID, mean +- s.e. over seeds {', '.join(map(str, seeds))}; differences paired.", ""]
+    lines += [
+        "| S | spacing | DDIM eta 0 | DDIM eta 1 | eta 0 - eta 1 |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for S in steps:
+        for suffix, name in SPACING_NAMES.items():
+            e0, e1 = col(f"ddim-eta0{suffix}", S), col(f"ddim-eta1{suffix}", S)
+            if e0 or e1:
+                cells = [fmt(e0), fmt(e1), fmt(diff(e0, e1), True)]
+                lines.append(f"| {S} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| S | eta | quadratic to T-1 - uniform | quadratic to 0.8T - uniform |"]
+    lines += ["|---:|---:|---:|---:|"]
+    for S in steps:
+        for eta in (0, 1):
+            u = col(f"ddim-eta{eta}", S)
+            q, dq = col(f"ddim-eta{eta}-quad", S), col(f"ddim-eta{eta}-ddimquad", S)
+            if u and (q or dq):
+                lines.append(
+                    f"| {S} | {eta} | {fmt(diff(q, u), True)} | {fmt(diff(dq, u), True)} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def _mean_se(v: list[float]) -> tuple[float, float]:
     m = sum(v) / len(v)
     return m, (sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) ** 0.5
@@ -322,7 +386,9 @@ def _mean_se(v: list[float]) -> tuple[float, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("stage", choices=["table2", "table1", "seeds", "large", "sharpness", "summary"])
+    p.add_argument(
+        "stage", choices=["table2", "table1", "seeds", "large", "spacing", "sharpness", "summary"]
+    )
     p.add_argument("--num", type=int, default=300, help="samples per FID")
     p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
     p.add_argument("--bpd-num", type=int, default=100, help="test images for the VLB")
@@ -357,7 +423,7 @@ def main() -> int:
         print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
         if any(codes):
             return 1
-    if a.stage in ("table2", "table1", "seeds", "large"):
+    if a.stage in ("table2", "table1", "seeds", "large", "spacing"):
         return 0
     if a.stage == "sharpness":
         files = [
@@ -373,6 +439,12 @@ def main() -> int:
         return 0
     from ddkit.evaluation import write_sweep
 
+    if not (out / "sweep_a").is_dir() and (out / "spacing").is_dir():  # a spacing-only folder
+        tables = f"## DDIM Table 1 at few steps: eta and spacing ({a.label}, {a.num} samples per cell)\n\n"
+        tables += spacing_table(out)
+        (out / "tables.md").write_text(tables)
+        print(tables)
+        return 0
     rows = []
     parts = ("sweep_a", "sweep_b", "sweep_c", "sweep_d", "sweep_e")  # e: optional extras
     if not (out / "sweep_b").is_dir():  # the ``large`` stage: sweep_a (+ optional sweep_e)
@@ -385,6 +457,9 @@ def main() -> int:
     if (out / "seeds").is_dir():
         tables += "\n## DDIM eta = 0 against eta = 1 over seeds (FID, same noise for both)\n\n"
         tables += seed_table(out, rows)
+    if (out / "spacing").is_dir():
+        tables += "\n## DDIM eta and spacing over seeds (FID, same noise for every sampler)\n\n"
+        tables += spacing_table(out)
     if (out / "sharpness.md").is_file():
         tables += "\n## Detail of the samples (benchmarks/sample_sharpness.py)\n\n"
         tables += (out / "sharpness.md").read_text()

@@ -3,7 +3,8 @@
 channels_last, ddkit's eager Winograd F(2x2, 3x3) (``ddkit.models.winograd``), and im2col + SGEMM
 (the three products of forward, input and weight gradient as MKL GEMMs on NHWC patch matrices; a
 yardstick, not a path of the model), for every 3x3 shape of the ``ddpm-cifar10`` (batch 8) and
-``ddpm-28`` (batch 64) presets; plus one SGEMM for scale.  GF/s counts 3 x 2 x N C_in C_out 9 H W (forward, input-grad and weight-grad passes).
+``ddpm-28`` (batch 64) presets; plus one SGEMM for scale.  GF/s counts 3 x 2 x N C_in C_out 9 H W
+(forward, input-grad and weight-grad passes).
 
 This is the evidence behind ``winograd.cpu_favours_winograd`` and the throughput notes in
 BENCHMARKS.md: on a CPU where the direct kernel already runs near the FMA peak, the eager

@@ -245,7 +245,7 @@ def worker(
 
 def peak_memory(side: str, preset_name: str, batch: int, threads: int, precision: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, preset_name, str(batch), str(threads), "3"]
-    cmd.append(precision)
+    cmd += [precision]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -325,8 +325,8 @@ def speedup_line(times: dict[str, list[float]]) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        side, name, batch, threads, steps, *precision = sys.argv[2:8]
-        worker(side, name, int(batch), int(threads), int(steps), *precision or ["fp32"])
+        side, name, batch, threads, steps, precision = sys.argv[2:8]
+        worker(side, name, int(batch), int(threads), int(steps), precision)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9, help="timed steps per model and case")

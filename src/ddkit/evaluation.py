@@ -467,7 +467,7 @@ def sweep_plan(trained: Trained, families, nfes) -> list[tuple[str, SampleSpec]]
         _, steps_for, make = SWEEP_FAMILIES[fam]
         for nfe in nfes:
             steps = steps_for(nfe)
-            if steps is None or steps > T:
+            if steps is None:
                 continue
             spec = make(steps)
             if steps > max_steps(T, spec.spacing):

@@ -287,7 +287,7 @@ def timesteps(
         raw = [t_max] if n == 1 else np.floor(np.linspace(0, math.sqrt(t_max), n) ** 2 + 1e-9)
         seq = _strictly_increasing(np.asarray(raw), t_max)
     elif spacing == "ddim_quadratic":
-        top = math.floor(0.8 * span + 1e-9)
+        top = max_steps(T, spacing, t_max=t_max) - 1
         if n > top + 1:
             raise ValueError(
                 f"ddim_quadratic spacing ends at 0.8 x {span} = {top}: n={n} steps is more than "

@@ -30,6 +30,10 @@ Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 
       .venv/bin/python benchmarks/paper_patterns.py spacing --num 2000 --seed-steps 10 --out DIR
                          (uniform, quadratic to T - 1 and DDIM's quadratic to 0.8 T, eta 0 and 1,
                           seeds 0-2, paired; lane 0 eta 0, lane 1 eta 1)
+      .venv/bin/python benchmarks/paper_patterns.py clip --num 1000 --out DIR
+                         (DDIM eta 0 and 1 at --seed-steps with x0_hat clamped at each step, as
+                          ddkit and DDPM's code do for images, and unclamped, as DDIM's code;
+                          seeds 0-2, paired; lane 0 clamped, lane 1 not)
       .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
@@ -260,6 +264,14 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         ]
         for eta in (0, 1)
     ]
+    clip = [
+        [
+            [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families", "ddim-eta0", "ddim-eta1"]
+            + ["--clip-x0", mode, "--seed", str(k), "--out", str(out / "clip" / f"seed{k}_{mode}")]
+            for k in (0, 1, 2)
+        ]
+        for mode in CLIP_MODES
+    ]
     sharp = [
         [
             [*DDKIT, "sample", a.long, "--sampler", "ddim", "--spacing", "leading"]
@@ -275,11 +287,13 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         "seeds": seeds,
         "large": large,
         "spacing": spacing,
+        "clip": clip,
         "sharpness": sharp,
     }
 
 
 SHARP_STEPS = (10, 20, 50)
+CLIP_MODES = ("auto", "off")  # auto: x0_hat clamped to [-1, 1] (8-bit images); off: DDIM's code
 
 
 def _read_sweep(path: Path) -> list[dict]:
@@ -379,6 +393,50 @@ def spacing_table(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def clip_table(out: Path) -> str:
+    """The ``clip`` stage: DDIM eta = 0 against eta = 1 with x0_hat clamped at every step (ddkit's
+    default for images, as DDPM's code) and without (DDIM's code), over seeds, paired."""
+    fid, seeds = {}, set()
+    for d in sorted((out / "clip").glob("seed*_*")):
+        k, mode = d.name[4:].split("_")
+        seeds.add(int(k))
+        fid |= {
+            (int(k), mode, r["family"], r["steps"]): r["fid"] for r in _read_sweep(d / "sweep.csv")
+        }
+    seeds = sorted(seeds)
+    steps = sorted({S for (*_, S) in fid})
+
+    def col(mode: str, fam: str, S: int) -> list[float] | None:
+        v = [fid.get((k, mode, fam, S)) for k in seeds]
+        return None if None in v else v
+
+    def fmt(v, signed=False):
+        if v is None:
+            return ""
+        m, e = _mean_se(v) if len(v) > 1 else (v[0], float("nan"))
+        return f"{m:+.2f} +- {e:.2f}" if signed else f"{m:.2f} +- {e:.2f}"
+
+    def diff(a, b):
+        return None if a is None or b is None else [x - y for x, y in zip(a, b, strict=True)]
+
+    lines = [
+        f"FID, mean +- s.e. over seeds {', '.join(map(str, seeds))}; differences paired (one "
+        "initial noise per seed for every sampler).",
+        "",
+        "| S | x0_hat clamped | DDIM eta 0 | DDIM eta 1 | eta 0 - eta 1 |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for S in steps:
+        for mode in CLIP_MODES:
+            e0, e1 = col(mode, "ddim-eta0", S), col(mode, "ddim-eta1", S)
+            name = "yes (ddkit default)" if mode == "auto" else "no (DDIM's code)"
+            if e0 or e1:
+                lines.append(
+                    f"| {S} | {name} | {fmt(e0)} | {fmt(e1)} | {fmt(diff(e0, e1), True)} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def _mean_se(v: list[float]) -> tuple[float, float]:
     m = sum(v) / len(v)
     return m, (sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) ** 0.5
@@ -387,7 +445,8 @@ def _mean_se(v: list[float]) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "stage", choices=["table2", "table1", "seeds", "large", "spacing", "sharpness", "summary"]
+        "stage",
+        choices=["table2", "table1", "seeds", "large", "spacing", "clip", "sharpness", "summary"],
     )
     p.add_argument("--num", type=int, default=300, help="samples per FID")
     p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
@@ -423,7 +482,7 @@ def main() -> int:
         print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
         if any(codes):
             return 1
-    if a.stage in ("table2", "table1", "seeds", "large", "spacing"):
+    if a.stage in ("table2", "table1", "seeds", "large", "spacing", "clip"):
         return 0
     if a.stage == "sharpness":
         files = [
@@ -439,10 +498,15 @@ def main() -> int:
         return 0
     from ddkit.evaluation import write_sweep
 
-    if not (out / "sweep_a").is_dir() and (out / "spacing").is_dir():  # a spacing-only folder
-        tables = f"## DDIM Table 1 at few steps: eta and spacing ({a.label}, {a.num} samples per cell)\n\n"
-        tables += spacing_table(out)
-        (out / "tables.md").write_text(tables)
+    if not (out / "sweep_a").is_dir():  # a spacing-only / clip-only folder
+        tables = ""
+        if (out / "spacing").is_dir():
+            tables += f"## DDIM Table 1 at few steps: eta and spacing ({a.label}, {a.num} samples per cell)\n\n"
+            tables += spacing_table(out)
+        if (out / "clip").is_dir():
+            tables += f"\n## DDIM Table 1: eta with and without x0 clamping ({a.label}, {a.num} samples per cell)\n\n"
+            tables += clip_table(out)
+        (out / "tables.md").write_text(tables.lstrip("\n"))
         print(tables)
         return 0
     rows = []
@@ -460,6 +524,9 @@ def main() -> int:
     if (out / "spacing").is_dir():
         tables += "\n## DDIM eta and spacing over seeds (FID, same noise for every sampler)\n\n"
         tables += spacing_table(out)
+    if (out / "clip").is_dir():
+        tables += "\n## DDIM eta with and without x0 clamping over seeds (FID, paired)\n\n"
+        tables += clip_table(out)
     if (out / "sharpness.md").is_file():
         tables += "\n## Detail of the samples (benchmarks/sample_sharpness.py)\n\n"
         tables += (out / "sharpness.md").read_text()

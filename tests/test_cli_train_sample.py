@@ -78,6 +78,22 @@ def test_sample_writes_png_npz_and_settings(trained_run, tmp_path):
     assert (out / "samples.png").stat().st_size > 0
 
 
+def test_clip_x0_is_off_by_default_for_2d_data_and_recorded(trained_run, tmp_path):
+    """Unbounded data is not clamped unless asked ("on"); the choice lands in sampler.json."""
+    trained = load_trained(trained_run)
+    x = {
+        c: generate(trained, SampleSpec("ddim", 5, "trailing", {"eta": 0.0}, c), 16, seed=2)
+        for c in ("auto", "on", "off")
+    }
+    assert torch.equal(x["auto"], x["off"]) and x["off"].abs().max() > 1.0
+    assert x["on"].abs().max() <= 1.0  # DDIM at eta = 0 ends on the clamped x0_hat
+    out = tmp_path / "s"
+    argv = ["sample", str(trained_run), "--steps", "5", "--clip-x0", "on", "--num", "4"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert json.loads((out / "sampler.json").read_text())["clip_x0"] == "on"
+    assert np.abs(np.load(out / "samples.npz")["x"]).max() <= 1.0
+
+
 def test_deterministic_sampling_does_not_depend_on_batch_size(trained_run):
     trained = load_trained(trained_run)
     spec = SampleSpec("ddim", 4, "trailing", {"eta": 0.0})
@@ -96,6 +112,7 @@ def test_deterministic_sampling_does_not_depend_on_batch_size(trained_run):
         (["--eta", "-1"], ["eta=-1.0", ">= 0"]),
         (["--sampler", "ddpm", "--variance", "huge"], ["variance='huge'", "tweedie"]),
         (["--weights", "best"], ["weights='best'", "ema, online"]),
+        (["--clip-x0", "yes"], ["clip_x0='yes'", "auto, on, off"]),
     ],
 )
 def test_sample_bad_input_exit_2_nothing_written(trained_run, tmp_path, capsys, args, words):

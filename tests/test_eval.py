@@ -29,7 +29,7 @@ from ddkit.metrics.features import (
     save_classifier,
     train_classifier,
 )
-from ddkit.sampling import load_trained
+from ddkit.sampling import SampleSpec, generate, load_trained
 
 TOML = """
 [model]
@@ -283,6 +283,30 @@ def test_sweep_plan_skips_duplicates_and_unreachable(run):
     assert ddimquad[-1].timesteps(trained.schedule) == [32, 18, 8, 2, 0]  # 32 (k / 4)^2
     with pytest.raises(ValueError, match="unknown sweep family 'ddim2'"):
         ev.sweep_plan(trained, ["ddim2"], [5])
+    assert {s.clip_x0 for _, s in plan} == {"auto"}
+    off = ev.sweep_plan(trained, fams, [5], clip_x0="off")
+    assert [(f, s.steps, s.clip_x0) for f, s in off] == [(f, 5, "off") for f in fams[:3]] + [
+        ("pf-ode", 3, "off")
+    ]
+    with pytest.raises(ValueError, match="clip_x0='no' is not allowed; allowed: auto, on, off"):
+        ev.sweep_plan(trained, fams, [5], clip_x0="no")
+
+
+def test_image_models_clamp_x0_unless_told_not_to(run):
+    """For 8-bit images "auto" clamps x0_hat to [-1, 1] at every step (as DDPM's code), "off"
+    samples as DDIM's code does: DDIM at eta = 0 ends on x_{-1} = x0_hat, so clamped runs end
+    inside [-1, 1] while the unclamped one of this barely trained model leaves it; and with the
+    clamp the whole trajectory is the "on" one."""
+    trained = load_trained(run)
+    x = {
+        c: generate(trained, SampleSpec("ddim", 6, "leading", {"eta": 0.0}, c), 12, seed=3)
+        for c in ("auto", "on", "off")
+    }
+    assert torch.equal(x["auto"], x["on"])
+    assert x["on"].abs().max() <= 1.0
+    assert x["off"].abs().max() > 1.0
+    den = trained.denoiser("off")
+    assert den.clip is None and trained.denoiser().clip == (-1.0, 1.0)
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -40,6 +40,10 @@ _SWEEP_FAMILIES = (
     "dpmpp_2m",
     "pf-ode",
 )
+# ddkit.denoiser.CLIP_X0, checked by SampleSpec
+_CLIP_X0_HELP = (
+    "clamp x0_hat to [-1, 1] at each step: auto (8-bit images), on, off (as DDIM's code)"
+)
 
 
 def _cmd_verify(args) -> int:
@@ -126,7 +130,7 @@ def _cmd_sample(args) -> int:
     from .sampling import SampleSpec, generate, load_trained
     from .training.checkpoint import atomic_write_bytes
 
-    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args))
+    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args), args.clip_x0)
     trained = load_trained(args.checkpoint, args.weights, args.device)
     spec.timesteps(trained.schedule)  # validate steps against the model's T before any work
     out = Path(args.out)
@@ -198,7 +202,7 @@ def _cmd_eval(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args))
+    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args), args.clip_x0)
     trained = load_trained(args.checkpoint, args.weights, args.device)
     if args.fid or args.interpolation:
         spec.timesteps(trained.schedule)
@@ -219,7 +223,7 @@ def _cmd_eval(args) -> int:
                 file=sys.stderr,
             )
         if args.sweep:
-            plan = ev.sweep_plan(trained, args.families, args.nfe)
+            plan = ev.sweep_plan(trained, args.families, args.nfe, clip_x0=args.clip_x0)
     if args.bpd:
         ev.check_shape(trained, load_dataset(ev.data_config_for(trained, args.split)))
     out.mkdir(parents=True, exist_ok=True)
@@ -280,7 +284,10 @@ def _cmd_eval(args) -> int:
 
     if args.fid:
         q = quality(spec, out / "fid_samples.png")
-        print(f"{spec.sampler} {spec.steps} steps ({spec.spacing}, {spec.options}): {q.line()}")
+        print(
+            f"{spec.sampler} {spec.steps} steps ({spec.spacing}, {spec.options}, x0 clamp "
+            f"{spec.clip_x0}): {q.line()}"
+        )
         report["fid"] = {"sampler": spec.as_dict(), **asdict(q)}
     if args.sweep:
         rows = []
@@ -294,6 +301,7 @@ def _cmd_eval(args) -> int:
             title = (
                 f"{trained.config.data.name}, {Path(trained.path).name} (step "
                 f"{trained.step}), {args.num} samples"
+                + ("" if args.clip_x0 == "auto" else f", x0 clamp {args.clip_x0}")
             )
             ev.write_sweep(rows, out, title)  # rewritten after each run: partial results survive
         report["sweep"] = rows
@@ -391,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--variance", help="DDPM variance: fixed_small, fixed_large, tweedie, tweedie_jacobian"
     )
+    s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num", type=_positive_int, default=64)
     s.add_argument("--batch-size", type=_positive_int, default=256)
@@ -441,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--spacing", default="trailing", help="spacing for --fid")
     e.add_argument("--eta", type=float, help="DDIM eta for --fid")
     e.add_argument("--variance", help="DDPM variance for --fid")
+    e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     e.add_argument("--batch-size", type=_positive_int, default=250)
     e.add_argument("--nfe", type=_positive_int, nargs="+", default=[5, 10, 20, 50, 100, 1000])
     e.add_argument(

@@ -18,6 +18,11 @@ from .schedule import NoiseSchedule
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# When a trained model's x0_hat is clamped to [-1, 1] at every sampling step: "auto" for 8-bit
+# image data (as DDPM's code and diffusers' ``clip_sample``), "on" always, "off" never (as DDIM's
+# code in its generalized steps, which only clamps the final image)
+CLIP_X0 = ("auto", "on", "off")
+
 
 class Denoiser:
     """(model, schedule, prediction) -> ``(eps, x0)`` at integer timestep t.

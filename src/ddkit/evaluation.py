@@ -455,10 +455,12 @@ DEFAULT_FAMILIES = tuple(SWEEP_FAMILIES)
 DEFAULT_NFES = (5, 10, 20, 50, 100, 1000)
 
 
-def sweep_plan(trained: Trained, families, nfes) -> list[tuple[str, SampleSpec]]:
+def sweep_plan(
+    trained: Trained, families, nfes, clip_x0: str = "auto"
+) -> list[tuple[str, SampleSpec]]:
     """(family, spec) for each family and target NFE, skipping duplicates (quadratic at T steps
     is uniform) and NFEs a family cannot reach (more steps than T, or than the 0.8 T + 1 indices
-    of DDIM's quadratic); validated before any sampling."""
+    of DDIM's quadratic); every spec with the given x0 clamping; validated before any sampling."""
     T = trained.schedule.T
     plan, seen = [], set()
     for fam in families:
@@ -469,7 +471,7 @@ def sweep_plan(trained: Trained, families, nfes) -> list[tuple[str, SampleSpec]]
             steps = steps_for(nfe)
             if steps is None:
                 continue
-            spec = make(steps)
+            spec = replace(make(steps), clip_x0=clip_x0)
             if steps > max_steps(T, spec.spacing):
                 continue
             ts = tuple(spec.timesteps(trained.schedule))
@@ -489,6 +491,7 @@ SWEEP_COLUMNS = (
     "sampler",
     "spacing",
     "options",
+    "clip_x0",
     "steps",
     "nfe",
     "metric",
@@ -509,6 +512,7 @@ def sweep_row(fam: str, spec: SampleSpec, q: QualityResult) -> dict:
         "sampler": spec.sampler,
         "spacing": spec.spacing,
         "options": json.dumps(spec.options, sort_keys=True),
+        "clip_x0": spec.clip_x0,
         "steps": spec.steps,
         "nfe": q.nfe,
         "metric": q.metric,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import Config, config_from_dict
-from .denoiser import Denoiser
+from .denoiser import CLIP_X0, Denoiser
 from .samplers import SAMPLERS, get_sampler
 from .schedule import SPACINGS, NoiseSchedule
 from .training import checkpoint as ckpt
@@ -46,10 +46,11 @@ class Trained:
     def is_image(self) -> bool:
         return len(self.data_shape) == 3
 
-    def denoiser(self) -> Denoiser:
+    def denoiser(self, clip_x0: str = "auto") -> Denoiser:
+        """The model as a :class:`Denoiser`; ``clip_x0`` as in :class:`SampleSpec`."""
         from .training.trainer import make_denoiser
 
-        return make_denoiser(self.model, self.config, self.schedule)
+        return make_denoiser(self.model, self.config, self.schedule, clip_x0=clip_x0)
 
 
 def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") -> Trained:
@@ -77,15 +78,21 @@ def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") ->
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """A sampler, its number of timesteps, their spacing and its options, validated."""
+    """A sampler, its number of timesteps, their spacing, its options and whether x0_hat is
+    clamped to [-1, 1] at each step (``clip_x0``, one of :data:`CLIP_X0`), validated."""
 
     sampler: str = "ddim"
     steps: int = 50
     spacing: str = "trailing"
     options: dict = field(default_factory=dict)
+    clip_x0: str = "auto"
 
     def __post_init__(self):
         get_sampler(self.sampler)
+        if self.clip_x0 not in CLIP_X0:
+            raise ValueError(
+                f"clip_x0={self.clip_x0!r} is not allowed; allowed: {', '.join(CLIP_X0)}"
+            )
         if self.spacing not in SPACINGS:
             raise ValueError(
                 f"spacing {self.spacing!r} is not allowed; allowed: {', '.join(SPACINGS)}"
@@ -136,7 +143,7 @@ def generate(
         raise ValueError(f"num={num} and batch_size={batch_size} must be >= 1")
     ts = spec.timesteps(trained.schedule)
     sampler = get_sampler(spec.sampler)
-    den = trained.denoiser()
+    den = trained.denoiser(spec.clip_x0)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn((num, *trained.data_shape), generator=g)
     out = []

@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import viz
 from ..config import Config, config_from_dict, config_to_dict
-from ..denoiser import Denoiser
+from ..denoiser import CLIP_X0, Denoiser
 from ..losses import training_losses
 from ..samplers import get_sampler
 from ..timestep_sampling import LossSecondMomentSampler, UniformSampler
@@ -544,9 +544,12 @@ def init_weights(model: nn.Module, path: str | Path, log=None) -> None:
         log(f"model initialised from the EMA weights of {meta['path']} (step {meta['step']})")
 
 
-def make_denoiser(model: nn.Module, cfg: Config, schedule, dataset=None) -> Denoiser:
+def make_denoiser(
+    model: nn.Module, cfg: Config, schedule, dataset=None, clip_x0: str = "auto"
+) -> Denoiser:
     """The sampling interface for a trained model: the prediction half of a learned-variance
-    output, x0 clipped to [-1, 1] for 8-bit image data."""
+    output; x0 clipped to [-1, 1] for 8-bit image data (``clip_x0="auto"``), always ("on") or
+    never ("off")."""
     fn = model
     if getattr(cfg.model, "learn_sigma", False):
         channels = cfg.model.in_channels if hasattr(cfg.model, "in_channels") else cfg.model.dim
@@ -554,8 +557,10 @@ def make_denoiser(model: nn.Module, cfg: Config, schedule, dataset=None) -> Deno
         def fn(x, t):
             return model(x, t)[:, :channels]
 
+    if clip_x0 not in CLIP_X0:
+        raise ValueError(f"clip_x0={clip_x0!r} is not allowed; allowed: {', '.join(CLIP_X0)}")
     quantized = getattr(dataset, "quantized", len(_shape(cfg)) == 3)
-    clip = (-1.0, 1.0) if quantized else None
+    clip = (-1.0, 1.0) if clip_x0 == "on" or (clip_x0 == "auto" and quantized) else None
     return Denoiser(fn, schedule, cfg.diffusion.prediction, clip=clip)
 
 

@@ -360,15 +360,6 @@ def spacing_table(out: Path) -> str:
         v = [fid.get((k, fam, S)) for k in seeds]
         return None if None in v else v
 
-    def fmt(v: list[float] | None, signed: bool = False) -> str:
-        if v is None:
-            return ""
-        m, e = _mean_se(v) if len(v) > 1 else (v[0], float("nan"))
-        return f"{m:+.2f} +- {e:.2f}" if signed else f"{m:.2f} +- {e:.2f}"
-
-    def diff(a, b):
-        return None if a is None or b is None else [x - y for x, y in zip(a, b, strict=True)]
-
     lines = [f"FID, mean +- s.e. over seeds {', '.join(map(str, seeds))}; differences paired.", ""]
     lines += [
         "| S | spacing | DDIM eta 0 | DDIM eta 1 | eta 0 - eta 1 |",
@@ -410,15 +401,6 @@ def clip_table(out: Path) -> str:
         v = [fid.get((k, mode, fam, S)) for k in seeds]
         return None if None in v else v
 
-    def fmt(v, signed=False):
-        if v is None:
-            return ""
-        m, e = _mean_se(v) if len(v) > 1 else (v[0], float("nan"))
-        return f"{m:+.2f} +- {e:.2f}" if signed else f"{m:.2f} +- {e:.2f}"
-
-    def diff(a, b):
-        return None if a is None or b is None else [x - y for x, y in zip(a, b, strict=True)]
-
     lines = [
         f"FID, mean +- s.e. over seeds {', '.join(map(str, seeds))}; differences paired (one "
         "initial noise per seed for every sampler).",
@@ -435,6 +417,19 @@ def clip_table(out: Path) -> str:
                     f"| {S} | {name} | {fmt(e0)} | {fmt(e1)} | {fmt(diff(e0, e1), True)} |"
                 )
     return "\n".join(lines) + "\n"
+
+
+def fmt(v: list[float] | None, signed: bool = False) -> str:
+    """mean +- standard error of seeds' values ("" for a missing cell)."""
+    if v is None:
+        return ""
+    m, e = _mean_se(v) if len(v) > 1 else (v[0], float("nan"))
+    return f"{m:+.2f} +- {e:.2f}" if signed else f"{m:.2f} +- {e:.2f}"
+
+
+def diff(a: list[float] | None, b: list[float] | None) -> list[float] | None:
+    """Per-seed differences a - b (paired), None where either is missing."""
+    return None if a is None or b is None else [x - y for x, y in zip(a, b, strict=True)]
 
 
 def _mean_se(v: list[float]) -> tuple[float, float]:

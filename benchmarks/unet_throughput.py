@@ -23,7 +23,10 @@ torch.bfloat16)``, as ``ddkit train --set train.precision=bf16`` does (weights, 
 fp32); on CPUs with AMX or AVX512-BF16 oneDNN then computes convolutions and matmuls in bf16.
 
     .venv/bin/python benchmarks/unet_throughput.py [--reps 9] [--threads 2] [--case cifar|28|all]
-        [--precision fp32|bf16]
+        [--precision fp32|bf16] [--compile]
+
+With ``--compile`` both sides' forwards run under ``torch.compile`` (Inductor; as ``ddkit train
+--set train.compile=true``); the first two steps, which compile, are reported apart.
 """
 
 from __future__ import annotations
@@ -185,15 +188,18 @@ def count_step_flops(model, forward, cfg: UNetConfig, batch: int) -> int:
 class Side:
     """One model with its optimizer, data and a ``step()``."""
 
-    def __init__(self, name: str, cfg: UNetConfig, batch: int, precision: str = "fp32"):
+    def __init__(
+        self, name: str, cfg: UNetConfig, batch: int, precision: str = "fp32", compile: bool = False
+    ):
         torch.manual_seed(1)
         self.amp = precision == "bf16"
         if name == "ours":
             self.model = cfg.build()
-            self.forward = self.model
+            self.eager = self.model
         else:
             self.model = diffusers_model(cfg)
-            self.forward = lambda x, t: self.model(x, t).sample
+            self.eager = lambda x, t: self.model(x, t).sample
+        self.forward = torch.compile(self.eager) if compile else self.eager
         self.model.train()
         try:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, fused=True)
@@ -230,40 +236,46 @@ def peak_rss_kib() -> int:
 
 
 def worker(
-    side: str, preset_name: str, batch: int, threads: int, steps: int, precision: str
+    side: str, preset_name: str, batch: int, threads: int, steps: int, precision: str, compile: bool
 ) -> None:
     """Subprocess entry: train ``steps`` steps alone, print the peak RSS before and after (KiB)."""
     import diffusers  # noqa: F401  (both sides import the same modules)
 
     torch.set_num_threads(threads)
-    s = Side(side, preset(preset_name), batch, precision)
+    s = Side(side, preset(preset_name), batch, precision, compile)
     before = peak_rss_kib()
     for _ in range(steps):
         s.step()
     print(json.dumps({"before_kib": before, "after_kib": peak_rss_kib()}))
 
 
-def peak_memory(side: str, preset_name: str, batch: int, threads: int, precision: str) -> dict:
+def peak_memory(
+    side: str, preset_name: str, batch: int, threads: int, precision: str, compile: bool
+) -> dict:
     cmd = [sys.executable, __file__, "--worker", side, preset_name, str(batch), str(threads), "3"]
-    cmd += [precision]
+    cmd += [precision, str(int(compile))]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_case(preset_name: str, batch: int, reps: int, threads: int, precision: str) -> dict:
+def run_case(
+    preset_name: str, batch: int, reps: int, threads: int, precision: str, compile: bool
+) -> dict:
     cfg = preset(preset_name)
     err = check_same_function(cfg)
-    sides = {name: Side(name, cfg, batch, precision) for name in ("ours", "diffusers")}
+    sides = {name: Side(name, cfg, batch, precision, compile) for name in ("ours", "diffusers")}
     params = {name: count_parameters(s.model) for name, s in sides.items()}
     if params["ours"] != params["diffusers"]:
         raise RuntimeError(f"parameter counts differ: {params}")
-    nominal = count_step_flops(sides["diffusers"].model, sides["diffusers"].forward, cfg, batch)
-    executed = count_step_flops(sides["ours"].model, sides["ours"].forward, cfg, batch)
-    for s in sides.values():  # warm-up: oneDNN primitive caches, allocator
-        s.step()
-        s.step()
+    nominal = count_step_flops(sides["diffusers"].model, sides["diffusers"].eager, cfg, batch)
+    executed = count_step_flops(sides["ours"].model, sides["ours"].eager, cfg, batch)
+    warmup = {}
+    for name, s in sides.items():  # oneDNN primitive caches, allocator; compilation
+        warmup[name] = s.step() + s.step()
     times = interleaved(sides, reps)
-    memory = {name: peak_memory(name, preset_name, batch, threads, precision) for name in sides}
+    memory = {
+        name: peak_memory(name, preset_name, batch, threads, precision, compile) for name in sides
+    }
     return {
         "preset": preset_name,
         "batch": batch,
@@ -273,6 +285,8 @@ def run_case(preset_name: str, batch: int, reps: int, threads: int, precision: s
         "ours_executed_gflop": executed / 1e9,
         "times": times,
         "memory": memory,
+        "compile": compile,
+        "warmup_s": warmup,
     }
 
 
@@ -280,8 +294,15 @@ def report(result: dict) -> str:
     b = result["batch"]
     times = result["times"]
     med = {k: statistics.median(v) for k, v in times.items()}
+    compiled = ""
+    if result["compile"]:
+        w = result["warmup_s"]
+        compiled = (
+            f", both sides under torch.compile (first two steps, compilation included: ours "
+            f"{w['ours']:.0f} s, diffusers {w['diffusers']:.0f} s)"
+        )
     lines = [
-        f"### {result['preset']}, batch {b}",
+        f"### {result['preset']}, batch {b}{compiled}",
         "",
         f"parameters: ours {result['params']['ours']:,}, diffusers "
         f"{result['params']['diffusers']:,}; same output after copying weights (max rel. diff "
@@ -325,14 +346,17 @@ def speedup_line(times: dict[str, list[float]]) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        side, name, batch, threads, steps, precision = sys.argv[2:8]
-        worker(side, name, int(batch), int(threads), int(steps), precision)
+        side, name, batch, threads, steps, precision, compile = sys.argv[2:9]
+        worker(side, name, int(batch), int(threads), int(steps), precision, compile == "1")
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9, help="timed steps per model and case")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--case", choices=[*CASES, "all"], default="all")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--compile", action="store_true", help="both sides under torch.compile (train.compile)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import diffusers
@@ -340,13 +364,15 @@ def main() -> None:
     load = os.getloadavg()
     print(
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({args.threads} threads), diffusers {diffusers.__version__}, {args.precision}, "
+        f"({args.threads} threads), diffusers {diffusers.__version__}, {args.precision}"
+        f"{', torch.compile' if args.compile else ''}, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start "
         f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {args.reps} timed steps per model\n"
     )
     cases = CASES.values() if args.case == "all" else [CASES[args.case]]
     for name, batch in cases:
-        print(report(run_case(name, batch, args.reps, args.threads, args.precision)), flush=True)
+        result = run_case(name, batch, args.reps, args.threads, args.precision, args.compile)
+        print(report(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -385,6 +385,35 @@ def test_dropout_statistics_and_modes():
         Dropout(1.0)
 
 
+def test_unet_traces_into_one_graph_for_torch_compile(avx2, monkeypatch):
+    """Under torch.compile (train.compile) the CPU-specific paths step aside, so Dynamo sees the
+    whole training forward as one graph: Winograd (forced on here), channels_last (forced on)
+    and the 15-bit dropout mask (F.dropout instead, still at rate p with scale 1 / (1 - p)).
+    Traced with the "eager" backend: no C++ compiler needed."""
+    monkeypatch.setenv("DDKIT_CHANNELS_LAST", "1")
+    cfg = UNetConfig(
+        image_size=16,
+        in_channels=1,
+        base_channels=128,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        dropout=0.1,
+        groups=8,
+    )
+    model = cfg.build().train()
+    x, t = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 5, 50, 100, 400, 800, 999])
+    assert model._channels_last_pays(x) and winograd_pays(torch.empty(8, 128, 16, 16), 128, 128)
+    explain = torch._dynamo.explain(model)(x, t)
+    assert explain.graph_count == 1 and explain.graph_break_count == 0, explain.break_reasons
+    drop = torch.compile(Dropout(0.3), backend="eager")
+    torch.manual_seed(0)
+    y = drop(torch.ones(200_000))
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.006  # 5 standard errors
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+
+
 @pytest.mark.parametrize("p", [0.1, 0.3, 1e-6, 0.99999])
 def test_keep_mask_rate_and_unbiased_scale(p):
     """P(keep) = 1 - p' with p' = p rounded to 2**-15, and scale = 1 / (1 - p'), so that

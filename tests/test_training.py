@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -384,6 +385,48 @@ def test_bf16_autocast_on_cpu_trains_and_resumes_bit_identically(tmp_path):
     resumed = Trainer.from_checkpoint(tmp_path / "b", dataset=data)
     resumed.fit()
     assert_identical(state, state_of(resumed))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not any(map(shutil.which, ("cc", "gcc", "g++", "clang"))),
+    reason="torch.compile on CPU needs a C++ compiler (apt-get install g++)",
+)
+def test_compile_trains_the_same_function_and_saves_plain_weights(tmp_path):
+    """train.compile = true: the loss goes through torch.compile(model), with no graph break in
+    the U-Net (its CPU-specific Winograd / channels_last / dropout-mask paths step aside while
+    compiling); loss and gradients equal the eager model's, and checkpoints hold the plain
+    module's keys, so an eager run resumes from them."""
+    from torch._dynamo.utils import counters
+
+    from ddkit.losses import training_losses
+
+    cfg = image_config(tmp_path / "c", batch_size=4, max_steps=2, ckpt_every=2, compile=True)
+    cfg["model"]["dropout"] = 0.0
+    tr = Trainer(config_from_dict(cfg), dataset=images())
+    assert tr.net is not tr.model
+    counters.clear()
+    x0 = images(n=4, seed=1).x
+    t, noise = torch.tensor([0, 7, 23, 49]), torch.randn_like(x0)
+    kw = dict(prediction="eps", loss_type="hybrid", variance="learned_range", noise=noise)
+    grads = []
+    for net in (tr.net, tr.model):
+        tr.model.zero_grad(set_to_none=True)
+        loss = training_losses(net, tr.schedule, x0, t, **kw)["loss"]
+        loss.mean().backward()
+        grads.append(
+            [(loss.detach(), None)] + [(p.grad.clone(), n) for n, p in tr.model.named_parameters()]
+        )
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    for (a, name), (b, _) in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    tr.fit()
+    resumed = Trainer.from_checkpoint(tmp_path / "c", dataset=images())
+    assert resumed.cfg.train.compile and resumed.net is not resumed.model
+    assert_identical(
+        {k: v for k, v in state_of(tr).items() if k.startswith("model.")},
+        {k: v for k, v in state_of(resumed).items() if k.startswith("model.")},
+    )
 
 
 def test_metrics_have_loss_by_timestep_bucket(tmp_path):

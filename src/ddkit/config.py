@@ -130,6 +130,7 @@ class TrainSection:
     init_from: str = ""  # a checkpoint (file or run folder) whose EMA weights start the model
     precision: str = "auto"  # auto (bf16 autocast on a bf16-capable GPU, else fp32) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the training forward (and so its backward)
     log_every: int = 50
     ckpt_every: int = 1000
     keep_last: int = 3

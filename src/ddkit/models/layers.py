@@ -91,7 +91,8 @@ class Dropout(nn.Module):
     The mask comes from :func:`keep_mask`: p is rounded to a multiple of 2**-15 (0.1 becomes
     0.100006) and the scale uses the rounded value, so E[output] = input exactly.  Drawn from
     torch's default generator (seed it with ``torch.manual_seed``); ~3x cheaper on CPU than the
-    float draws of ``nn.Dropout``'s ``bernoulli_``.
+    float draws of ``nn.Dropout``'s ``bernoulli_``.  Under ``torch.compile`` it is ``F.dropout``
+    (exact p), whose mask the compiled code draws from its own counter-based generator.
     """
 
     def __init__(self, p: float = 0.0):
@@ -103,6 +104,8 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        if torch.compiler.is_compiling():  # compiled code draws its own (counter-based) mask
+            return F.dropout(x, self.p, training=True)
         keep, scale = keep_mask(x.shape, self.p, x.device)
         return _MaskedScale.apply(x, keep, scale)
 

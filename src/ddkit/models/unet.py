@@ -288,9 +288,11 @@ class UNet(nn.Module):
         """channels_last for :meth:`UNetConfig.channels_last_levels`: fp32 on a CPU that
         :func:`cpu_favours_channels_last` accepts; not under CPU autocast (bf16 convolutions
         trained 0.81x as fast in channels_last on ``ddpm-28``), forward-mode AD or torch.func
-        transforms (GroupNorm's forward-mode derivative needs NCHW)."""
+        transforms (GroupNorm's forward-mode derivative needs NCHW), nor under ``torch.compile``
+        (Inductor chooses convolution layouts itself)."""
         return (
             bool(self._channels_last_levels)
+            and not torch.compiler.is_compiling()
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")

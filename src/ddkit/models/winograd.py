@@ -51,8 +51,11 @@ def winograd_pays(x: torch.Tensor, in_channels: int, out_channels: int) -> bool:
     accepts, even H and W, at least 512 tiles,
     C_in * C_out / (C_in + C_out) >= 64 (GEMM work per tile against transform work per tile), and
     transformed input V of at most 24 MiB (beyond, the transforms fall out of cache and lose).
+    Never under ``torch.compile``, whose code generator picks its own convolution paths.
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.ndim != 4:
+        return False
+    if torch.compiler.is_compiling():
         return False
     if not cpu_favours_winograd():
         return False

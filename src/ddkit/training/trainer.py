@@ -126,6 +126,8 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        # the network the loss calls: compiled around DDP (so DDP's buckets split the graph)
+        self.net = torch.compile(self.ddp) if tr.compile else self.ddp
         o = cfg.optim
         opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         kw = dict(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
@@ -206,7 +208,7 @@ class Trainer:
                     self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
                 ):
                     terms = training_losses(
-                        self.ddp,
+                        self.net,
                         self.schedule,
                         x0[mb],
                         t_r[mb],

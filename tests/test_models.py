@@ -391,15 +391,8 @@ def test_unet_traces_into_one_graph_for_torch_compile(avx2, monkeypatch):
     and the 15-bit dropout mask (F.dropout instead, still at rate p with scale 1 / (1 - p)).
     Traced with the "eager" backend: no C++ compiler needed."""
     monkeypatch.setenv("DDKIT_CHANNELS_LAST", "1")
-    cfg = UNetConfig(
-        image_size=16,
-        in_channels=1,
-        base_channels=128,
-        channel_mult=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(8,),
-        dropout=0.1,
-        groups=8,
+    cfg = TINY.replace(
+        image_size=16, in_channels=1, base_channels=128, attention_resolutions=(8,), dropout=0.1
     )
     model = cfg.build().train()
     x, t = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 5, 50, 100, 400, 800, 999])

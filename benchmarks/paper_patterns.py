@@ -29,7 +29,8 @@ Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 
                           seeds 1-2 uniform; two lanes, ~51 min for 2,000 samples and S 10-50)
       .venv/bin/python benchmarks/paper_patterns.py spacing --num 2000 --seed-steps 10 --out DIR
                          (uniform, quadratic to T - 1 and DDIM's quadratic to 0.8 T, eta 0 and 1,
-                          seeds 0-2, paired; lane 0 eta 0, lane 1 eta 1)
+                          seeds 0-2, paired; lane 0 eta 0, lane 1 eta 1; add --clip-x0 off
+                          to sample as DDIM's code, without clamping x0_hat)
       .venv/bin/python benchmarks/paper_patterns.py clip --num 1000 --out DIR
                          (DDIM eta 0 and 1 at --seed-steps with x0_hat clamped at each step, as
                           ddkit and DDPM's code do for images, and unclamped, as DDIM's code;
@@ -459,6 +460,12 @@ def main() -> int:
         default="L_simple model, 7,000 steps + 5,000 annealed",
         help="the sweep model, as the tables name it",
     )
+    p.add_argument(
+        "--clip-x0",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="x0 clamping of every FID run (the clip stage sets its own)",
+    )
     p.add_argument("--out", default="docs/paper")
     p.add_argument(
         "--sharp-dir", default="runs/paper/sharpness", help="samples of the sharpness stage"
@@ -468,6 +475,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if a.stage != "summary":
         lanes = commands(a)[a.stage]
+        for c in (c for cmds in lanes for c in cmds):  # --clip-x0 for every FID run
+            if a.clip_x0 != "auto" and ("--fid" in c or "--sweep" in c) and "--clip-x0" not in c:
+                c += ["--clip-x0", a.clip_x0]
         for k, cmds in enumerate(lanes):
             for c in cmds:
                 print(f"[lane {k}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)

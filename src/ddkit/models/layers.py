@@ -230,7 +230,10 @@ class AttentionBlock(nn.Module):
         # [N, C, H, W] -> [N, H*W, C] (a view when x is channels_last)
         tokens = self.norm(x).flatten(2).transpose(1, 2)
         qkv = self.qkv(tokens).view(n, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [N, heads, H*W, d]
+        # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once instead
+        # of zero-filling and writing a full-size buffer for each
+        q, k, v = qkv.unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, H*W, d]
         out = self.proj(out.transpose(1, 2).reshape(n, h * w, c))
         # back to [N, C, H, W], added to the input
         return x + out.transpose(1, 2).view(n, c, h, w)

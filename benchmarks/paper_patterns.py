@@ -34,7 +34,7 @@ Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 
       .venv/bin/python benchmarks/paper_patterns.py clip --num 1000 --out DIR
                          (DDIM eta 0 and 1 at --seed-steps with x0_hat clamped at each step, as
                           ddkit and DDPM's code do for images, and unclamped, as DDIM's code;
-                          seeds 0-2, paired; lane 0 clamped, lane 1 not)
+                          --seeds, default 0-2, paired; lane 0 clamped, lane 1 not)
       .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
@@ -269,7 +269,7 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         [
             [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families", "ddim-eta0", "ddim-eta1"]
             + ["--clip-x0", mode, "--seed", str(k), "--out", str(out / "clip" / f"seed{k}_{mode}")]
-            for k in (0, 1, 2)
+            for k in a.seeds
         ]
         for mode in CLIP_MODES
     ]
@@ -387,36 +387,41 @@ def spacing_table(out: Path) -> str:
 
 def clip_table(out: Path) -> str:
     """The ``clip`` stage: DDIM eta = 0 against eta = 1 with x0_hat clamped at every step (ddkit's
-    default for images, as DDPM's code) and without (DDIM's code), over seeds, paired."""
-    fid, seeds = {}, set()
+    default for images, as DDPM's code) and without (DDIM's code), over the seeds that have all
+    four cells of a row's S, paired (one initial noise per seed for every sampler)."""
+    fid = {}
     for d in sorted((out / "clip").glob("seed*_*")):
         k, mode = d.name[4:].split("_")
-        seeds.add(int(k))
         fid |= {
             (int(k), mode, r["family"], r["steps"]): r["fid"] for r in _read_sweep(d / "sweep.csv")
         }
-    seeds = sorted(seeds)
-    steps = sorted({S for (*_, S) in fid})
-
-    def col(mode: str, fam: str, S: int) -> list[float] | None:
-        v = [fid.get((k, mode, fam, S)) for k in seeds]
-        return None if None in v else v
-
+    cells = [(m, f"ddim-eta{e}") for m in CLIP_MODES for e in (0, 1)]
+    rows = []
+    for S in sorted({S for (*_, S) in fid}):
+        seeds = sorted(
+            k for k in {k for (k, *_) in fid} if all((k, m, f, S) in fid for m, f in cells)
+        )
+        if seeds:
+            rows.append((S, seeds, {c: [fid[(k, *c, S)] for k in seeds] for c in cells}))
     lines = [
-        f"FID, mean +- s.e. over seeds {', '.join(map(str, seeds))}; differences paired (one "
-        "initial noise per seed for every sampler).",
+        "FID, mean +- s.e. over the seeds named; differences paired.",
         "",
-        "| S | x0_hat clamped | DDIM eta 0 | DDIM eta 1 | eta 0 - eta 1 |",
-        "|---:|---|---:|---:|---:|",
+        "| S | seeds | x0_hat clamped | DDIM eta 0 | DDIM eta 1 | eta 0 - eta 1 |",
+        "|---:|---|---|---:|---:|---:|",
     ]
-    for S in steps:
+    for S, seeds, v in rows:
         for mode in CLIP_MODES:
-            e0, e1 = col(mode, "ddim-eta0", S), col(mode, "ddim-eta1", S)
+            e0, e1 = v[(mode, "ddim-eta0")], v[(mode, "ddim-eta1")]
             name = "yes (ddkit default)" if mode == "auto" else "no (DDIM's code)"
-            if e0 or e1:
-                lines.append(
-                    f"| {S} | {name} | {fmt(e0)} | {fmt(e1)} | {fmt(diff(e0, e1), True)} |"
-                )
+            lines.append(
+                f"| {S} | {', '.join(map(str, seeds))} | {name} | {fmt(e0)} | {fmt(e1)} | "
+                f"{fmt(diff(e0, e1), True)} |"
+            )
+    lines += ["", "| S | unclamped - clamped, eta 0 | unclamped - clamped, eta 1 |"]
+    lines += ["|---:|---:|---:|"]
+    for S, _, v in rows:
+        d = [fmt(diff(v[("off", f)], v[("auto", f)]), True) for f in ("ddim-eta0", "ddim-eta1")]
+        lines.append(f"| {S} | {d[0]} | {d[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -424,7 +429,9 @@ def fmt(v: list[float] | None, signed: bool = False) -> str:
     """mean +- standard error of seeds' values ("" for a missing cell)."""
     if v is None:
         return ""
-    m, e = _mean_se(v) if len(v) > 1 else (v[0], float("nan"))
+    if len(v) == 1:
+        return f"{v[0]:+.2f}" if signed else f"{v[0]:.2f}"
+    m, e = _mean_se(v)
     return f"{m:+.2f} +- {e:.2f}" if signed else f"{m:.2f} +- {e:.2f}"
 
 
@@ -451,6 +458,9 @@ def main() -> int:
     p.add_argument("--inversion-num", type=int, default=30)
     p.add_argument(
         "--seed-steps", type=int, nargs="+", default=[10, 20, 50], help="S of the seeds stage"
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the clip stage"
     )
     p.add_argument("--simple", default="runs/paper/frozen/fmnist_simple_3000.safetensors")
     p.add_argument("--vlb", default="runs/paper/frozen/fmnist_vlb_3000.safetensors")

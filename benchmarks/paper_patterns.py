@@ -34,7 +34,7 @@ Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 
       .venv/bin/python benchmarks/paper_patterns.py clip --num 1000 --out DIR
                          (DDIM eta 0 and 1 at --seed-steps with x0_hat clamped at each step, as
                           ddkit and DDPM's code do for images, and unclamped, as DDIM's code;
-                          --seeds, default 0-2, paired; lane 0 clamped, lane 1 not)
+                          --seeds, default 0-2, --clip-modes, default both; paired)
       .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
@@ -265,13 +265,15 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         ]
         for eta in (0, 1)
     ]
+    # (seed, mode) runs dealt to two lanes in turn: with both modes, one lane per mode
+    runs = [(k, mode) for k in a.seeds for mode in a.clip_modes]
     clip = [
         [
             [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families", "ddim-eta0", "ddim-eta1"]
             + ["--clip-x0", mode, "--seed", str(k), "--out", str(out / "clip" / f"seed{k}_{mode}")]
-            for k in a.seeds
+            for k, mode in runs[lane_k::2]
         ]
-        for mode in CLIP_MODES
+        for lane_k in range(min(2, len(runs)))
     ]
     sharp = [
         [
@@ -387,41 +389,45 @@ def spacing_table(out: Path) -> str:
 
 def clip_table(out: Path) -> str:
     """The ``clip`` stage: DDIM eta = 0 against eta = 1 with x0_hat clamped at every step (ddkit's
-    default for images, as DDPM's code) and without (DDIM's code), over the seeds that have all
-    four cells of a row's S, paired (one initial noise per seed for every sampler)."""
+    default for images, as DDPM's code) and without (DDIM's code).  Each row is over the seeds
+    that have both of its cells, each difference over the seeds that have both sides: paired
+    (one initial noise per seed for every sampler)."""
     fid = {}
     for d in sorted((out / "clip").glob("seed*_*")):
         k, mode = d.name[4:].split("_")
         fid |= {
             (int(k), mode, r["family"], r["steps"]): r["fid"] for r in _read_sweep(d / "sweep.csv")
         }
-    cells = [(m, f"ddim-eta{e}") for m in CLIP_MODES for e in (0, 1)]
-    rows = []
-    for S in sorted({S for (*_, S) in fid}):
-        seeds = sorted(
-            k for k in {k for (k, *_) in fid} if all((k, m, f, S) in fid for m, f in cells)
-        )
-        if seeds:
-            rows.append((S, seeds, {c: [fid[(k, *c, S)] for k in seeds] for c in cells}))
+    all_seeds = sorted({k for (k, *_) in fid})
+    steps = sorted({S for (*_, S) in fid})
+
+    def cells(S: int, a: tuple, b: tuple) -> tuple[list[int], list[float], list[float]]:
+        seeds = [k for k in all_seeds if (k, *a, S) in fid and (k, *b, S) in fid]
+        return seeds, [fid[(k, *a, S)] for k in seeds], [fid[(k, *b, S)] for k in seeds]
+
     lines = [
         "FID, mean +- s.e. over the seeds named; differences paired.",
         "",
-        "| S | seeds | x0_hat clamped | DDIM eta 0 | DDIM eta 1 | eta 0 - eta 1 |",
+        "| S | x0_hat clamped | seeds | DDIM eta 0 | DDIM eta 1 | eta 0 - eta 1 |",
         "|---:|---|---|---:|---:|---:|",
     ]
-    for S, seeds, v in rows:
+    for S in steps:
         for mode in CLIP_MODES:
-            e0, e1 = v[(mode, "ddim-eta0")], v[(mode, "ddim-eta1")]
+            seeds, e0, e1 = cells(S, (mode, "ddim-eta0"), (mode, "ddim-eta1"))
             name = "yes (ddkit default)" if mode == "auto" else "no (DDIM's code)"
-            lines.append(
-                f"| {S} | {', '.join(map(str, seeds))} | {name} | {fmt(e0)} | {fmt(e1)} | "
-                f"{fmt(diff(e0, e1), True)} |"
-            )
-    lines += ["", "| S | unclamped - clamped, eta 0 | unclamped - clamped, eta 1 |"]
-    lines += ["|---:|---:|---:|"]
-    for S, _, v in rows:
-        d = [fmt(diff(v[("off", f)], v[("auto", f)]), True) for f in ("ddim-eta0", "ddim-eta1")]
-        lines.append(f"| {S} | {d[0]} | {d[1]} |")
+            if seeds:
+                lines.append(
+                    f"| {S} | {name} | {', '.join(map(str, seeds))} | {fmt(e0)} | {fmt(e1)} | "
+                    f"{fmt(diff(e0, e1), True)} |"
+                )
+    lines += ["", "| S | eta | seeds | unclamped - clamped |", "|---:|---:|---|---:|"]
+    for S in steps:
+        for eta in (0, 1):
+            seeds, off, on = cells(S, ("off", f"ddim-eta{eta}"), ("auto", f"ddim-eta{eta}"))
+            if seeds:
+                lines.append(
+                    f"| {S} | {eta} | {', '.join(map(str, seeds))} | {fmt(diff(off, on), True)} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -461,6 +467,13 @@ def main() -> int:
     )
     p.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the clip stage"
+    )
+    p.add_argument(
+        "--clip-modes",
+        nargs="+",
+        default=list(CLIP_MODES),
+        choices=CLIP_MODES,
+        help="lanes of the clip stage",
     )
     p.add_argument("--simple", default="runs/paper/frozen/fmnist_simple_3000.safetensors")
     p.add_argument("--vlb", default="runs/paper/frozen/fmnist_vlb_3000.safetensors")

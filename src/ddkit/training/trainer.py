@@ -128,6 +128,11 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         # the network the loss calls: compiled around DDP (so DDP's buckets split the graph)
         self.net = torch.compile(self.ddp) if tr.compile else self.ddp
+        if tr.compile and self.device.type == "cpu" and self.dist.is_main:
+            log(
+                "note: train.compile on CPU trained the CIFAR-10 U-Net slower than eager mode "
+                "(0.73x, BENCHMARKS.md); it is meant for GPUs"
+            )
         o = cfg.optim
         opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
         kw = dict(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)

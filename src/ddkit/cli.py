@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--spacing", default="trailing", help="spacing for --fid")
     e.add_argument("--eta", type=float, help="DDIM eta for --fid")
     e.add_argument("--variance", help="DDPM variance for --fid")
-    e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
+    e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP + "; for --fid and --sweep")
     e.add_argument("--batch-size", type=_positive_int, default=250)
     e.add_argument("--nfe", type=_positive_int, nargs="+", default=[5, 10, 20, 50, 100, 1000])
     e.add_argument(

@@ -130,8 +130,8 @@ class Trainer:
         self.net = torch.compile(self.ddp) if tr.compile else self.ddp
         if tr.compile and self.device.type == "cpu" and self.dist.is_main:
             log(
-                "note: train.compile on CPU trained the CIFAR-10 U-Net slower than eager mode "
-                "(0.73x, BENCHMARKS.md); it is meant for GPUs"
+                "note: on a 2-core CPU, train.compile trained ddkit's U-Nets no faster than eager "
+                "mode (0.73x to 1.0x, BENCHMARKS.md); it is meant for GPUs"
             )
         o = cfg.optim
         opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam

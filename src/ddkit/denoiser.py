@@ -24,6 +24,13 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 CLIP_X0 = ("auto", "on", "off")
 
 
+def check_clip_x0(clip_x0: str) -> str:
+    """``clip_x0`` if it is one of :data:`CLIP_X0`, else a ValueError naming the allowed values."""
+    if clip_x0 not in CLIP_X0:
+        raise ValueError(f"clip_x0={clip_x0!r} is not allowed; allowed: {', '.join(CLIP_X0)}")
+    return clip_x0
+
+
 class Denoiser:
     """(model, schedule, prediction) -> ``(eps, x0)`` at integer timestep t.
 

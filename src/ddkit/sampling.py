@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import Config, config_from_dict
-from .denoiser import CLIP_X0, Denoiser
+from .denoiser import Denoiser, check_clip_x0
 from .samplers import SAMPLERS, get_sampler
 from .schedule import SPACINGS, NoiseSchedule
 from .training import checkpoint as ckpt
@@ -79,7 +79,7 @@ def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") ->
 @dataclass(frozen=True)
 class SampleSpec:
     """A sampler, its number of timesteps, their spacing, its options and whether x0_hat is
-    clamped to [-1, 1] at each step (``clip_x0``, one of :data:`CLIP_X0`), validated."""
+    clamped to [-1, 1] at each step (``clip_x0``, one of ``denoiser.CLIP_X0``), validated."""
 
     sampler: str = "ddim"
     steps: int = 50
@@ -89,10 +89,7 @@ class SampleSpec:
 
     def __post_init__(self):
         get_sampler(self.sampler)
-        if self.clip_x0 not in CLIP_X0:
-            raise ValueError(
-                f"clip_x0={self.clip_x0!r} is not allowed; allowed: {', '.join(CLIP_X0)}"
-            )
+        check_clip_x0(self.clip_x0)
         if self.spacing not in SPACINGS:
             raise ValueError(
                 f"spacing {self.spacing!r} is not allowed; allowed: {', '.join(SPACINGS)}"

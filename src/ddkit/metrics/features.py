@@ -408,6 +408,9 @@ class InceptionV3(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+_SUFFIX = [""] + [f"_{i}" for i in range(1, 11)]  # TF's names of repeated nodes: x, x_1, x_2, ...
+
+
 def _tf_graph_names() -> dict[str, str]:
     """{TF-graph node name: our module name} for the 94 conv + BatchNorm units, as the FID graph
     (and TorchScript exports of it) names them: ``conv``, ``mixed_3.tower_1.conv_2``, ..."""
@@ -467,9 +470,6 @@ def _tf_graph_names() -> dict[str, str]:
                 names[f"mixed{_SUFFIX[k]}.{tf}"] = f"Mixed_{name}.{ours}"
             k += 1
     return names
-
-
-_SUFFIX = [""] + [f"_{i}" for i in range(1, 11)]
 
 
 def from_tf_graph_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -496,8 +496,10 @@ def eta_table(out: Path, compare: Path | None = None) -> str:
             continue
         _, ka, kb = paired(runs, "ddim-eta0", "ddim-eta1", S, "kid_x1e3")
         cells = [fmt(a), fmt(b), fmt(diff(a, b), True), fmt(ka), fmt(kb), fmt(diff(ka, kb), True)]
-        if other:
-            ko, oa, ob = paired(other, "ddim-eta0", "ddim-eta1", S)
+        if other:  # the same seeds, so the same samples, under the other feature network
+            ko = [k for k in ks if (k, "ddim-eta0", S) in other and (k, "ddim-eta1", S) in other]
+            oa = [float(other[(k, "ddim-eta0", S)]["fid"]) for k in ko]
+            ob = [float(other[(k, "ddim-eta1", S)]["fid"]) for k in ko]
             cells.append(
                 f"{fmt(diff(oa, ob), True)} (seeds {', '.join(map(str, ko))})" if ko else ""
             )

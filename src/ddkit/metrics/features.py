@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -580,7 +581,9 @@ def load_inception(path: str | Path) -> InceptionFeatures:
         )
     if _is_torchscript(path):
         try:
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch 2.13 marks jit.load deprecated
+                warnings.simplefilter("ignore", DeprecationWarning)
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
             state = from_tf_graph_names(dict(state))
         except Exception as e:
             raise ValueError(f"{str(path)!r} is not the FID Inception-v3 graph: {e}") from None

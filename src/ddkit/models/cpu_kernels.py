@@ -1,0 +1,254 @@
+"""A fused CPU kernel for GroupNorm + SiLU (+ the time-embedding shift before it, + dropout after
+it): the pair that precedes every convolution of the DDPM U-Net.
+
+Unfused, PyTorch makes five passes over the activations in the forward (shift add, GroupNorm's
+statistics and normalisation, SiLU, dropout's mask and product) and saves three full-size tensors
+(GroupNorm's input, SiLU's input, the mask); the backward makes another five.  ``gn_silu.c`` does
+two passes each way and keeps only the input and the (mean, 1/std) per group: the backward pass
+recomputes the normalised values, and the dropout mask is a counter-based hash of (seed, element
+index), so it is recomputed too.
+
+The C file is compiled on first use with the system's C compiler (``cc -O3 -march=native
+-fopenmp``) into ``$DDKIT_CACHE/kernels`` (default ``~/.cache/ddkit/kernels``), keyed by the
+source, compiler and CPU, and called through ctypes; it shares torch's OpenMP runtime and thread
+count.  Without a compiler, or with ``DDKIT_CPU_KERNELS=0``, :func:`library` is None and the U-Net
+runs the same function as PyTorch ops (``layers.GroupNormSiLU``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch._C._functorch import is_functorch_wrapped_tensor
+from torch.autograd import forward_ad
+from torch.autograd.function import once_differentiable
+
+from ..paths import default_cache_dir
+
+SOURCE = Path(__file__).with_name("gn_silu.c")
+# -fno-trapping-math -fno-math-errno let GCC vectorise the loops (rounding and selects); no
+# -ffast-math: NaN and infinity keep their IEEE behaviour
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fopenmp",
+    "-fno-trapping-math",
+    "-fno-math-errno",
+    "-shared",
+    "-fPIC",
+    "-std=gnu11",
+]
+DROP_BITS = (
+    24  # the kernel's dropout draws 24 bits per element: p is rounded to a multiple of 2**-24
+)
+
+
+def _cpu_signature() -> str:
+    """The CPU model and ISA flags (an -march=native build is only valid on a matching CPU)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
+    return "\n".join(keep)
+
+
+def _compile(compiler: str) -> Path:
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, timeout=60
+    ).stdout.splitlines()[:1]
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), *version, *FLAGS, _cpu_signature()]).encode()
+    ).hexdigest()[:16]
+    target = default_cache_dir() / "kernels" / f"gn_silu-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # build beside the target and rename: concurrent processes (torchrun) never see a partial file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    ptr, i64, i32, u64, u32, f32 = (
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int,
+        ctypes.c_uint64,
+        ctypes.c_uint32,
+        ctypes.c_float,
+    )
+    lib.gn_silu_forward.restype = None
+    lib.gn_silu_forward.argtypes = (
+        [ptr] * 4 + [i64] * 4 + [i32, f32, u64, u32, f32, i32] + [ptr] * 3
+    )
+    lib.gn_silu_backward.restype = None
+    lib.gn_silu_backward.argtypes = [ptr] * 7 + [i64] * 4 + [i32, u64, u32, f32, i32] + [ptr] * 4
+    lib.gn_silu_max_channels.restype = ctypes.c_int
+    lib.gn_silu_max_channels.argtypes = []
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None (``DDKIT_CPU_KERNELS=0``, no C compiler, or a failed build:
+    then a warning says why, once, and the U-Net uses PyTorch ops)."""
+    if os.environ.get("DDKIT_CPU_KERNELS", "1") == "0":
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        warnings.warn(
+            "ddkit: no C compiler found (cc, gcc or $CC): the U-Net's GroupNorm + SiLU runs as "
+            "PyTorch ops (slower on CPU, same function)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    try:
+        return _declare(ctypes.CDLL(str(_compile(compiler))))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        warnings.warn(
+            f"ddkit: could not build the fused GroupNorm + SiLU CPU kernel ({err}); the U-Net "
+            "uses PyTorch ops (slower on CPU, same function)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+@functools.cache
+def max_channels() -> int:
+    """The kernel's channel limit (0 when it is not built)."""
+    lib = library()
+    return 0 if lib is None else int(lib.gn_silu_max_channels())
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor | None = None) -> bool:
+    """Whether :func:`gn_silu` can run this call: fp32 [N, C, H, W] on the CPU (weight and shift
+    too), C within the kernel's limit, fewer than 2**32 elements, outside autocast,
+    ``torch.compile``, forward-mode AD and ``torch.func`` transforms, and the kernel built."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.ndim == 4
+        and (shift is None or (shift.dtype == torch.float32 and shift.device.type == "cpu"))
+        and x.numel() < 2**32
+        and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
+        and not is_functorch_wrapped_tensor(x)
+        and forward_ad.unpack_dual(x).tangent is None
+        and 0 < x.shape[1] <= max_channels()
+    )
+
+
+def dropout_threshold(p: float) -> tuple[int, float]:
+    """(threshold, scale) of the kernel's dropout: an element is kept when its 24-bit draw is >=
+    threshold = round(p 2**24), so P(keep) = 1 - threshold / 2**24 and scale = 1 / P(keep) makes
+    it unbiased.  threshold 0 means no dropout."""
+    levels = 1 << DROP_BITS
+    threshold = min(round(p * levels), levels - 1)
+    return threshold, levels / (levels - threshold)
+
+
+def _layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """x as a dense tensor in NCHW or channels_last order (no copy when it already is one), and
+    whether it is channels_last."""
+    if x.is_contiguous():
+        return x, False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, True
+    return x.contiguous(), False
+
+
+def _p(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+class GroupNormSiLUFunction(torch.autograd.Function):
+    """y = dropout(SiLU(GroupNorm(x + shift[:, :, None, None]))) by the fused kernel.
+
+    x [N, C, H, W] fp32 (NCHW or channels_last; y has x's layout), shift [N, C] or None, weight
+    and bias [C], ``seed`` the dropout draw (ignored when ``threshold`` is 0)."""
+
+    @staticmethod
+    def forward(ctx, x, shift, weight, bias, groups, eps, threshold, scale, seed):
+        lib = library()
+        x, nhwc = _layout(x)
+        n, c, h, w = x.shape
+        shift = None if shift is None else shift.contiguous()
+        weight, bias = weight.contiguous(), bias.contiguous()
+        y = torch.empty_like(x)
+        mean = x.new_empty(n, groups)
+        rstd = x.new_empty(n, groups)
+        threads = torch.get_num_threads()
+        lib.gn_silu_forward(
+            _p(x), _p(shift), _p(weight), _p(bias), n, c, h * w, groups, int(nhwc), eps,
+            seed, threshold, scale, threads, _p(y), _p(mean), _p(rstd),
+        )  # fmt: skip
+        ctx.save_for_backward(x, shift, weight, bias, mean, rstd)
+        ctx.config = (groups, nhwc, seed, threshold, scale)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        lib = library()
+        x, shift, weight, bias, mean, rstd = ctx.saved_tensors
+        groups, nhwc, seed, threshold, scale = ctx.config
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        dy = dy.contiguous(memory_format=fmt)
+        if nhwc and not dy.is_contiguous(memory_format=torch.channels_last):
+            dy = dy.contiguous()  # degenerate sizes: both layouts coincide
+        n, c, h, w = x.shape
+        dx = torch.empty_like(x)
+        dgamma = x.new_empty(n, c)
+        dbeta = x.new_empty(n, c)
+        dshift = None if shift is None else x.new_empty(n, c)
+        lib.gn_silu_backward(
+            _p(dy), _p(x), _p(shift), _p(weight), _p(bias), _p(mean), _p(rstd), n, c, h * w,
+            groups, int(nhwc), seed, threshold, scale, torch.get_num_threads(), _p(dx),
+            _p(dgamma), _p(dbeta), _p(dshift),
+        )  # fmt: skip
+        return dx, dshift, dgamma.sum(0), dbeta.sum(0), None, None, None, None, None
+
+
+def gn_silu(
+    x: torch.Tensor,
+    shift: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    groups: int,
+    eps: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """``dropout(silu(group_norm(x + shift[:, :, None, None], groups, weight, bias, eps)))`` by the
+    fused kernel (the caller checks :func:`usable`).  Dropout (training only: pass 0 in eval)
+    draws its seed from torch's default generator; p is rounded to a multiple of 2**-24."""
+    threshold, scale = dropout_threshold(dropout) if dropout > 0.0 else (0, 1.0)
+    seed = int(torch.empty((), dtype=torch.int64).random_()) if threshold else 0
+    return GroupNormSiLUFunction.apply(x, shift, weight, bias, groups, eps, threshold, scale, seed)

@@ -1,0 +1,252 @@
+"""The fused GroupNorm + SiLU CPU kernel (ddkit.models.cpu_kernels, gn_silu.c): the same function
+and gradients as PyTorch's ops in float64, in both memory layouts; its dropout; its fallbacks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddkit.models import UNetConfig, cpu_kernels
+from ddkit.models.layers import Dropout, GroupNormSiLU
+
+pytestmark = pytest.mark.skipif(
+    cpu_kernels.library() is None,
+    reason="the fused kernel needs a C compiler (cc/gcc; Debian: apt-get install gcc)",
+)
+
+CASES = [  # N, C, H, W, groups
+    (3, 32, 28, 28, 8),
+    (2, 96, 14, 14, 32),
+    (4, 64, 7, 7, 32),
+    (2, 6, 5, 3, 3),
+    (1, 4, 1, 1, 2),
+]
+
+
+def _reference(x, shift, weight, bias, groups, eps=1e-6):
+    if shift is not None:
+        x = x + shift[:, :, None, None]
+    return F.silu(F.group_norm(x, groups, weight, bias, eps))
+
+
+def _leaves(n, c, h, w, channels_last, seed=0, scale=3.0, offset=1.5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g) * scale + offset
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    shift = torch.randn(n, c, generator=g)
+    weight = torch.randn(c, generator=g)
+    bias = torch.randn(c, generator=g)
+    return [t.requires_grad_() for t in (x, shift, weight, bias)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("with_shift", [True, False])
+def test_forward_and_gradients_match_float64_reference(case, channels_last, with_shift):
+    n, c, h, w, groups = case
+    x, shift, weight, bias = _leaves(n, c, h, w, channels_last)
+    shift_in = shift if with_shift else None
+    y = cpu_kernels.gn_silu(x, shift_in, weight, bias, groups, 1e-6)
+    assert y.shape == x.shape
+    # the output keeps the input's memory layout
+    assert y.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(9))
+    inputs = (x, shift, weight, bias) if with_shift else (x, weight, bias)
+    grads = torch.autograd.grad(y, inputs, grad_y)
+
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, shift, weight, bias)]
+    xd, sd, wd, bd = ref_leaves
+    y_ref = _reference(xd, sd if with_shift else None, wd, bd, groups)
+    ref_inputs = (xd, sd, wd, bd) if with_shift else (xd, wd, bd)
+    grads_ref = torch.autograd.grad(y_ref, ref_inputs, grad_y.double())
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-6)
+    for name, got, want in zip(["x", "shift", "weight", "bias"][-len(grads) :], grads, grads_ref):
+        scale = want.abs().max().item()
+        assert (got.double() - want).abs().max().item() <= 1e-5 * scale + 1e-7, name
+
+
+def test_saturates_exactly_for_large_arguments_and_propagates_nan():
+    """|z| up to 1e4 (the exp is clamped at +-80): SiLU(z) = z above, ~0 below; NaN stays NaN."""
+    z = torch.tensor([-1e4, -200.0, -80.0, -30.0, 0.0, 30.0, 80.0, 200.0, 1e4])
+    # nine groups of one channel and one pixel normalise to 0, so z is the bias
+    y = cpu_kernels.gn_silu(torch.zeros(1, 9, 1, 1), None, torch.ones(9), z, 9, 1e-6).flatten()
+    torch.testing.assert_close(y.double(), F.silu(z.double()), rtol=2e-7, atol=1e-30)
+    assert torch.isfinite(y).all()
+    x = torch.randn(2, 4, 3, 3)
+    x[0, 1, 2, 0] = float("nan")
+    y = cpu_kernels.gn_silu(x, None, torch.ones(4), torch.zeros(4), 2, 1e-6)
+    assert torch.isnan(y[0, :2]).all()  # the group that holds the NaN
+    assert torch.isfinite(y[0, 2:]).all() and torch.isfinite(y[1]).all()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_rate_scale_and_the_same_mask_in_the_backward(p):
+    torch.manual_seed(0)
+    n, c, h, w, groups = 4, 16, 32, 32, 4
+    x, shift, weight, bias = _leaves(n, c, h, w, False)
+    y = cpu_kernels.gn_silu(x, shift, weight, bias, groups, 1e-6, dropout=p)
+    plain = _reference(x, shift, weight, bias, groups)
+    threshold, scale = cpu_kernels.dropout_threshold(p)
+    q = threshold / 2**24
+    assert abs(q - p) <= 2**-25 and scale == pytest.approx(1 / (1 - q), rel=1e-12)
+    keep = y != 0
+    count = keep.numel()
+    rate = keep.double().mean().item()
+    assert abs(rate - (1 - q)) <= 5 * math.sqrt(q * (1 - q) / count)  # 5 standard errors
+    torch.testing.assert_close(y[keep], plain[keep] * scale, rtol=1e-5, atol=1e-6)
+    # neighbours are not correlated (the hash of consecutive indices)
+    k = keep.flatten().double()
+    corr = torch.corrcoef(torch.stack([k[:-1], k[1:]]))[0, 1].item()
+    assert abs(corr) < 5 / math.sqrt(count)
+    # the backward applies the same mask: gradient = reference gradient of plain * mask * scale
+    grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad(y, (x, shift, weight, bias), grad_y)
+    want = torch.autograd.grad(plain, (x, shift, weight, bias), grad_y * keep * scale)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_mask_follows_the_seed_not_the_layout_or_threads():
+    x, shift, weight, bias = (t.detach() for t in _leaves(2, 8, 6, 6, False))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for inp, nthreads in [(x, threads), (x_cl, threads), (x, 1)]:
+            torch.set_num_threads(nthreads)
+            torch.manual_seed(5)
+            outs.append(cpu_kernels.gn_silu(inp, shift, weight, bias, 4, 1e-6, dropout=0.5))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1].contiguous()) and torch.equal(outs[0], outs[2])
+    again = cpu_kernels.gn_silu(x, shift, weight, bias, 4, 1e-6, dropout=0.5)
+    assert not torch.equal((again != 0), (outs[0] != 0))  # a fresh seed per call
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_module_uses_the_kernel_only_where_it_applies(monkeypatch):
+    calls = []
+    real = cpu_kernels.gn_silu
+    monkeypatch.setattr(cpu_kernels, "gn_silu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    norm = GroupNormSiLU(4, 8, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 8, 5, 5)
+    shift = torch.randn(2, 8)
+    fused = norm(x, shift)
+    assert calls == [1]
+    torch.testing.assert_close(fused, _reference(x, shift, norm.weight, norm.bias, 4))
+    norm.double()(x.double(), shift.double())  # float64: PyTorch ops
+    norm.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        norm(x, shift)
+    with torch.autograd.forward_ad.dual_level():
+        norm(torch.autograd.forward_ad.make_dual(x, torch.randn_like(x)), shift)
+    torch.func.vmap(lambda v: norm(v[None]))(x)
+    assert calls == [1]
+    # dropout: a module in eval mode, or p = 0, means none
+    drop = Dropout(0.5).eval()
+    torch.testing.assert_close(norm(x, shift, drop), fused)
+
+
+def test_double_backward_is_refused_with_a_clear_error():
+    x, shift, weight, bias = _leaves(1, 4, 3, 3, False)
+    y = cpu_kernels.gn_silu(x, shift, weight, bias, 2, 1e-6)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
+
+
+def test_unet_with_kernel_is_the_pytorch_ops_model(monkeypatch):
+    """The whole U-Net (no dropout): same output and parameter gradients with the kernel as
+    with PyTorch's ops (DDKIT_CPU_KERNELS=0's path), in both layouts of its levels."""
+    cfg = UNetConfig(
+        image_size=16,
+        in_channels=3,
+        base_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        dropout=0.0,
+        groups=4,
+    )
+    torch.manual_seed(0)
+    fast = cfg.build()
+    plain = cfg.build()
+    plain.load_state_dict(fast.state_dict())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # the zero-initialised layers get weights so every path carries gradient
+        for a, b in zip(fast.parameters(), plain.parameters()):
+            if not a.any():
+                a.copy_(0.05 * torch.randn(a.shape, generator=g))
+                b.copy_(a)
+    x = torch.randn(3, 3, 16, 16, generator=g)
+    t = torch.tensor([0, 500, 999])
+    out_fast = fast(x, t)
+    out_fast.square().mean().backward()
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *a, **k: False)
+    out_plain = plain(x, t)
+    out_plain.square().mean().backward()
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-5)
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_without_a_compiler_the_library_is_none_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    cpu_kernels.library.cache_clear()
+    cpu_kernels.max_channels.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not build the fused GroupNorm"):
+            assert cpu_kernels.library() is None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert cpu_kernels.library() is None  # cached: warned once
+            assert not cpu_kernels.usable(torch.randn(1, 4, 2, 2), torch.ones(4))
+        norm = GroupNormSiLU(2, 4)
+        x = torch.randn(2, 4, 3, 3)
+        torch.testing.assert_close(norm(x), _reference(x, None, norm.weight, norm.bias, 2, 1e-5))
+    finally:
+        cpu_kernels.library.cache_clear()
+        cpu_kernels.max_channels.cache_clear()
+    assert list(tmp_path.iterdir()) == [] or not any(tmp_path.rglob("*.so"))
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("DDKIT_CPU_KERNELS", "0")
+    cpu_kernels.library.cache_clear()
+    cpu_kernels.max_channels.cache_clear()
+    try:
+        assert cpu_kernels.library() is None
+    finally:
+        monkeypatch.delenv("DDKIT_CPU_KERNELS")
+        cpu_kernels.library.cache_clear()
+        cpu_kernels.max_channels.cache_clear()
+    assert cpu_kernels.library() is not None
+
+
+def test_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path))
+    cpu_kernels.library.cache_clear()
+    cpu_kernels.max_channels.cache_clear()
+    try:
+        lib = cpu_kernels.library()
+        built = sorted((tmp_path / "kernels").glob("gn_silu-*.so"))
+        assert lib is not None and len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        cpu_kernels.library.cache_clear()
+        assert cpu_kernels.library() is not None
+        assert sorted((tmp_path / "kernels").iterdir()) == built  # reused, no temporary left
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        cpu_kernels.library.cache_clear()
+        cpu_kernels.max_channels.cache_clear()

@@ -230,7 +230,8 @@ class ResBlock(nn.Module):
         h = self.conv1(self.norm1(x))
         # the embedding's add and the dropout are folded into norm2 (one fused pass on CPU)
         h = self.conv2(self.norm2(h, shift=self.emb_proj(emb), dropout=self.dropout))
-        return self.skip(x) + h
+        # in place: a convolution's backward does not need its output, so h is free to reuse
+        return h.add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):

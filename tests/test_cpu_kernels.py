@@ -151,7 +151,9 @@ def test_module_uses_the_kernel_only_where_it_applies(monkeypatch):
     with torch.autograd.forward_ad.dual_level():
         norm(torch.autograd.forward_ad.make_dual(x, torch.randn_like(x)), shift)
     torch.func.vmap(lambda v: norm(v[None]))(x)
+    broadcast = norm(x, shift[:1])  # a [1, C] shift broadcasts over the batch: PyTorch ops
     assert calls == [1]
+    torch.testing.assert_close(broadcast, _reference(x, shift[:1], norm.weight, norm.bias, 4))
     # dropout: a module in eval mode, or p = 0, means none
     drop = Dropout(0.5).eval()
     torch.testing.assert_close(norm(x, shift, drop), fused)

@@ -148,15 +148,23 @@ def max_channels() -> int:
 
 
 def usable(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor | None = None) -> bool:
-    """Whether :func:`gn_silu` can run this call: fp32 [N, C, H, W] on the CPU (weight and shift
-    too), C within the kernel's limit, fewer than 2**32 elements, outside autocast,
+    """Whether :func:`gn_silu` can run this call: fp32 [N, C, H, W] on the CPU (weight and a
+    [N, C] shift too), C within the kernel's limit, fewer than 2**32 elements, outside autocast,
     ``torch.compile``, forward-mode AD and ``torch.func`` transforms, and the kernel built."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and weight.dtype == torch.float32
         and x.ndim == 4
-        and (shift is None or (shift.dtype == torch.float32 and shift.device.type == "cpu"))
+        and weight is not None
+        and weight.dtype == torch.float32
+        and (
+            shift is None
+            or (
+                shift.dtype == torch.float32
+                and shift.device.type == "cpu"
+                and tuple(shift.shape) == tuple(x.shape[:2])
+            )
+        )
         and x.numel() < 2**32
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
@@ -222,8 +230,6 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         groups, nhwc, seed, threshold, scale = ctx.config
         fmt = torch.channels_last if nhwc else torch.contiguous_format
         dy = dy.contiguous(memory_format=fmt)
-        if nhwc and not dy.is_contiguous(memory_format=torch.channels_last):
-            dy = dy.contiguous()  # degenerate sizes: both layouts coincide
         n, c, h, w = x.shape
         dx = torch.empty_like(x)
         dgamma = x.new_empty(n, c)

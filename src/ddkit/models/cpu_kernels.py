@@ -48,19 +48,34 @@ FLAGS = [
     "-fPIC",
     "-std=gnu11",
 ]
-DROP_BITS = (
-    24  # the kernel's dropout draws 24 bits per element: p is rounded to a multiple of 2**-24
+DROP_BITS = 24  # the kernel's dropout draws 24 bits per element: p is rounded to 2**-24
+# /proc/cpuinfo fields that say which instructions -march=native may use (x86 and Arm)
+CPU_FIELDS = (
+    "vendor_id",
+    "cpu family",
+    "model",
+    "model name",
+    "flags",
+    "CPU implementer",
+    "CPU architecture",
+    "CPU variant",
+    "CPU part",
+    "Features",
 )
 
 
 def _cpu_signature() -> str:
-    """The CPU model and ISA flags (an -march=native build is only valid on a matching CPU)."""
+    """The machine, CPU model and ISA flags (an -march=native build is only valid on a matching
+    CPU): the distinct values of :data:`CPU_FIELDS` in /proc/cpuinfo, or what ``platform`` says."""
+    fields = set()
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in CPU_FIELDS:
+                fields.add(f"{key.strip()}={value.strip()}")
     except OSError:
-        return platform.processor() or platform.machine()
-    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags"))][:2]
-    return "\n".join(keep)
+        pass
+    return "\n".join([platform.machine(), platform.processor(), *sorted(fields)])
 
 
 def _compile(compiler: str) -> Path:
@@ -85,7 +100,9 @@ def _compile(compiler: str) -> Path:
             timeout=300,
         )
         if done.returncode != 0:
-            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr else "failed")
+            lines = done.stderr.strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else f"{compiler} exited with {done.returncode}")
+        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -104,12 +121,12 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     )
     lib.gn_silu_forward.restype = None
     lib.gn_silu_forward.argtypes = (
-        [ptr] * 4 + [i64] * 4 + [i32, f32, u64, u32, f32, i32] + [ptr] * 3
+        [ptr] * 4 + [i64] * 4 + [i32, f32, u64, u32, f32, i32] + [ptr] * 4
     )
     lib.gn_silu_backward.restype = None
-    lib.gn_silu_backward.argtypes = [ptr] * 7 + [i64] * 4 + [i32, u64, u32, f32, i32] + [ptr] * 4
-    lib.gn_silu_max_channels.restype = ctypes.c_int
-    lib.gn_silu_max_channels.argtypes = []
+    lib.gn_silu_backward.argtypes = [ptr] * 7 + [i64] * 4 + [i32, u64, u32, f32, i32] + [ptr] * 5
+    lib.gn_silu_scratch_per_thread.restype = i64
+    lib.gn_silu_scratch_per_thread.argtypes = [i64]
     return lib
 
 
@@ -140,37 +157,43 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
-@functools.cache
-def max_channels() -> int:
-    """The kernel's channel limit (0 when it is not built)."""
-    lib = library()
-    return 0 if lib is None else int(lib.gn_silu_max_channels())
-
-
-def usable(x: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor | None = None) -> bool:
-    """Whether :func:`gn_silu` can run this call: fp32 [N, C, H, W] on the CPU (weight and a
-    [N, C] shift too), C within the kernel's limit, fewer than 2**32 elements, outside autocast,
-    ``torch.compile``, forward-mode AD and ``torch.func`` transforms, and the kernel built."""
+def _plain_fp32_cpu(t: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    """t is an fp32 CPU tensor of this shape, neither a torch.func wrapper nor a dual tensor."""
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.ndim == 4
-        and weight is not None
-        and weight.dtype == torch.float32
-        and (
-            shift is None
-            or (
-                shift.dtype == torch.float32
-                and shift.device.type == "cpu"
-                and tuple(shift.shape) == tuple(x.shape[:2])
-            )
-        )
-        and x.numel() < 2**32
+        isinstance(t, torch.Tensor)
+        and t.device.type == "cpu"
+        and t.dtype == torch.float32
+        and tuple(t.shape) == shape
+        and not is_functorch_wrapped_tensor(t)
+        and forward_ad.unpack_dual(t).tangent is None
+    )
+
+
+def usable(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    groups: int,
+    shift: torch.Tensor | None = None,
+) -> bool:
+    """Whether :func:`gn_silu` can run this call: x fp32 [N, C, H, W] on the CPU with C a
+    multiple of ``groups``, weight and bias [C], shift [N, C] or None, all of them plain tensors
+    (no ``torch.func`` transform or forward-mode AD), fewer than 2**32 elements, outside autocast
+    and ``torch.compile``, and the kernel built.  Anything else takes the PyTorch ops, which raise
+    their own errors for inconsistent shapes."""
+    if x.ndim != 4 or x.numel() == 0 or x.numel() >= 2**32:
+        return False
+    n, c = x.shape[:2]
+    return (
+        groups > 0
+        and c % groups == 0
+        and _plain_fp32_cpu(x, tuple(x.shape))
+        and _plain_fp32_cpu(weight, (c,))
+        and _plain_fp32_cpu(bias, (c,))
+        and (shift is None or _plain_fp32_cpu(shift, (n, c)))
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
-        and not is_functorch_wrapped_tensor(x)
-        and forward_ad.unpack_dual(x).tangent is None
-        and 0 < x.shape[1] <= max_channels()
+        and library() is not None
     )
 
 
@@ -191,6 +214,12 @@ def _layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if x.is_contiguous(memory_format=torch.channels_last):
         return x, True
     return x.contiguous(), False
+
+
+def _scratch(lib: ctypes.CDLL, threads: int, channels: int) -> torch.Tensor:
+    """Per-thread working memory of the kernel (a few doubles per channel for each thread)."""
+    per_thread = int(lib.gn_silu_scratch_per_thread(channels))
+    return torch.empty(threads * per_thread, dtype=torch.float64)
 
 
 def _p(t: torch.Tensor | None) -> int | None:
@@ -214,9 +243,10 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         mean = x.new_empty(n, groups)
         rstd = x.new_empty(n, groups)
         threads = torch.get_num_threads()
+        scratch = _scratch(lib, threads, c)
         lib.gn_silu_forward(
             _p(x), _p(shift), _p(weight), _p(bias), n, c, h * w, groups, int(nhwc), eps,
-            seed, threshold, scale, threads, _p(y), _p(mean), _p(rstd),
+            seed, threshold, scale, threads, _p(scratch), _p(y), _p(mean), _p(rstd),
         )  # fmt: skip
         ctx.save_for_backward(x, shift, weight, bias, mean, rstd)
         ctx.config = (groups, nhwc, seed, threshold, scale)
@@ -235,9 +265,11 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         dgamma = x.new_empty(n, c)
         dbeta = x.new_empty(n, c)
         dshift = None if shift is None else x.new_empty(n, c)
+        threads = torch.get_num_threads()
+        scratch = _scratch(lib, threads, c)
         lib.gn_silu_backward(
             _p(dy), _p(x), _p(shift), _p(weight), _p(bias), _p(mean), _p(rstd), n, c, h * w,
-            groups, int(nhwc), seed, threshold, scale, torch.get_num_threads(), _p(dx),
+            groups, int(nhwc), seed, threshold, scale, threads, _p(scratch), _p(dx),
             _p(dgamma), _p(dbeta), _p(dshift),
         )  # fmt: skip
         return dx, dshift, dgamma.sum(0), dbeta.sum(0), None, None, None, None, None
@@ -253,7 +285,7 @@ def gn_silu(
     dropout: float = 0.0,
 ) -> torch.Tensor:
     """``dropout(silu(group_norm(x + shift[:, :, None, None], groups, weight, bias, eps)))`` by the
-    fused kernel (the caller checks :func:`usable`).  Dropout (training only: pass 0 in eval)
+    fused kernel (the caller checks :func:`usable`; its conditions are not re-checked here).  Dropout (training only: pass 0 in eval)
     draws its seed from torch's default generator; p is rounded to a multiple of 2**-24."""
     threshold, scale = dropout_threshold(dropout) if dropout > 0.0 else (0, 1.0)
     seed = int(torch.empty((), dtype=torch.int64).random_()) if threshold else 0

@@ -14,15 +14,17 @@
  * below 2^32), kept when its top 24 bits are >= threshold.  It is recomputed in the backward
  * pass, so no mask is stored, and it is the same in either layout and any thread count.
  *
- * Statistics and gradient sums accumulate in double.  The backward pass recomputes z from x and
- * the saved (mu, r): nothing but x, mu and r is kept between the passes.
+ * Statistics are two-pass (the mean, then squared deviations from it) and gradient sums are
+ * taken about the mean, all accumulated in double.  The backward pass recomputes z from x and
+ * the saved (mu, r): nothing but x, mu and r is kept between the passes.  Work is split over
+ * images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the caller),
+ * so there is no limit on C and no large stack frame.
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define MAX_C 2048
 
 /* 32-bit integer hash (Wellons' "lowbias32"), applied twice with the two halves of the seed */
 static inline uint32_t mix32(uint32_t x) {
@@ -65,119 +67,134 @@ static inline float exp_f(float t) {
 
 static inline float sigmoid_f(float z) { return 1.0f / (1.0f + exp_f(-z)); }
 
-/* Per image: group statistics of u = x + shift. */
-static void stats_one(const float *x, const float *shift, int64_t C, int64_t P, int64_t G,
-                      int nhwc, float eps, float *mean, float *rstd) {
-  double s1[MAX_C], s2[MAX_C];
+/* Per image: group statistics of u = x + shift, two-pass.  s1, dev: C doubles of scratch. */
+static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int64_t G, int nhwc,
+                      float eps, float *mean, float *rstd, double *s1, double *dev) {
+  const int64_t cg = C / G;
+  const double m = (double)(cg * P);
+  memset(s1, 0, sizeof(double) * C);
   if (nhwc) {
-    memset(s1, 0, sizeof(double) * C);
-    memset(s2, 0, sizeof(double) * C);
+    for (int64_t p = 0; p < P; ++p) {
+      const float *row = x + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) s1[c] += (double)row[c];
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const float *row = x + c * P;
+      double a = 0.0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t p = 0; p < P; ++p) a += (double)row[p];
+      s1[c] = a;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double a = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) a += s1[c] + (double)sh[c] * (double)P;
+    mean[g] = (float)(a / m);
+  }
+  /* dev[c] = shift_c - mu_g in double: u - mu = x + dev[c] */
+  for (int64_t c = 0; c < C; ++c) dev[c] = (double)sh[c] - (double)mean[c / cg];
+  memset(s1, 0, sizeof(double) * C); /* now the sums of squared deviations */
+  if (nhwc) {
     for (int64_t p = 0; p < P; ++p) {
       const float *row = x + p * C;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        const double u = (double)row[c] + (shift ? shift[c] : 0.0f);
-        s1[c] += u;
-        s2[c] += u * u;
+        const double d = (double)row[c] + dev[c];
+        s1[c] += d * d;
       }
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const float *row = x + c * P;
-      const double sh = shift ? shift[c] : 0.0;
-      double a = 0.0, b = 0.0;
-#pragma omp simd reduction(+ : a, b)
+      const double dc = dev[c];
+      double a = 0.0;
+#pragma omp simd reduction(+ : a)
       for (int64_t p = 0; p < P; ++p) {
-        const double u = (double)row[p] + sh;
-        a += u;
-        b += u * u;
+        const double d = (double)row[p] + dc;
+        a += d * d;
       }
       s1[c] = a;
-      s2[c] = b;
     }
   }
-  const int64_t cg = C / G;
-  const double m = (double)(cg * P);
   for (int64_t g = 0; g < G; ++g) {
-    double a = 0.0, b = 0.0;
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-      a += s1[c];
-      b += s2[c];
-    }
-    const double mu = a / m;
-    double var = b / m - mu * mu;
-    var = var > 0.0 ? var : 0.0;
-    mean[g] = (float)mu;
-    rstd[g] = (float)(1.0 / sqrt(var + (double)eps));
+    double b = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) b += s1[c];
+    rstd[g] = (float)(1.0 / sqrt(b / m + (double)eps));
   }
 }
 
-/* Per image: a[c], b[c] with z = a[c] x + b[c], and the shift as a dense array. */
+/* Per image: z = a[c] x + b[c], d[c] = shift_c - mu (so u - mu = x + d[c]), the shift dense. */
 static void affine_one(const float *shift, const float *gamma, const float *beta,
                        const float *mean, const float *rstd, int64_t C, int64_t G, float *a,
-                       float *b, float *sh) {
+                       float *b, float *d) {
   const int64_t cg = C / G;
   for (int64_t c = 0; c < C; ++c) {
     const float mu = mean[c / cg], r = rstd[c / cg];
-    sh[c] = shift ? shift[c] : 0.0f;
+    d[c] = (shift ? shift[c] : 0.0f) - mu;
     a[c] = r * gamma[c];
-    b[c] = beta[c] + a[c] * (sh[c] - mu);
+    b[c] = beta[c] + a[c] * d[c];
   }
 }
 
 /* Forward: writes y; mean, rstd [N, G] out.  shift [N, C] or NULL; threshold 0 = no dropout;
- * seed's low and high halves key the dropout hash. */
+ * seed's low and high halves key the dropout hash; scratch: threads x 8 C doubles. */
 void gn_silu_forward(const float *x, const float *shift, const float *gamma, const float *beta,
                      int64_t N, int64_t C, int64_t P, int64_t G, int nhwc, float eps,
-                     uint64_t seed, uint32_t threshold, float scale, int threads, float *y,
-                     float *mean, float *rstd) {
+                     uint64_t seed, uint32_t threshold, float scale, int threads, double *scratch,
+                     float *y, float *mean, float *rstd) {
   const uint32_t s0 = (uint32_t)seed, s1 = (uint32_t)(seed >> 32);
   const int drop = threshold != 0;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t n = 0; n < N; ++n) {
-    const float *xn = x + n * C * P;
-    const float *sn = shift ? shift + n * C : NULL;
-    float *yn = y + n * C * P;
-    float a[MAX_C], b[MAX_C], sh[MAX_C];
-    stats_one(xn, sn, C, P, G, nhwc, eps, mean + n * G, rstd + n * G);
-    affine_one(sn, gamma, beta, mean + n * G, rstd + n * G, C, G, a, b, sh);
-    const uint32_t base = (uint32_t)(n * C * P);
-    if (nhwc) {
-      for (int64_t p = 0; p < P; ++p) {
-        const float *row = xn + p * C;
-        float *out = yn + p * C;
-        const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
-        if (drop) {
+#pragma omp parallel num_threads(threads)
+  {
+    double *ws = scratch + (int64_t)omp_get_thread_num() * 8 * C;
+    float *a = (float *)(ws + 4 * C), *b = a + C, *d = b + C, *sh = d + C;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const float *xn = x + n * C * P;
+      float *yn = y + n * C * P;
+      for (int64_t c = 0; c < C; ++c) sh[c] = shift ? shift[n * C + c] : 0.0f;
+      stats_one(xn, sh, C, P, G, nhwc, eps, mean + n * G, rstd + n * G, ws, ws + C);
+      affine_one(sh, gamma, beta, mean + n * G, rstd + n * G, C, G, a, b, d);
+      const uint32_t base = (uint32_t)(n * C * P);
+      if (nhwc) {
+        for (int64_t p = 0; p < P; ++p) {
+          const float *row = xn + p * C;
+          float *out = yn + p * C;
+          const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
+          if (drop) {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float z = a[c] * row[c] + b[c];
-            out[c] = z * sigmoid_f(z) * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
-          }
-        } else {
+            for (int64_t c = 0; c < C; ++c) {
+              const float z = a[c] * row[c] + b[c];
+              out[c] = z * sigmoid_f(z) * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
+            }
+          } else {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float z = a[c] * row[c] + b[c];
-            out[c] = z * sigmoid_f(z);
+            for (int64_t c = 0; c < C; ++c) {
+              const float z = a[c] * row[c] + b[c];
+              out[c] = z * sigmoid_f(z);
+            }
           }
         }
-      }
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const float *row = xn + c * P;
-        float *out = yn + c * P;
-        const float ac = a[c], bc = b[c];
-        const uint32_t i0 = base + (uint32_t)(c * P);
-        if (drop) {
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const float *row = xn + c * P;
+          float *out = yn + c * P;
+          const float ac = a[c], bc = b[c];
+          const uint32_t i0 = base + (uint32_t)(c * P);
+          if (drop) {
 #pragma omp simd
-          for (int64_t p = 0; p < P; ++p) {
-            const float z = ac * row[p] + bc;
-            out[p] = z * sigmoid_f(z) * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
-          }
-        } else {
+            for (int64_t p = 0; p < P; ++p) {
+              const float z = ac * row[p] + bc;
+              out[p] = z * sigmoid_f(z) * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
+            }
+          } else {
 #pragma omp simd
-          for (int64_t p = 0; p < P; ++p) {
-            const float z = ac * row[p] + bc;
-            out[p] = z * sigmoid_f(z);
+            for (int64_t p = 0; p < P; ++p) {
+              const float z = ac * row[p] + bc;
+              out[p] = z * sigmoid_f(z);
+            }
           }
         }
       }
@@ -190,124 +207,129 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
 void gn_silu_backward(const float *dy, const float *x, const float *shift, const float *gamma,
                       const float *beta, const float *mean, const float *rstd, int64_t N,
                       int64_t C, int64_t P, int64_t G, int nhwc, uint64_t seed,
-                      uint32_t threshold, float scale, int threads, float *dx, float *dgamma,
-                      float *dbeta, float *dshift) {
+                      uint32_t threshold, float scale, int threads, double *scratch, float *dx,
+                      float *dgamma, float *dbeta, float *dshift) {
   const uint32_t s0 = (uint32_t)seed, s1 = (uint32_t)(seed >> 32);
   const int drop = threshold != 0;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t n = 0; n < N; ++n) {
-    const float *xn = x + n * C * P, *dyn = dy + n * C * P;
-    const float *sn = shift ? shift + n * C : NULL;
-    float *dxn = dx + n * C * P;
-    const int64_t cg = C / G;
-    float a[MAX_C], b[MAX_C], sh[MAX_C];
-    double sdz[MAX_C], sdzu[MAX_C];
-    affine_one(sn, gamma, beta, mean + n * G, rstd + n * G, C, G, a, b, sh);
-    const uint32_t base = (uint32_t)(n * C * P);
-    /* pass 1: dz = dL/dz into dx; per-channel sums of dz and dz * u (u = x + shift) */
-    if (nhwc) {
-      memset(sdz, 0, sizeof(double) * C);
-      memset(sdzu, 0, sizeof(double) * C);
-      for (int64_t p = 0; p < P; ++p) {
-        const float *row = xn + p * C, *grow = dyn + p * C;
-        float *out = dxn + p * C;
-        const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
-        if (drop) {
+  const int64_t cg = C / G;
+#pragma omp parallel num_threads(threads)
+  {
+    double *ws = scratch + (int64_t)omp_get_thread_num() * 8 * C;
+    double *sdz = ws, *sdzu = ws + C, *sdx = ws + 2 * C;
+    float *a = (float *)(ws + 4 * C), *b = a + C, *d = b + C, *pc = d + C, *qc = pc + C,
+          *kc = qc + C;
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const float *xn = x + n * C * P, *dyn = dy + n * C * P;
+      float *dxn = dx + n * C * P;
+      affine_one(shift ? shift + n * C : NULL, gamma, beta, mean + n * G, rstd + n * G, C, G, a,
+                 b, d);
+      const uint32_t base = (uint32_t)(n * C * P);
+      /* pass 1: dz = dL/dz into dx; per-channel sums of dz and dz (u - mu) */
+      if (nhwc) {
+        memset(sdz, 0, sizeof(double) * C);
+        memset(sdzu, 0, sizeof(double) * C);
+        for (int64_t p = 0; p < P; ++p) {
+          const float *row = xn + p * C, *grow = dyn + p * C;
+          float *out = dxn + p * C;
+          const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
+          if (drop) {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c)
-            out[c] = grow[c] * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
-          grow = out;
+            for (int64_t c = 0; c < C; ++c)
+              out[c] = grow[c] * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
+            grow = out;
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const float z = a[c] * row[c] + b[c];
+            const float s = sigmoid_f(z);
+            const float dz = grow[c] * s * (1.0f + z * (1.0f - s));
+            out[c] = dz;
+            sdz[c] += dz;
+            sdzu[c] += dz * (row[c] + d[c]);
+          }
         }
-#pragma omp simd
+      } else {
         for (int64_t c = 0; c < C; ++c) {
-          const float z = a[c] * row[c] + b[c];
-          const float s = sigmoid_f(z);
-          const float dz = grow[c] * s * (1.0f + z * (1.0f - s));
-          out[c] = dz;
-          sdz[c] += dz;
-          sdzu[c] += dz * (row[c] + sh[c]);
-        }
-      }
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const float *row = xn + c * P, *grow = dyn + c * P;
-        float *out = dxn + c * P;
-        const float ac = a[c], bc = b[c];
-        const double shc = sh[c];
-        const uint32_t i0 = base + (uint32_t)(c * P);
-        double t0 = 0.0, t1 = 0.0;
-        if (drop) {
+          const float *row = xn + c * P, *grow = dyn + c * P;
+          float *out = dxn + c * P;
+          const float ac = a[c], bc = b[c];
+          const double dc = d[c];
+          const uint32_t i0 = base + (uint32_t)(c * P);
+          double t0 = 0.0, t1 = 0.0;
+          if (drop) {
 #pragma omp simd
-          for (int64_t p = 0; p < P; ++p)
-            out[p] = grow[p] * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
-          grow = out;
-        }
+            for (int64_t p = 0; p < P; ++p)
+              out[p] = grow[p] * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
+            grow = out;
+          }
 #pragma omp simd reduction(+ : t0, t1)
-        for (int64_t p = 0; p < P; ++p) {
-          const float z = ac * row[p] + bc;
-          const float s = sigmoid_f(z);
-          const float dz = grow[p] * s * (1.0f + z * (1.0f - s));
-          out[p] = dz;
-          t0 += dz;
-          t1 += (double)dz * ((double)row[p] + shc);
+          for (int64_t p = 0; p < P; ++p) {
+            const float z = ac * row[p] + bc;
+            const float s = sigmoid_f(z);
+            const float dz = grow[p] * s * (1.0f + z * (1.0f - s));
+            out[p] = dz;
+            t0 += dz;
+            t1 += (double)dz * ((double)row[p] + dc);
+          }
+          sdz[c] = t0;
+          sdzu[c] = t1;
         }
-        sdz[c] = t0;
-        sdzu[c] = t1;
       }
-    }
-    /* GroupNorm's backward, xhat = r (u - mu): dx = r (gamma_c dz - A - xhat B) with A, B the
-     * group means of gamma_c dz and gamma_c dz xhat; i.e. dx = pc[c] dz + qc[c] x + kc[c] */
-    float pc[MAX_C], qc[MAX_C], kc[MAX_C];
-    const double m = (double)(cg * P);
-    for (int64_t g = 0; g < G; ++g) {
-      const double mu = mean[n * G + g], r = rstd[n * G + g];
-      double sa = 0.0, sb = 0.0;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        const double dz_xhat = r * (sdzu[c] - mu * sdz[c]); /* sum over pixels of dz xhat */
-        dgamma[n * C + c] = (float)dz_xhat;
-        dbeta[n * C + c] = (float)sdz[c];
-        sa += gamma[c] * sdz[c];
-        sb += gamma[c] * dz_xhat;
+      /* GroupNorm's backward, xhat = r (u - mu) = r (x + d): dx = r (gamma_c dz - A - xhat B)
+       * with A, B the group means of gamma_c dz and gamma_c dz xhat; i.e.
+       * dx = pc[c] dz + qc[c] x + kc[c] */
+      const double m = (double)(cg * P);
+      for (int64_t g = 0; g < G; ++g) {
+        const double r = rstd[n * G + g];
+        double sa = 0.0, sb = 0.0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+          const double dz_xhat = r * sdzu[c]; /* sum over pixels of dz xhat */
+          dgamma[n * C + c] = (float)dz_xhat;
+          dbeta[n * C + c] = (float)sdz[c];
+          sa += gamma[c] * sdz[c];
+          sb += gamma[c] * dz_xhat;
+        }
+        const double A = sa / m, B = sb / m;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+          pc[c] = (float)(r * gamma[c]);
+          qc[c] = (float)(-r * r * B);
+          kc[c] = (float)(-r * A - r * r * B * d[c]);
+        }
       }
-      const double A = sa / m, B = sb / m;
-      for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        pc[c] = (float)(r * gamma[c]);
-        qc[c] = (float)(-r * r * B);
-        kc[c] = (float)(-r * A + r * r * B * (mu - sh[c]));
-      }
-    }
-    /* pass 2: dx in place; the shift's gradient is the pixel sum of dx */
-    if (nhwc) {
-      double sdx[MAX_C];
-      memset(sdx, 0, sizeof(double) * C);
-      for (int64_t p = 0; p < P; ++p) {
-        const float *row = xn + p * C;
-        float *out = dxn + p * C;
+      /* pass 2: dx in place; the shift's gradient is the pixel sum of dx */
+      if (nhwc) {
+        memset(sdx, 0, sizeof(double) * C);
+        for (int64_t p = 0; p < P; ++p) {
+          const float *row = xn + p * C;
+          float *out = dxn + p * C;
 #pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const float v = pc[c] * out[c] + qc[c] * row[c] + kc[c];
+            out[c] = v;
+            sdx[c] += v;
+          }
+        }
+        if (dshift)
+          for (int64_t c = 0; c < C; ++c) dshift[n * C + c] = (float)sdx[c];
+      } else {
         for (int64_t c = 0; c < C; ++c) {
-          const float v = pc[c] * out[c] + qc[c] * row[c] + kc[c];
-          out[c] = v;
-          sdx[c] += v;
-        }
-      }
-      if (dshift)
-        for (int64_t c = 0; c < C; ++c) dshift[n * C + c] = (float)sdx[c];
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const float *row = xn + c * P;
-        float *out = dxn + c * P;
-        const float p0 = pc[c], q0 = qc[c], k0 = kc[c];
-        double t = 0.0;
+          const float *row = xn + c * P;
+          float *out = dxn + c * P;
+          const float p0 = pc[c], q0 = qc[c], k0 = kc[c];
+          double t = 0.0;
 #pragma omp simd reduction(+ : t)
-        for (int64_t p = 0; p < P; ++p) {
-          const float v = p0 * out[p] + q0 * row[p] + k0;
-          out[p] = v;
-          t += v;
+          for (int64_t p = 0; p < P; ++p) {
+            const float v = p0 * out[p] + q0 * row[p] + k0;
+            out[p] = v;
+            t += v;
+          }
+          if (dshift) dshift[n * C + c] = (float)t;
         }
-        if (dshift) dshift[n * C + c] = (float)t;
       }
     }
   }
 }
 
-int gn_silu_max_channels(void) { return MAX_C; }
+/* doubles of scratch per thread that the two functions need */
+int64_t gn_silu_scratch_per_thread(int64_t C) { return 8 * C; }

@@ -139,7 +139,7 @@ class GroupNormSiLU(nn.GroupNorm):
         dropout: Dropout | None = None,
     ) -> torch.Tensor:
         p = dropout.p if dropout is not None and dropout.training else 0.0
-        if cpu_kernels.usable(x, self.weight, shift):
+        if cpu_kernels.usable(x, self.weight, self.bias, self.num_groups, shift):
             return cpu_kernels.gn_silu(
                 x, shift, self.weight, self.bias, self.num_groups, self.eps, p
             )
@@ -230,8 +230,10 @@ class ResBlock(nn.Module):
         h = self.conv1(self.norm1(x))
         # the embedding's add and the dropout are folded into norm2 (one fused pass on CPU)
         h = self.conv2(self.norm2(h, shift=self.emb_proj(emb), dropout=self.dropout))
-        # in place: a convolution's backward does not need its output, so h is free to reuse
-        return h.add_(self.skip(x))
+        # in place where h is a fresh tensor (a convolution's backward does not need its
+        # output); Winograd on channels_last input returns a view, which autograd forbids
+        # modifying in place
+        return h + self.skip(x) if h._is_view() else h.add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):

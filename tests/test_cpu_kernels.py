@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ddkit.models import UNetConfig, cpu_kernels, winograd
 from ddkit.models import unet as unet_module
 from ddkit.models.layers import Dropout, GroupNormSiLU, ResBlock
+from ddkit.paths import file_mode
 
 pytestmark = pytest.mark.skipif(
     cpu_kernels.library() is None,
@@ -340,7 +341,8 @@ def test_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
         assert cpu_kernels.library() is not None
         assert sorted((tmp_path / "kernels").iterdir()) == built  # reused, no temporary left
         assert built[0].stat().st_mtime_ns == stamp
-        assert built[0].stat().st_mode & 0o755 == 0o755  # readable by other users of the cache
+        # as readable to others as a file the user makes by hand (mkstemp's 0600 is not)
+        assert built[0].stat().st_mode & 0o777 == file_mode(executable=True)
         # a different build (here: one more flag) gets its own file
         monkeypatch.setattr(cpu_kernels, "FLAGS", [*cpu_kernels.FLAGS, "-DDDKIT_TEST_KEY"])
         cpu_kernels.library.cache_clear()

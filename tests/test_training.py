@@ -211,6 +211,22 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["c.bin"]  # no temporary left behind
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_gives_the_mode_open_would(tmp_path, umask):
+    """Atomic writes go through mkstemp (0600); the file ends with what open() gives under the
+    process's umask, so a shared run folder stays readable to the group."""
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "c.bin"
+        ckpt.atomic_write_bytes(path, b"data")
+        with open(tmp_path / "plain.bin", "wb") as f:
+            f.write(b"data")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == (tmp_path / "plain.bin").stat().st_mode & 0o777
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_checkpoint_round_trip_prune_and_errors(tmp_path):
     for step in (1, 2, 3, 4):
         ckpt.save_checkpoint(

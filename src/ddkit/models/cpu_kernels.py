@@ -33,7 +33,7 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 
-from ..paths import default_cache_dir
+from ..paths import default_cache_dir, file_mode
 
 SOURCE = Path(__file__).with_name("gn_silu.c")
 # -fno-trapping-math -fno-math-errno let GCC vectorise the loops (rounding and selects); no
@@ -102,7 +102,7 @@ def _compile(compiler: str) -> Path:
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines()
             raise RuntimeError(lines[-1] if lines else f"{compiler} exited with {done.returncode}")
-        os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
+        os.chmod(tmp, file_mode(executable=True))  # mkstemp's 0600 would keep others out
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -20,6 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..paths import file_mode
+
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8,})\.safetensors$")
 
@@ -39,6 +41,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())  # mkstemp's 0600 -> what open() would give
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

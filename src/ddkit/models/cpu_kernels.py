@@ -181,6 +181,8 @@ def usable(
     (no ``torch.func`` transform or forward-mode AD), fewer than 2**32 elements, outside autocast
     and ``torch.compile``, and the kernel built.  Anything else takes the PyTorch ops, which raise
     their own errors for inconsistent shapes."""
+    if torch.compiler.is_compiling():  # first: Dynamo cannot trace the checks below
+        return False
     if x.ndim != 4 or x.numel() == 0 or x.numel() >= 2**32:
         return False
     n, c = x.shape[:2]
@@ -192,7 +194,6 @@ def usable(
         and _plain_fp32_cpu(bias, (c,))
         and (shift is None or _plain_fp32_cpu(shift, (n, c)))
         and not torch.is_autocast_enabled("cpu")
-        and not torch.compiler.is_compiling()
         and library() is not None
     )
 

@@ -232,8 +232,10 @@ class ResBlock(nn.Module):
         h = self.conv2(self.norm2(h, shift=self.emb_proj(emb), dropout=self.dropout))
         # in place where h is a fresh tensor (a convolution's backward does not need its
         # output); Winograd on channels_last input returns a view, which autograd forbids
-        # modifying in place
-        return h + self.skip(x) if h._is_view() else h.add_(self.skip(x))
+        # modifying in place; under torch.compile the compiler does its own buffer reuse
+        if torch.compiler.is_compiling() or h._is_view():
+            return h + self.skip(x)
+        return h.add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):

@@ -23,7 +23,6 @@
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* 32-bit integer hash (Wellons' "lowbias32"), applied twice with the two halves of the seed */

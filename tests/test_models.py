@@ -301,6 +301,51 @@ def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_unet_layouts_meet_without_copies(monkeypatch, in_channels):
+    """With channels_last levels next to NCHW ones, every convolution receives its input and,
+    in the backward pass, its output gradient dense in one layout: no concatenation mixes
+    layouts and no gradient reaches a convolution strided or in the other layout (each of
+    those would be a copy per convolution; a 1-channel input, whose conv_in output comes out
+    NCHW, included)."""
+    monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
+    # no attention at 16x16: the residual blocks there receive the concatenations' gradients
+    cfg = LAYOUT_CFG.replace(in_channels=in_channels, attention_resolutions=(8,))
+    torch.manual_seed(0)
+    model = cfg.build()
+    _randomise_zero_params(model)
+    bad = []
+
+    def dense(t):
+        return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)
+
+    def same_layout(a, b):
+        cl = torch.channels_last
+        return a.is_contiguous() == b.is_contiguous() or (
+            a.is_contiguous(memory_format=cl) and b.is_contiguous(memory_format=cl)
+        )
+
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(
+                lambda m, args, out, name=name: (
+                    None
+                    if dense(args[0]) and same_layout(args[0], out)
+                    else bad.append(("input", name))
+                )
+            )
+            m.register_full_backward_hook(
+                lambda m, gin, gout, name=name: (
+                    None
+                    if dense(gout[0]) and (gin[0] is None or same_layout(gin[0], gout[0]))
+                    else bad.append(("gradient", name, gout[0].stride()))
+                )
+            )
+    x, t = _inputs(cfg, 3)
+    model(x, t).square().mean().backward()
+    assert not bad, bad
+
+
 def test_unet_stays_nchw_where_channels_last_does_not_pay(monkeypatch):
     fast, _, seen = _layout_twins(monkeypatch)
     x, t = _inputs(LAYOUT_CFG, 2)
@@ -396,7 +441,11 @@ def test_unet_traces_into_one_graph_for_torch_compile(avx2, monkeypatch):
     )
     model = cfg.build().train()
     x, t = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 5, 50, 100, 400, 800, 999])
-    assert model._channels_last_pays(x) and winograd_pays(torch.empty(8, 128, 16, 16), 128, 128)
+    assert (
+        model._eager_cpu_fp32(x)
+        and unet_module.cpu_favours_channels_last()
+        and winograd_pays(torch.empty(8, 128, 16, 16), 128, 128)
+    )
     explain = torch._dynamo.explain(model)(x, t)
     assert explain.graph_count == 1 and explain.graph_break_count == 0, explain.break_reasons
     drop = torch.compile(Dropout(0.3), backend="eager")

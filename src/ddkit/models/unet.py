@@ -25,7 +25,9 @@ is one C kernel compiled on first use (``cpu_kernels.py``, ``gn_silu.c``: two pa
 activations each way instead of about ten; PyTorch ops where it does not apply).  In fp32 on AVX-512 CPUs, levels with at most 128
 channels and at least 14x14 pixels run in channels_last memory order
 (:meth:`UNetConfig.channels_last_levels`), where oneDNN's convolutions are faster; elsewhere
-everything stays NCHW.  Input may be in either memory format; the output is a contiguous
+everything stays NCHW.  Activations change layout once, where they are made, and gradients reach
+every convolution dense in its own layout (``_DenseGrad``), so no convolution copies its input or
+its gradient.  Input may be in either memory format; the output is a contiguous
 [N, C_out, H, W] tensor.
 """
 
@@ -184,6 +186,26 @@ class UNetConfig:
         return UNet(self)
 
 
+class _DenseGrad(torch.autograd.Function):
+    """The identity, whose backward passes the gradient on dense in the input's layout.
+
+    Placed before every layout change and concatenation of the U-Net, so that each convolution's
+    backward receives its output gradient dense in its own layout.  Otherwise the gradient comes
+    strided (a channel slice from a concatenation's backward) or in the other layout (through a
+    layout change), and a residual block's output, which feeds two convolutions (``conv2`` and
+    the 1x1 ``skip``), would be copied by each."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ctx.memory_format = torch.channels_last if nhwc else torch.contiguous_format
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous(memory_format=ctx.memory_format)
+
+
 class UNet(nn.Module):
     """The DDPM U-Net: ``model(x [N, C, H, W] float, t [N] long) -> [N, C_out, H, W]``.
 
@@ -270,36 +292,50 @@ class UNet(nn.Module):
                 f"timesteps must have shape [{x.shape[0]}] (one per image), got {tuple(t.shape)}"
             )
         emb = self.time_embed(timestep_embedding(t, cfg.base_channels).to(x.dtype))
-        nhwc = self._channels_last_levels if self._channels_last_pays(x) else frozenset()
+        eager_cpu = self._eager_cpu_fp32(x)
+        nhwc = (
+            self._channels_last_levels if eager_cpu and cpu_favours_channels_last() else frozenset()
+        )
 
         def layout(h: torch.Tensor, level: int) -> torch.Tensor:  # no copy when already so
             fmt = torch.channels_last if level in nhwc else torch.contiguous_format
             return h.contiguous(memory_format=fmt)
 
-        h = self.conv_in(layout(x, 0))
+        def dense_grad(h: torch.Tensor) -> torch.Tensor:  # see _DenseGrad
+            return _DenseGrad.apply(h) if eager_cpu and h.requires_grad else h
+
+        # Activations take the layout of the level whose resolution they have where they are
+        # made: conv_in's output (NCHW from a 1-channel input) before it is kept as a skip, a
+        # Downsample's output before it is kept, an Upsample's input before it grows.  So no
+        # concatenation mixes layouts and no skip is converted twice.
+        h = layout(dense_grad(self.conv_in(layout(x, 0))), 0)
         skips = [h]
         for stage, level in zip(self.down, self._down_levels):
-            h = self._run(stage, layout(h, level), emb)
+            h = self._run(stage, layout(h, level), emb)  # no copy: the layout is kept
+            if isinstance(stage[-1], Downsample):
+                h = layout(dense_grad(h), level + 1)
             skips.append(h)
         h = self._run(self.middle, layout(h, self._last_level), emb)
         for stage, level in zip(self.up, self._up_levels):
-            h = self._run(stage, layout(torch.cat([h, skips.pop()], dim=1), level), emb)
-        out = self.conv_out(self.norm_out(layout(h, 0)))
-        return out.contiguous()
+            h = layout(torch.cat([dense_grad(h), skips.pop()], dim=1), level)
+            for block in stage:
+                if isinstance(block, Upsample):
+                    h = layout(dense_grad(h), level - 1)
+                h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+        return dense_grad(self.conv_out(self.norm_out(layout(h, 0)))).contiguous()
 
-    def _channels_last_pays(self, x: torch.Tensor) -> bool:
-        """channels_last for :meth:`UNetConfig.channels_last_levels`: fp32 on a CPU that
-        :func:`cpu_favours_channels_last` accepts; not under CPU autocast (bf16 convolutions
-        trained 0.81x as fast in channels_last on ``ddpm-28``), forward-mode AD or torch.func
-        transforms (GroupNorm's forward-mode derivative needs NCHW), nor under ``torch.compile``
-        (Inductor chooses convolution layouts itself)."""
+    def _eager_cpu_fp32(self, x: torch.Tensor) -> bool:
+        """Whether this forward takes the CPU fp32 speed paths that change memory layouts
+        (channels_last levels where :func:`cpu_favours_channels_last`, dense gradients at the
+        concatenations): fp32 on CPU, not under CPU autocast (bf16 convolutions trained 0.81x as
+        fast in channels_last on ``ddpm-28``), forward-mode AD or torch.func transforms
+        (GroupNorm's forward-mode derivative needs NCHW), nor under ``torch.compile`` (Inductor
+        chooses layouts itself)."""
         return (
-            bool(self._channels_last_levels)
-            and not torch.compiler.is_compiling()
+            not torch.compiler.is_compiling()
             and x.device.type == "cpu"
             and x.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
-            and cpu_favours_channels_last()
             and not is_functorch_wrapped_tensor(x)
             and forward_ad.unpack_dual(x).tangent is None
         )

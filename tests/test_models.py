@@ -346,6 +346,28 @@ def test_unet_layouts_meet_without_copies(monkeypatch, in_channels):
     assert not bad, bad
 
 
+def test_torch_func_grad_through_a_training_unet_with_dropout(monkeypatch):
+    """torch.func.grad over the parameters (functional_call) of a U-Net in training mode, dropout
+    on, gives autograd's gradient for the same dropout masks.  The fused kernel steps aside for
+    functorch tensors, so both sides take the PyTorch-ops path here (same masks, same seed)."""
+    from torch.func import functional_call, grad
+
+    from ddkit.models import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *args, **kwargs: False)
+    torch.manual_seed(0)
+    model = LAYOUT_CFG.build().train()
+    _randomise_zero_params(model)
+    x, t = _inputs(LAYOUT_CFG, 2)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    torch.manual_seed(3)
+    g = grad(lambda p: functional_call(model, p, (x, t)).square().mean())(params)
+    torch.manual_seed(3)
+    model(x, t).square().mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(g[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_unet_stays_nchw_where_channels_last_does_not_pay(monkeypatch):
     fast, _, seen = _layout_twins(monkeypatch)
     x, t = _inputs(LAYOUT_CFG, 2)

@@ -114,6 +114,10 @@ def _cmd_train(args) -> int:
     if args.dry_run:
         print(f"ddkit train: config valid; {trainer.cfg.train.max_steps} steps to {trainer.out}")
         return 0
+    if trainer.device.type == "cpu":
+        from .training.allocator import keep_freed_memory
+
+        keep_freed_memory()  # the process is ours: no page faults from freed buffers each step
     trainer.fit()
     if trainer.dist.is_main:
         print(f"trained to step {trainer.step}; checkpoint {trainer.last_checkpoint}")

@@ -11,6 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._C._functorch import is_functorch_wrapped_tensor
+from torch.autograd import forward_ad
 
 from . import cpu_kernels
 from .winograd import winograd_conv3x3, winograd_pays
@@ -110,6 +112,8 @@ class Dropout(nn.Module):
         if torch.compiler.is_compiling():  # compiled code draws its own (counter-based) mask
             return F.dropout(x, self.p, training=True)
         keep, scale = keep_mask(x.shape, self.p, x.device)
+        if is_functorch_wrapped_tensor(x) or forward_ad.unpack_dual(x).tangent is not None:
+            return x * keep * scale  # plain ops, which torch.func and forward-mode AD see through
         return _MaskedScale.apply(x, keep, scale)
 
     def extra_repr(self) -> str:

@@ -302,7 +302,8 @@ class UNet(nn.Module):
             return h.contiguous(memory_format=fmt)
 
         def dense_grad(h: torch.Tensor) -> torch.Tensor:  # see _DenseGrad
-            return _DenseGrad.apply(h) if eager_cpu and h.requires_grad else h
+            plain = eager_cpu and h.requires_grad and not is_functorch_wrapped_tensor(h)
+            return _DenseGrad.apply(h) if plain else h
 
         # Activations take the layout of the level whose resolution they have where they are
         # made: conv_in's output (NCHW from a 1-channel input) before it is kept as a skip, a

@@ -301,20 +301,30 @@ def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("in_channels", [1, 3])
-def test_unet_layouts_meet_without_copies(monkeypatch, in_channels):
+@pytest.mark.parametrize("in_channels, base", [(1, 32), (3, 32), (3, 64)])
+def test_unet_layouts_meet_without_copies(monkeypatch, in_channels, base):
     """With channels_last levels next to NCHW ones, every convolution receives its input and,
-    in the backward pass, its output gradient dense in one layout: no concatenation mixes
-    layouts and no gradient reaches a convolution strided or in the other layout (each of
-    those would be a copy per convolution; a 1-channel input, whose conv_in output comes out
-    NCHW, included)."""
+    in the backward pass, its output gradient dense in one layout, and no concatenation mixes
+    layouts: no gradient reaches a convolution strided or in the other layout (each of those
+    would be a copy per convolution).  Included: a 1-channel input, whose conv_in output comes
+    out NCHW, and (base 64) the sub-pixel upsampling, whose pixel_shuffle output is NCHW."""
     monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
     # no attention at 16x16: the residual blocks there receive the concatenations' gradients
-    cfg = LAYOUT_CFG.replace(in_channels=in_channels, attention_resolutions=(8,))
+    cfg = LAYOUT_CFG.replace(
+        in_channels=in_channels, base_channels=base, attention_resolutions=(8,)
+    )
     torch.manual_seed(0)
     model = cfg.build()
     _randomise_zero_params(model)
     bad = []
+    cat = torch.cat
+
+    def same_layout_cat(tensors, dim=0):
+        if not all(same_layout(a, tensors[0]) for a in tensors):
+            bad.append(("concatenation", [a.stride() for a in tensors]))
+        return cat(tensors, dim=dim)
+
+    monkeypatch.setattr(torch, "cat", same_layout_cat)
 
     def dense(t):
         return t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last)

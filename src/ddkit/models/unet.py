@@ -297,33 +297,43 @@ class UNet(nn.Module):
             self._channels_last_levels if eager_cpu and cpu_favours_channels_last() else frozenset()
         )
 
-        def layout(h: torch.Tensor, level: int) -> torch.Tensor:  # no copy when already so
-            fmt = torch.channels_last if level in nhwc else torch.contiguous_format
-            return h.contiguous(memory_format=fmt)
+        def fmt(level: int) -> torch.memory_format:
+            return torch.channels_last if level in nhwc else torch.contiguous_format
 
-        def dense_grad(h: torch.Tensor) -> torch.Tensor:  # see _DenseGrad
-            plain = eager_cpu and h.requires_grad and not is_functorch_wrapped_tensor(h)
-            return _DenseGrad.apply(h) if plain else h
+        def layout(h: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+            """h in memory_format (h itself when it is so already); a conversion passes its
+            gradient back in h's layout, dense (see _DenseGrad)."""
+            if h.is_contiguous(memory_format=memory_format):
+                return h
+            if eager_cpu and h.requires_grad and not is_functorch_wrapped_tensor(h):
+                h = _DenseGrad.apply(h)
+            return h.contiguous(memory_format=memory_format)
 
         # Activations take the layout of the level whose resolution they have where they are
         # made: conv_in's output (NCHW from a 1-channel input) before it is kept as a skip, a
-        # Downsample's output before it is kept, an Upsample's input before it grows.  So no
-        # concatenation mixes layouts and no skip is converted twice.
-        h = layout(dense_grad(self.conv_in(layout(x, 0))), 0)
+        # Downsample's output before it is kept, an Upsample's input before it grows and its
+        # output before it is concatenated.  So no concatenation mixes layouts and no skip is
+        # converted twice.
+        h = layout(self.conv_in(layout(x, fmt(0))), fmt(0))
         skips = [h]
         for stage, level in zip(self.down, self._down_levels):
-            h = self._run(stage, layout(h, level), emb)  # no copy: the layout is kept
+            h = self._run(stage, layout(h, fmt(level)), emb)  # no copy: the layout is kept
             if isinstance(stage[-1], Downsample):
-                h = layout(dense_grad(h), level + 1)
+                h = layout(h, fmt(level + 1))
             skips.append(h)
-        h = self._run(self.middle, layout(h, self._last_level), emb)
+        h = self._run(self.middle, layout(h, fmt(self._last_level)), emb)
         for stage, level in zip(self.up, self._up_levels):
-            h = layout(torch.cat([dense_grad(h), skips.pop()], dim=1), level)
+            # the upsampling's output may come in the other layout (pixel_shuffle's is NCHW)
+            converted = layout(h, fmt(level))
+            if converted is h and eager_cpu and h.requires_grad:
+                if not is_functorch_wrapped_tensor(h):  # the concatenation's backward hands
+                    converted = _DenseGrad.apply(h)  # back a slice
+            h = torch.cat([converted, skips.pop()], dim=1)  # both in fmt(level) now
             for block in stage:
                 if isinstance(block, Upsample):
-                    h = layout(dense_grad(h), level - 1)
+                    h = layout(h, fmt(level - 1))
                 h = block(h, emb) if isinstance(block, ResBlock) else block(h)
-        return dense_grad(self.conv_out(self.norm_out(layout(h, 0)))).contiguous()
+        return layout(self.conv_out(self.norm_out(layout(h, fmt(0)))), torch.contiguous_format)
 
     def _eager_cpu_fp32(self, x: torch.Tensor) -> bool:
         """Whether this forward takes the CPU fp32 speed paths that change memory layouts

@@ -17,6 +17,8 @@ model, attention included; Adam not counted) over the median time, so both sides
 the same work.  Peak memory: each model trains 3 steps alone in a fresh subprocess; reported is the
 process's peak resident set size (VmHWM; imports of torch and diffusers, model, Adam state
 included) and its growth over the training steps (activations, gradients, optimizer state).
+Page faults/step: the process's minor page faults during each timed step (median), with glibc's
+malloc at its defaults on both sides (``ddkit train`` changes them: ``ddkit.training.allocator``).
 
 With ``--precision bf16`` both sides run forward and loss under ``torch.autocast("cpu",
 torch.bfloat16)``, as ``ddkit train --set train.precision=bf16`` does (weights, gradients and Adam in
@@ -211,15 +213,19 @@ class Side:
             batch, cfg.out_channels, cfg.image_size, cfg.image_size, generator=g
         )
         self.t = torch.randint(0, 1000, (batch,), generator=g)
+        self.faults: list[int] = []  # minor page faults of each step (the process's, per step)
 
     def step(self) -> float:
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
             loss = (self.forward(self.x, self.t).float() - self.noise).square().mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+        return elapsed
 
 
 def peak_rss_kib() -> int:
@@ -272,7 +278,10 @@ def run_case(
     warmup = {}
     for name, s in sides.items():  # oneDNN primitive caches, allocator; compilation
         warmup[name] = s.step() + s.step()
+    for s in sides.values():
+        s.faults.clear()
     times = interleaved(sides, reps)
+    faults = {name: statistics.median(s.faults) for name, s in sides.items()}
     memory = {
         name: peak_memory(name, preset_name, batch, threads, precision, compile) for name in sides
     }
@@ -284,6 +293,7 @@ def run_case(
         "nominal_gflop": nominal / 1e9,
         "ours_executed_gflop": executed / 1e9,
         "times": times,
+        "page_faults_per_step": faults,
         "memory": memory,
         "compile": compile,
         "warmup_s": warmup,
@@ -309,8 +319,9 @@ def report(result: dict) -> str:
         f"{result['output_rel_diff']:.1e}); nominal {result['nominal_gflop']:.1f} GFLOP per step "
         f"(ours executes {result['ours_executed_gflop']:.1f})",
         "",
-        "| model | images/s (median) | spread (min-max) | ms/step | GFLOP/s | peak RSS | RSS growth |",
-        "|---|---|---|---|---|---|---|",
+        "| model | images/s (median) | spread (min-max) | ms/step | GFLOP/s | peak RSS | RSS growth "
+        "| page faults/step |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ("ours", "diffusers"):
         ts = times[name]
@@ -318,7 +329,8 @@ def report(result: dict) -> str:
         lines.append(
             f"| {name} | {b / med[name]:.2f} | {b / max(ts):.2f}-{b / min(ts):.2f} | "
             f"{1e3 * med[name]:.0f} | {result['nominal_gflop'] / med[name]:.1f} | "
-            f"{mem['after_kib'] / 1024:.0f} MiB | {(mem['after_kib'] - mem['before_kib']) / 1024:.0f} MiB |"
+            f"{mem['after_kib'] / 1024:.0f} MiB | {(mem['after_kib'] - mem['before_kib']) / 1024:.0f} MiB "
+            f"| {result['page_faults_per_step'][name]:.0f} |"
         )
     lines += ["", speedup_line(times), ""]
     return "\n".join(lines)

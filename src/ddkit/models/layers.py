@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd import forward_ad
+from torch.autograd.function import once_differentiable
 
 from . import cpu_kernels
 from .winograd import winograd_conv3x3, winograd_pays
@@ -178,8 +179,8 @@ _SUBPIXEL = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0
 def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``conv2d(interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)`` computed
     as four 2x2 convolutions on x, one per output phase (16 instead of 36 multiply-adds per input
-    pixel and output channel).  x [N, C, H, W] -> [N, C_out, 2H, 2W]; the same function up to
-    rounding, differentiable.
+    pixel and output channel).  x [N, C, H, W] -> [N, C_out, 2H, 2W] in x's memory format; the same
+    function up to rounding, differentiable.
     """
     n, _, h, w = x.shape
     c_out = weight.shape[0]
@@ -187,12 +188,60 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     # phase filters [(a, b, c_out), C, 2, 2]: P_a g P_b^T
     k = torch.einsum("aph,bqw,oihw->aboipq", p, p, weight).reshape(4 * c_out, -1, 2, 2)
     b4 = None if bias is None else bias.repeat(4)
-    z = F.conv2d(F.pad(x, (1, 1, 1, 1)), k, b4)  # [N, 4 C_out, H + 1, W + 1]
-    z = z.unflatten(1, (2, 2, c_out))
-    # phase (a, b) at low-res (i, j) is z[:, a, b, :, i + a, j + b]; interleave into 2H x 2W
-    phases = [z[:, a, b, :, a : a + h, b : b + w] for a in range(2) for b in range(2)]
-    out = torch.stack(phases, dim=2).reshape(n, 4 * c_out, h, w)
-    return F.pixel_shuffle(out, 2)
+    z = F.conv2d(x, k, b4, padding=1)  # [N, 4 C_out, H + 1, W + 1]
+    # phase (a, b) at low-res (i, j) is z[:, (a, b, :), i + a, j + b]; interleave into 2H x 2W
+    if (
+        torch.compiler.is_compiling()
+        or is_functorch_wrapped_tensor(z)
+        or forward_ad.unpack_dual(z).tangent is not None
+    ):
+        z = z.unflatten(1, (2, 2, c_out))
+        phases = [z[:, a, b, :, a : a + h, b : b + w] for a in range(2) for b in range(2)]
+        out = torch.stack(phases, dim=2).reshape(n, 4 * c_out, h, w)
+        return F.pixel_shuffle(out, 2)
+    return _Interleave.apply(z, h, w)
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
+class _Interleave(torch.autograd.Function):
+    """out[:, c, 2i + a, 2j + b] = z[:, (a, b, c), i + a, j + b] for z [N, 4 C, H + 1, W + 1]: the
+    four phases of :func:`upsample_conv` woven into the 2H x 2W grid in one pass, in z's memory
+    format, and scattered back in one pass in the backward.  (Slicing, ``stack`` and
+    ``pixel_shuffle`` cost three passes each way, a zero-filled copy of z per phase among them,
+    and give NCHW whatever the input.)"""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        n, c4 = z.shape[:2]
+        fmt = _memory_format(z)
+        out = torch.empty(
+            n, c4 // 4, 2 * h, 2 * w, dtype=z.dtype, device=z.device, memory_format=fmt
+        )
+        grid = out.unflatten(3, (w, 2)).unflatten(2, (h, 2))  # [N, C, H, 2, W, 2], a view
+        phases = z.unflatten(1, (2, 2, c4 // 4))
+        for a in range(2):
+            for b in range(2):
+                grid[:, :, :, a, :, b].copy_(phases[:, a, b, :, a : a + h, b : b + w])
+        ctx.shape, ctx.hw, ctx.fmt = z.shape, (h, w), fmt
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        h, w = ctx.hw
+        n, c4 = ctx.shape[:2]
+        dz = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt)
+        dz.zero_()  # the row and column of z that no phase reads get no gradient
+        grid = grad.unflatten(3, (w, 2)).unflatten(2, (h, 2))
+        phases = dz.unflatten(1, (2, 2, c4 // 4))
+        for a in range(2):
+            for b in range(2):
+                phases[:, a, b, :, a : a + h, b : b + w].copy_(grid[:, :, :, a, :, b])
+        return dz, None, None
 
 
 class ResBlock(nn.Module):

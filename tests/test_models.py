@@ -436,14 +436,29 @@ def test_cpu_checks_follow_the_isa_and_the_override(monkeypatch, check, isa, env
         fn.cache_clear()
 
 
-def test_upsample_conv_is_nearest_upsampling_then_conv():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_conv_is_nearest_upsampling_then_conv(channels_last, monkeypatch):
+    """Function and gradients (gradcheck, float64) in either layout, the output in the input's
+    layout; the slicing path taken under torch.compile gives the same output and gradients."""
     torch.manual_seed(0)
-    x = torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     w = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     expected = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
-    torch.testing.assert_close(upsample_conv(x, w, b), expected)
+    out = upsample_conv(x, w, b)
+    torch.testing.assert_close(out, expected)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert torch.autograd.gradcheck(upsample_conv, (x, w, b))
+    g = torch.randn_like(expected)
+    grads = torch.autograd.grad(out, (x, w, b), g)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    sliced = upsample_conv(x, w, b)
+    torch.testing.assert_close(sliced, out)
+    for a, c in zip(torch.autograd.grad(sliced, (x, w, b), g), grads):
+        torch.testing.assert_close(a, c)
 
 
 def test_dropout_statistics_and_modes():

@@ -18,7 +18,8 @@ the same work.  Peak memory: each model trains 3 steps alone in a fresh subproce
 process's peak resident set size (VmHWM; imports of torch and diffusers, model, Adam state
 included) and its growth over the training steps (activations, gradients, optimizer state).
 Page faults/step: the process's minor page faults during each timed step (median), with glibc's
-malloc at its defaults on both sides (``ddkit train`` changes them: ``ddkit.training.allocator``).
+malloc at its defaults on both sides; ``--keep-freed-memory`` sets it for both as ``ddkit train``
+does (``ddkit.training.allocator``).
 
 With ``--precision bf16`` both sides run forward and loss under ``torch.autocast("cpu",
 torch.bfloat16)``, as ``ddkit train --set train.precision=bf16`` does (weights, gradients and Adam in
@@ -369,15 +370,27 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="both sides under torch.compile (train.compile)"
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="set glibc's malloc as ddkit train does (ddkit.training.allocator), for both sides",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import diffusers
+
+    if args.keep_freed_memory:
+        from ddkit.training.allocator import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("--keep-freed-memory: not applied (not glibc, or overridden)")
 
     load = os.getloadavg()
     print(
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
         f"({args.threads} threads), diffusers {diffusers.__version__}, {args.precision}"
-        f"{', torch.compile' if args.compile else ''}, "
+        f"{', torch.compile' if args.compile else ''}"
+        f"{', malloc keeps freed memory (both sides)' if args.keep_freed_memory else ''}, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start "
         f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {args.reps} timed steps per model\n"
     )

@@ -528,6 +528,65 @@ def eta_table(out: Path, compare: Path | None = None) -> str:
     return "\n".join(lines + per_seed + quad) + "\n"
 
 
+def _eta_runs(out: Path) -> dict:
+    """(seed, family, S) -> sweep row of an eta-stage folder."""
+    runs = {}
+    for path in sorted((out / "eta").glob("seed*/sweep.csv")):
+        k = int(path.parent.name[4:].split("_")[0])
+        for r in _read_sweep(path):
+            runs[(k, r["family"], int(r["steps"]))] = r
+    return runs
+
+
+def baseline_table(out: Path, baseline: Path) -> str:
+    """This eta-stage folder's checkpoint against ``baseline``'s (another checkpoint's eta stage
+    with the same seeds, so the same initial noise: paired across models): per S and sampler the
+    change in FID and KID, and the change in eta 0 - eta 1."""
+    new, old = _eta_runs(out), _eta_runs(baseline)
+    lines = [
+        "This checkpoint minus the baseline's, paired over the seeds both have (same initial noise);",
+        "mean +- standard error over seeds.",
+        "",
+        "| S | sampler | seeds | baseline FID | this FID | this - baseline (FID) | "
+        "this - baseline (KID x 1e3) |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    gaps = ["", "| S | seeds | eta 0 - eta 1, baseline | eta 0 - eta 1, this | change |"]
+    gaps.append("|---:|---|---:|---:|---:|")
+    for S in sorted({s for _, f, s in new if f == "ddim-eta0"}):
+        for fam in ("ddim-eta0", "ddim-eta1"):
+            ks = sorted(k for k, f, s in new if f == fam and s == S and (k, f, s) in old)
+            if not ks:
+                continue
+            a = [float(new[(k, fam, S)]["fid"]) for k in ks]
+            b = [float(old[(k, fam, S)]["fid"]) for k in ks]
+            ka = [float(new[(k, fam, S)]["kid_x1e3"]) for k in ks]
+            kb = [float(old[(k, fam, S)]["kid_x1e3"]) for k in ks]
+            lines.append(
+                f"| {S} | {fam} | {', '.join(map(str, ks))} | {fmt(b)} | {fmt(a)} | "
+                f"{fmt(diff(a, b), True)} | {fmt(diff(ka, kb), True)} |"
+            )
+        both = [
+            k
+            for k in range(1000)
+            if all((k, f, S) in t for f in ("ddim-eta0", "ddim-eta1") for t in (new, old))
+        ]
+        if both:
+            g_new = [
+                float(new[(k, "ddim-eta0", S)]["fid"]) - float(new[(k, "ddim-eta1", S)]["fid"])
+                for k in both
+            ]
+            g_old = [
+                float(old[(k, "ddim-eta0", S)]["fid"]) - float(old[(k, "ddim-eta1", S)]["fid"])
+                for k in both
+            ]
+            gaps.append(
+                f"| {S} | {', '.join(map(str, both))} | {fmt(g_old, True)} | {fmt(g_new, True)} | "
+                f"{fmt(diff(g_new, g_old), True)} |"
+            )
+    return "\n".join(lines + gaps) + "\n"
+
+
 def fmt(v: list[float] | None, signed: bool = False) -> str:
     """mean +- standard error of seeds' values ("" for a missing cell)."""
     if v is None:
@@ -614,6 +673,12 @@ def main() -> int:
         help="summary of the eta stage: a clip-stage folder with the same seeds and samples, "
         "whose (other) feature network is put beside",
     )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="summary of the eta stage: another checkpoint's eta-stage folder with the same "
+        "seeds, compared paired (same initial noise)",
+    )
     p.add_argument("--out", default="docs/paper")
     p.add_argument(
         "--sharp-dir", default="runs/paper/sharpness", help="samples of the sharpness stage"
@@ -667,6 +732,9 @@ def main() -> int:
                 f"\n## DDIM Table 1: eta 0 against eta 1 ({a.label}, {a.num} samples per cell)\n\n"
             )
             tables += eta_table(out, Path(a.compare) if a.compare else None)
+            if a.baseline:
+                tables += f"\n## Against the checkpoint of {a.baseline} (same seeds)\n\n"
+                tables += baseline_table(out, Path(a.baseline))
         (out / "tables.md").write_text(tables.lstrip("\n"))
         print(tables)
         return 0

@@ -452,6 +452,7 @@ def test_upsample_conv_is_nearest_upsampling_then_conv(channels_last, monkeypatc
     torch.testing.assert_close(out, expected)
     assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
     assert torch.autograd.gradcheck(upsample_conv, (x, w, b))
+    assert torch.autograd.gradgradcheck(upsample_conv, (x, w, b))
     g = torch.randn_like(expected)
     grads = torch.autograd.grad(out, (x, w, b), g)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)

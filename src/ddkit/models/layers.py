@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd import forward_ad
-from torch.autograd.function import once_differentiable
 
 from . import cpu_kernels
 from .winograd import winograd_conv3x3, winograd_pays
@@ -230,8 +229,7 @@ class _Interleave(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor):  # slice copies, so differentiable again
         h, w = ctx.hw
         n, c4 = ctx.shape[:2]
         dz = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt)

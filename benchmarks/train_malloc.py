@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def run(tmp: Path, kept: bool, steps: int) -> tuple[float, int]:
     faults = int(next(x for x in done.stdout.splitlines() if x.startswith("FAULTS")).split()[1])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rate = statistics.mean(r["steps_per_s"] for r in rows if r["step"] > 10)
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    shutil.rmtree(out)
     return rate, faults
 
 

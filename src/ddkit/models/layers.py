@@ -201,7 +201,8 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return _Interleave.apply(z, h, w)
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a tensor dense in it (and not also NCHW-contiguous), else NCHW."""
     nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if nhwc else torch.contiguous_format
 
@@ -216,7 +217,7 @@ class _Interleave(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
         n, c4 = z.shape[:2]
-        fmt = _memory_format(z)
+        fmt = memory_format_of(z)
         out = torch.empty(
             n, c4 // 4, 2 * h, 2 * w, dtype=z.dtype, device=z.device, memory_format=fmt
         )

@@ -50,6 +50,7 @@ from .layers import (
     GroupNormSiLU,
     ResBlock,
     Upsample,
+    memory_format_of,
     timestep_embedding,
     zero_,
 )
@@ -197,8 +198,7 @@ class _DenseGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        ctx.memory_format = torch.channels_last if nhwc else torch.contiguous_format
+        ctx.memory_format = memory_format_of(x)
         return x.view_as(x)
 
     @staticmethod
@@ -300,14 +300,16 @@ class UNet(nn.Module):
         def fmt(level: int) -> torch.memory_format:
             return torch.channels_last if level in nhwc else torch.contiguous_format
 
+        def dense_grad(h: torch.Tensor) -> torch.Tensor:  # see _DenseGrad
+            plain = eager_cpu and h.requires_grad and not is_functorch_wrapped_tensor(h)
+            return _DenseGrad.apply(h) if plain else h
+
         def layout(h: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
             """h in memory_format (h itself when it is so already); a conversion passes its
-            gradient back in h's layout, dense (see _DenseGrad)."""
+            gradient back in h's layout, dense."""
             if h.is_contiguous(memory_format=memory_format):
                 return h
-            if eager_cpu and h.requires_grad and not is_functorch_wrapped_tensor(h):
-                h = _DenseGrad.apply(h)
-            return h.contiguous(memory_format=memory_format)
+            return dense_grad(h).contiguous(memory_format=memory_format)
 
         # Activations take the layout of the level whose resolution they have where they are
         # made: conv_in's output (NCHW from a 1-channel input) before it is kept as a skip, a
@@ -325,9 +327,8 @@ class UNet(nn.Module):
         for stage, level in zip(self.up, self._up_levels):
             # the upsampling's output may come in the other layout (pixel_shuffle's is NCHW)
             converted = layout(h, fmt(level))
-            if converted is h and eager_cpu and h.requires_grad:
-                if not is_functorch_wrapped_tensor(h):  # the concatenation's backward hands
-                    converted = _DenseGrad.apply(h)  # back a slice
+            if converted is h:  # the concatenation's backward hands back a slice
+                converted = dense_grad(h)
             h = torch.cat([converted, skips.pop()], dim=1)  # both in fmt(level) now
             for block in stage:
                 if isinstance(block, Upsample):

@@ -11,3 +11,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def cpu_and_torch(threads: int) -> str:
+    """'<CPU>; torch <version>, CPU capability <ISA>, <threads> thread(s)'."""
+    import torch
+
+    return (
+        f"{cpu_name()}; torch {torch.__version__}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, {threads} thread(s)"
+    )

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run)
+from _machine import cpu_and_torch  # noqa: E402  (benchmarks/ is on sys.path when run)
 
 from ddkit.models.winograd import winograd_conv3x3  # noqa: E402
 
@@ -109,10 +109,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    print(
-        f"{cpu_name()}; torch {torch.__version__}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}, {a.threads} thread(s), median of {a.reps}"
-    )
+    print(f"{cpu_and_torch(a.threads)}, median of {a.reps}")
     n = 2048
     m1, m2 = torch.randn(n, n), torch.randn(n, n)
     ms = median_ms(lambda: m1 @ m2, a.reps)

@@ -14,6 +14,7 @@ from ddkit.models import (
     MLPConfig,
     UNetConfig,
     count_parameters,
+    layers,
     model_config_from_dict,
     model_config_to_dict,
     preset,
@@ -21,7 +22,14 @@ from ddkit.models import (
     winograd,
 )
 from ddkit.models import unet as unet_module
-from ddkit.models.layers import AttentionBlock, Conv3x3, Dropout, keep_mask, upsample_conv
+from ddkit.models.layers import (
+    AttentionBlock,
+    Conv3x3,
+    Dropout,
+    Upsample,
+    keep_mask,
+    upsample_conv,
+)
 from ddkit.models.winograd import winograd_conv3x3, winograd_pays
 
 TINY = UNetConfig(
@@ -301,13 +309,14 @@ def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("in_channels, base", [(1, 32), (3, 32), (3, 64)])
+@pytest.mark.parametrize("in_channels, base", [(1, 32), (3, 32), (3, 64), (3, 8)])
 def test_unet_layouts_meet_without_copies(monkeypatch, in_channels, base):
     """With channels_last levels next to NCHW ones, every convolution receives its input and,
     in the backward pass, its output gradient dense in one layout, and no concatenation mixes
     layouts: no gradient reaches a convolution strided or in the other layout (each of those
     would be a copy per convolution).  Included: a 1-channel input, whose conv_in output comes
-    out NCHW, and (base 64) the sub-pixel upsampling, whose pixel_shuffle output is NCHW."""
+    out NCHW, the sub-pixel upsampling (bases 32 and 64: 64 and 128 channels at 8x8) and the
+    upsampling as written (base 8: 16 channels)."""
     monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
     # no attention at 16x16: the residual blocks there receive the concatenations' gradients
     cfg = LAYOUT_CFG.replace(
@@ -460,6 +469,25 @@ def test_upsample_conv_is_nearest_upsampling_then_conv(channels_last, monkeypatc
     torch.testing.assert_close(sliced, out)
     for a, c in zip(torch.autograd.grad(sliced, (x, w, b), g), grads):
         torch.testing.assert_close(a, c)
+
+
+def test_upsample_takes_the_subpixel_path_where_it_pays(monkeypatch):
+    """Upsample runs as upsample_conv from 32 channels and 7x7 up (``subpixel_pays``), as
+    written below, and is the same function either way."""
+    taken = []
+    real = layers.upsample_conv
+    monkeypatch.setattr(layers, "upsample_conv", lambda *a: taken.append(1) or real(*a))
+    torch.manual_seed(0)
+    for channels, size, expect in [(32, 7, True), (64, 4, False), (16, 14, False), (31, 8, False)]:
+        up = Upsample(channels).double()
+        x = torch.randn(2, channels, size, size, dtype=torch.float64)
+        assert layers.subpixel_pays(x) is expect
+        taken.clear()
+        out = up(x)
+        assert bool(taken) is expect, (channels, size)
+        conv = up.conv
+        expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        torch.testing.assert_close(out, expected)
 
 
 def test_dropout_statistics_and_modes():

@@ -15,7 +15,7 @@ the attention output and conv_out (as in the TF code).
 
 Speed on CPU, all of it default behaviour and exact up to rounding (no setting to turn on): on AVX2
 CPUs (where it was measured to pay), 3x3 convolutions with many channels and enough tiles run as
-Winograd F(2x2, 3x3) (``winograd.py``); the upsampling convs from 8x8 and 128 channels up run as
+Winograd F(2x2, 3x3) (``winograd.py``); the upsampling convs from 7x7 and 32 channels up run as
 four 2x2 convolutions on the low-resolution grid (``layers.upsample_conv``); dropout draws two
 15-bit mask fields per random number (``layers.keep_mask``: p rounded to a multiple of 2**-15,
 unbiased); the time embedding's SiLU is computed once per forward, and attention is one fused q/k/v
@@ -325,7 +325,7 @@ class UNet(nn.Module):
             skips.append(h)
         h = self._run(self.middle, layout(h, fmt(self._last_level)), emb)
         for stage, level in zip(self.up, self._up_levels):
-            # the upsampling's output may come in the other layout (pixel_shuffle's is NCHW)
+            # h is in fmt(level) already (the upsampling keeps its input's layout); a guard
             converted = layout(h, fmt(level))
             if converted is h:  # the concatenation's backward hands back a slice
                 converted = dense_grad(h)

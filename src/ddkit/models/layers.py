@@ -346,7 +346,7 @@ def subpixel_pays(x: torch.Tensor) -> bool:
     (``benchmarks/upsample_paths.py``, 2026-11-30): 1.37x faster for ``ddpm-28``'s 64 channels
     14x14 -> 28x28 (batch 64, channels_last), 1.10x at 7x7, 1.64-2.17x for ``ddpm-cifar10``'s 256
     channels from 8x8; 0.90x for its 4x4 (the 2x2 convolutions cover a 5x5 grid, 1.56x the
-    input); mixed at 16 channels (1.07x here, 0.9x in another run at 14x14)."""
+    input); mixed at 16 channels (1.07x here, 0.83-0.92x in another run at 14x14)."""
     return x.shape[1] >= SUBPIXEL_MIN_CHANNELS and x.shape[2] * x.shape[3] >= SUBPIXEL_MIN_PIXELS
 
 

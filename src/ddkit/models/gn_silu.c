@@ -15,7 +15,8 @@
  * pass, so no mask is stored, and it is the same in either layout and any thread count.
  *
  * Statistics are two-pass (the mean, then squared deviations from it) and gradient sums are
- * taken about the mean, all accumulated in double.  The backward pass recomputes z from x and
+ * taken about the mean, accumulated in double (channels_last statistics: fp32 within blocks of 32
+ * pixels, the blocks' sums in double).  The backward pass recomputes z from x and
  * the saved (mu, r): nothing but x, mu and r is kept between the passes.  Work is split over
  * images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the caller),
  * so there is no limit on C and no large stack frame.
@@ -25,20 +26,21 @@
 #include <stdint.h>
 #include <string.h>
 
-/* 32-bit integer hash (Wellons' "lowbias32"), applied twice with the two halves of the seed */
-static inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
-  return x;
-}
-
-/* the dropout multiplier of element i: scale when its top 24 hash bits are >= threshold, else 0 */
+/* The dropout multiplier of element i: scale when the top 24 bits of its hash are >= threshold,
+ * else 0.  The hash is Wellons' 32-bit "lowbias32" (xorshift-multiply, twice) keyed by the seed:
+ * its low half enters before the first round, its high half between the two multiplications.
+ * (One keyed round, not lowbias32 applied twice: the same avalanche on consecutive indices,
+ * 2 multiplications per element instead of 4; the forward pass and the backward pass each hash.) */
 static inline float keep_scale(uint32_t s0, uint32_t s1, uint32_t i, uint32_t threshold,
                                float scale) {
-  return (mix32(mix32(i ^ s0) ^ s1) >> 8) >= threshold ? scale : 0.0f;
+  uint32_t h = i ^ s0;
+  h ^= h >> 16;
+  h *= 0x7feb352dU;
+  h ^= s1;
+  h ^= h >> 15;
+  h *= 0x846ca68bU;
+  h ^= h >> 16;
+  return (h >> 8) >= threshold ? scale : 0.0f;
 }
 
 /* exp(t) for the sigmoid: Cody-Waite reduction and a degree-6 polynomial (relative error about
@@ -66,17 +68,57 @@ static inline float exp_f(float t) {
 
 static inline float sigmoid_f(float z) { return 1.0f / (1.0f + exp_f(-z)); }
 
-/* Per image: group statistics of u = x + shift, two-pass.  s1, dev: C doubles of scratch. */
+/* Channels-last statistics are summed in fp32 over blocks of BLOCK pixels (four rows at a time,
+ * so the per-channel sums are not one long dependency chain), each block's sum added in double. */
+#define BLOCK 32
+
+/* acc[c] = sum over the n (<= BLOCK) pixel rows x[p, :] of x[p, c] (dev NULL), or of
+ * (x[p, c] + dev[c])^2 */
+static void block_sums(const float *x, const float *dev, int64_t C, int64_t n, float *acc) {
+  memset(acc, 0, sizeof(float) * C);
+  int64_t p = 0;
+  if (dev) {
+    for (; p + 4 <= n; p += 4) {
+      const float *r0 = x + p * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const float d0 = r0[c] + dev[c], d1 = r1[c] + dev[c], d2 = r2[c] + dev[c],
+                    d3 = r3[c] + dev[c];
+        acc[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3);
+      }
+    }
+    for (; p < n; ++p) {
+      const float *r = x + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) acc[c] += (r[c] + dev[c]) * (r[c] + dev[c]);
+    }
+  } else {
+    for (; p + 4 <= n; p += 4) {
+      const float *r0 = x + p * C, *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) acc[c] += (r0[c] + r1[c]) + (r2[c] + r3[c]);
+    }
+    for (; p < n; ++p) {
+      const float *r = x + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) acc[c] += r[c];
+    }
+  }
+}
+
+/* Per image: group statistics of u = x + shift, two-pass.  s1, dev: C doubles, acc, devf: C floats
+ * of scratch. */
 static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int64_t G, int nhwc,
-                      float eps, float *mean, float *rstd, double *s1, double *dev) {
+                      float eps, float *mean, float *rstd, double *s1, double *dev, float *acc,
+                      float *devf) {
   const int64_t cg = C / G;
   const double m = (double)(cg * P);
   memset(s1, 0, sizeof(double) * C);
   if (nhwc) {
-    for (int64_t p = 0; p < P; ++p) {
-      const float *row = x + p * C;
+    for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
+      block_sums(x + p0 * C, NULL, C, (P - p0 < BLOCK ? P - p0 : BLOCK), acc);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) s1[c] += (double)row[c];
+      for (int64_t c = 0; c < C; ++c) s1[c] += (double)acc[c];
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
@@ -96,13 +138,11 @@ static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int
   for (int64_t c = 0; c < C; ++c) dev[c] = (double)sh[c] - (double)mean[c / cg];
   memset(s1, 0, sizeof(double) * C); /* now the sums of squared deviations */
   if (nhwc) {
-    for (int64_t p = 0; p < P; ++p) {
-      const float *row = x + p * C;
+    for (int64_t c = 0; c < C; ++c) devf[c] = (float)dev[c];
+    for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
+      block_sums(x + p0 * C, devf, C, (P - p0 < BLOCK ? P - p0 : BLOCK), acc);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const double d = (double)row[c] + dev[c];
-        s1[c] += d * d;
-      }
+      for (int64_t c = 0; c < C; ++c) s1[c] += (double)acc[c];
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
@@ -154,7 +194,8 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
       const float *xn = x + n * C * P;
       float *yn = y + n * C * P;
       for (int64_t c = 0; c < C; ++c) sh[c] = shift ? shift[n * C + c] : 0.0f;
-      stats_one(xn, sh, C, P, G, nhwc, eps, mean + n * G, rstd + n * G, ws, ws + C);
+      stats_one(xn, sh, C, P, G, nhwc, eps, mean + n * G, rstd + n * G, ws, ws + C,
+                (float *)(ws + 2 * C), (float *)(ws + 3 * C));
       affine_one(sh, gamma, beta, mean + n * G, rstd + n * G, C, G, a, b, d);
       const uint32_t base = (uint32_t)(n * C * P);
       if (nhwc) {
@@ -234,18 +275,26 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
           const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
           if (drop) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c)
-              out[c] = grow[c] * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
-            grow = out;
-          }
+            for (int64_t c = 0; c < C; ++c) {
+              const float z = a[c] * row[c] + b[c];
+              const float s = sigmoid_f(z);
+              const float g =
+                  grow[c] * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
+              const float dz = g * s * (1.0f + z * (1.0f - s));
+              out[c] = dz;
+              sdz[c] += dz;
+              sdzu[c] += dz * (row[c] + d[c]);
+            }
+          } else {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float z = a[c] * row[c] + b[c];
-            const float s = sigmoid_f(z);
-            const float dz = grow[c] * s * (1.0f + z * (1.0f - s));
-            out[c] = dz;
-            sdz[c] += dz;
-            sdzu[c] += dz * (row[c] + d[c]);
+            for (int64_t c = 0; c < C; ++c) {
+              const float z = a[c] * row[c] + b[c];
+              const float s = sigmoid_f(z);
+              const float dz = grow[c] * s * (1.0f + z * (1.0f - s));
+              out[c] = dz;
+              sdz[c] += dz;
+              sdzu[c] += dz * (row[c] + d[c]);
+            }
           }
         }
       } else {
@@ -257,19 +306,26 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
           const uint32_t i0 = base + (uint32_t)(c * P);
           double t0 = 0.0, t1 = 0.0;
           if (drop) {
-#pragma omp simd
-            for (int64_t p = 0; p < P; ++p)
-              out[p] = grow[p] * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
-            grow = out;
-          }
 #pragma omp simd reduction(+ : t0, t1)
-          for (int64_t p = 0; p < P; ++p) {
-            const float z = ac * row[p] + bc;
-            const float s = sigmoid_f(z);
-            const float dz = grow[p] * s * (1.0f + z * (1.0f - s));
-            out[p] = dz;
-            t0 += dz;
-            t1 += (double)dz * ((double)row[p] + dc);
+            for (int64_t p = 0; p < P; ++p) {
+              const float z = ac * row[p] + bc;
+              const float s = sigmoid_f(z);
+              const float g = grow[p] * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
+              const float dz = g * s * (1.0f + z * (1.0f - s));
+              out[p] = dz;
+              t0 += dz;
+              t1 += (double)dz * ((double)row[p] + dc);
+            }
+          } else {
+#pragma omp simd reduction(+ : t0, t1)
+            for (int64_t p = 0; p < P; ++p) {
+              const float z = ac * row[p] + bc;
+              const float s = sigmoid_f(z);
+              const float dz = grow[p] * s * (1.0f + z * (1.0f - s));
+              out[p] = dz;
+              t0 += dz;
+              t1 += (double)dz * ((double)row[p] + dc);
+            }
           }
           sdz[c] = t0;
           sdzu[c] = t1;

@@ -15,8 +15,8 @@
  * pass, so no mask is stored, and it is the same in either layout and any thread count.
  *
  * Statistics are two-pass (the mean, then squared deviations from it) and gradient sums are
- * taken about the mean, accumulated in double (channels_last statistics: fp32 within blocks of 32
- * pixels, the blocks' sums in double).  The backward pass recomputes z from x and
+ * taken about the mean: fp32 sums over blocks of pixels (32 rows channels_last, 512 pixels
+ * NCHW), the blocks' sums accumulated in double.  The backward pass recomputes z from x and
  * the saved (mu, r): nothing but x, mu and r is kept between the passes.  Work is split over
  * images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the caller),
  * so there is no limit on C and no large stack frame.
@@ -71,6 +71,11 @@ static inline float sigmoid_f(float z) { return 1.0f / (1.0f + exp_f(-z)); }
 /* Channels-last statistics are summed in fp32 over blocks of BLOCK pixels (four rows at a time,
  * so the per-channel sums are not one long dependency chain), each block's sum added in double. */
 #define BLOCK 32
+/* NCHW rows are summed in fp32 over ROWBLOCK pixels at a time, each block's sum added in double */
+#define ROWBLOCK 512
+#define ROWBLOCKS(p0, p1, P)                                                                    \
+  for (int64_t p0 = 0, p1 = (P) < ROWBLOCK ? (P) : ROWBLOCK; p0 < (P);                          \
+       p0 = p1, p1 = (P) - p1 < ROWBLOCK ? (P) : p1 + ROWBLOCK)
 
 /* acc[c] = sum over the n (<= BLOCK) pixel rows x[p, :] of x[p, c] (dev NULL), or of
  * (x[p, c] + dev[c])^2 */
@@ -124,8 +129,12 @@ static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int
     for (int64_t c = 0; c < C; ++c) {
       const float *row = x + c * P;
       double a = 0.0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t p = 0; p < P; ++p) a += (double)row[p];
+      ROWBLOCKS(p0, p1, P) {
+        float f = 0.0f;
+#pragma omp simd reduction(+ : f)
+        for (int64_t p = p0; p < p1; ++p) f += row[p];
+        a += (double)f;
+      }
       s1[c] = a;
     }
   }
@@ -147,12 +156,16 @@ static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const float *row = x + c * P;
-      const double dc = dev[c];
+      const float dc = (float)dev[c];
       double a = 0.0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t p = 0; p < P; ++p) {
-        const double d = (double)row[p] + dc;
-        a += d * d;
+      ROWBLOCKS(p0, p1, P) {
+        float f = 0.0f;
+#pragma omp simd reduction(+ : f)
+        for (int64_t p = p0; p < p1; ++p) {
+          const float d = row[p] + dc;
+          f += d * d;
+        }
+        a += (double)f;
       }
       s1[c] = a;
     }
@@ -256,6 +269,8 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
   {
     double *ws = scratch + (int64_t)omp_get_thread_num() * 8 * C;
     double *sdz = ws, *sdzu = ws + C, *sdx = ws + 2 * C;
+    /* fp32 sums over a block of BLOCK pixel rows, added into the double sums after each block */
+    float *fz = (float *)(ws + 3 * C), *fzu = fz + C, *fx = (float *)(ws + 7 * C);
     float *a = (float *)(ws + 4 * C), *b = a + C, *d = b + C, *pc = d + C, *qc = pc + C,
           *kc = qc + C;
 #pragma omp for schedule(static)
@@ -269,63 +284,78 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
       if (nhwc) {
         memset(sdz, 0, sizeof(double) * C);
         memset(sdzu, 0, sizeof(double) * C);
-        for (int64_t p = 0; p < P; ++p) {
-          const float *row = xn + p * C, *grow = dyn + p * C;
-          float *out = dxn + p * C;
-          const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
-          if (drop) {
+        for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
+          const int64_t p1 = P - p0 < BLOCK ? P : p0 + BLOCK;
+          memset(fz, 0, sizeof(float) * C);
+          memset(fzu, 0, sizeof(float) * C);
+          for (int64_t p = p0; p < p1; ++p) {
+            const float *row = xn + p * C, *grow = dyn + p * C;
+            float *out = dxn + p * C;
+            const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
+            if (drop) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) {
-              const float z = a[c] * row[c] + b[c];
-              const float s = sigmoid_f(z);
-              const float g =
-                  grow[c] * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
-              const float dz = g * s * (1.0f + z * (1.0f - s));
-              out[c] = dz;
-              sdz[c] += dz;
-              sdzu[c] += dz * (row[c] + d[c]);
-            }
-          } else {
+              for (int64_t c = 0; c < C; ++c) {
+                const float z = a[c] * row[c] + b[c];
+                const float s = sigmoid_f(z);
+                const float g =
+                    grow[c] * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
+                const float dz = g * s * (1.0f + z * (1.0f - s));
+                out[c] = dz;
+                fz[c] += dz;
+                fzu[c] += dz * (row[c] + d[c]);
+              }
+            } else {
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) {
-              const float z = a[c] * row[c] + b[c];
-              const float s = sigmoid_f(z);
-              const float dz = grow[c] * s * (1.0f + z * (1.0f - s));
-              out[c] = dz;
-              sdz[c] += dz;
-              sdzu[c] += dz * (row[c] + d[c]);
+              for (int64_t c = 0; c < C; ++c) {
+                const float z = a[c] * row[c] + b[c];
+                const float s = sigmoid_f(z);
+                const float dz = grow[c] * s * (1.0f + z * (1.0f - s));
+                out[c] = dz;
+                fz[c] += dz;
+                fzu[c] += dz * (row[c] + d[c]);
+              }
             }
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            sdz[c] += (double)fz[c];
+            sdzu[c] += (double)fzu[c];
           }
         }
       } else {
         for (int64_t c = 0; c < C; ++c) {
           const float *row = xn + c * P, *grow = dyn + c * P;
           float *out = dxn + c * P;
-          const float ac = a[c], bc = b[c];
-          const double dc = d[c];
+          const float ac = a[c], bc = b[c], dc = d[c];
           const uint32_t i0 = base + (uint32_t)(c * P);
           double t0 = 0.0, t1 = 0.0;
-          if (drop) {
-#pragma omp simd reduction(+ : t0, t1)
-            for (int64_t p = 0; p < P; ++p) {
-              const float z = ac * row[p] + bc;
-              const float s = sigmoid_f(z);
-              const float g = grow[p] * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
-              const float dz = g * s * (1.0f + z * (1.0f - s));
-              out[p] = dz;
-              t0 += dz;
-              t1 += (double)dz * ((double)row[p] + dc);
+          ROWBLOCKS(p0, p1, P) {
+            float f0 = 0.0f, f1 = 0.0f;
+            if (drop) {
+#pragma omp simd reduction(+ : f0, f1)
+              for (int64_t p = p0; p < p1; ++p) {
+                const float z = ac * row[p] + bc;
+                const float s = sigmoid_f(z);
+                const float g =
+                    grow[p] * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
+                const float dz = g * s * (1.0f + z * (1.0f - s));
+                out[p] = dz;
+                f0 += dz;
+                f1 += dz * (row[p] + dc);
+              }
+            } else {
+#pragma omp simd reduction(+ : f0, f1)
+              for (int64_t p = p0; p < p1; ++p) {
+                const float z = ac * row[p] + bc;
+                const float s = sigmoid_f(z);
+                const float dz = grow[p] * s * (1.0f + z * (1.0f - s));
+                out[p] = dz;
+                f0 += dz;
+                f1 += dz * (row[p] + dc);
+              }
             }
-          } else {
-#pragma omp simd reduction(+ : t0, t1)
-            for (int64_t p = 0; p < P; ++p) {
-              const float z = ac * row[p] + bc;
-              const float s = sigmoid_f(z);
-              const float dz = grow[p] * s * (1.0f + z * (1.0f - s));
-              out[p] = dz;
-              t0 += dz;
-              t1 += (double)dz * ((double)row[p] + dc);
-            }
+            t0 += (double)f0;
+            t1 += (double)f1;
           }
           sdz[c] = t0;
           sdzu[c] = t1;
@@ -355,15 +385,21 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
       /* pass 2: dx in place; the shift's gradient is the pixel sum of dx */
       if (nhwc) {
         memset(sdx, 0, sizeof(double) * C);
-        for (int64_t p = 0; p < P; ++p) {
-          const float *row = xn + p * C;
-          float *out = dxn + p * C;
+        for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
+          const int64_t p1 = P - p0 < BLOCK ? P : p0 + BLOCK;
+          memset(fx, 0, sizeof(float) * C);
+          for (int64_t p = p0; p < p1; ++p) {
+            const float *row = xn + p * C;
+            float *out = dxn + p * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const float v = pc[c] * out[c] + qc[c] * row[c] + kc[c];
-            out[c] = v;
-            sdx[c] += v;
+            for (int64_t c = 0; c < C; ++c) {
+              const float v = pc[c] * out[c] + qc[c] * row[c] + kc[c];
+              out[c] = v;
+              fx[c] += v;
+            }
           }
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) sdx[c] += (double)fx[c];
         }
         if (dshift)
           for (int64_t c = 0; c < C; ++c) dshift[n * C + c] = (float)sdx[c];
@@ -373,11 +409,15 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
           float *out = dxn + c * P;
           const float p0 = pc[c], q0 = qc[c], k0 = kc[c];
           double t = 0.0;
-#pragma omp simd reduction(+ : t)
-          for (int64_t p = 0; p < P; ++p) {
-            const float v = p0 * out[p] + q0 * row[p] + k0;
-            out[p] = v;
-            t += v;
+          ROWBLOCKS(b0, b1, P) {
+            float f = 0.0f;
+#pragma omp simd reduction(+ : f)
+            for (int64_t p = b0; p < b1; ++p) {
+              const float v = p0 * out[p] + q0 * row[p] + k0;
+              out[p] = v;
+              f += v;
+            }
+            t += (double)f;
           }
           if (dshift) dshift[n * C + c] = (float)t;
         }

@@ -12,9 +12,11 @@ is ``UNet2DModel(...)`` with its default attention processor.
 
 Timing: both models live in one process; after a warm-up, steps alternate (ours, theirs, theirs,
 ours, ...) and each side's median step time gives images/s, with the min-max spread.  The
-speed-up is the ratio of the two medians, with a 95% bootstrap interval over rounds (each round's
-pair of steps resampled together): on a machine whose speed drifts, the interval says how far
-the figure can be trusted, and a long run (``--reps 101``) narrows it.  GFLOP/s is
+speed-up is the ratio of the two medians; beside it, the median of the per-round ratios (each
+round's two steps ran back to back, so a drift in machine speed that slows both cancels in their
+ratio), each with a 95% bootstrap interval over rounds (a round's pair of steps resampled
+together): on a machine whose speed drifts, the intervals say how far the figures can be
+trusted, and a long run (``--reps 101``) narrows them.  GFLOP/s is
 the nominal FLOP count of one step (forward + backward, counted by FlopCounterMode on the diffusers
 model, attention included; Adam not counted) over the median time, so both sides are credited with
 the same work.  Peak memory: each model trains 3 steps alone in a fresh subprocess; reported is the
@@ -351,35 +353,39 @@ def interleaved(sides: dict, reps: int) -> dict[str, list[float]]:
     return times
 
 
-def ratio_interval(
+def ratio_intervals(
     times: dict[str, list[float]], resamples: int = 2000, level: float = 0.95
-) -> tuple[float, float]:
-    """Bootstrap interval of the ratio of medians (diffusers / ours): rounds resampled with
-    replacement, each round keeping its pair of steps (they ran back to back, under the same
-    machine speed), percentile interval.  Fixed seed, so a rerun of the report gives the same."""
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Bootstrap intervals of the ratio of medians (diffusers / ours) and of the median per-round
+    ratio: rounds resampled with replacement, each round keeping its pair of steps (they ran back
+    to back, under the same machine speed), percentile intervals.  Fixed seed, so a rerun of the
+    report gives the same."""
     rng = random.Random(0)
     pairs = list(zip(times["ours"], times["diffusers"]))
-    stats = []
+    of_medians, per_round = [], []
     for _ in range(resamples):
         sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
-        stats.append(
+        of_medians.append(
             statistics.median(d for _, d in sample) / statistics.median(o for o, _ in sample)
         )
-    stats.sort()
-    tail = (1.0 - level) / 2
-    return stats[int(tail * resamples)], stats[int((1.0 - tail) * resamples) - 1]
+        per_round.append(statistics.median(d / o for o, d in sample))
+    lo, hi = int((1.0 - level) / 2 * resamples), int((1.0 + level) / 2 * resamples) - 1
+    of_medians.sort()
+    per_round.sort()
+    return (of_medians[lo], of_medians[hi]), (per_round[lo], per_round[hi])
 
 
 def speedup_line(times: dict[str, list[float]]) -> str:
-    """Ratio of median step times with its 95% bootstrap interval over rounds, and the range and
-    median of the per-round ratios."""
+    """Ratio of median step times and median of the per-round ratios, each with its 95%
+    bootstrap interval over rounds, and the range of the per-round ratios."""
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = sorted(d / o for o, d in zip(times["ours"], times["diffusers"]))
-    low, high = ratio_interval(times)
+    (low, high), (rlow, rhigh) = ratio_intervals(times)
     return (
         f"speed-up ours / diffusers: **{med['diffusers'] / med['ours']:.3f}x** (ratio of medians; "
-        f"95% bootstrap interval over rounds {low:.3f}-{high:.3f}); "
-        f"per-round ratios {ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.3f}"
+        f"95% bootstrap interval over rounds {low:.3f}-{high:.3f}); per-round ratios "
+        f"{ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.3f} "
+        f"({rlow:.3f}-{rhigh:.3f})"
     )
 
 

@@ -20,6 +20,7 @@ import argparse
 import ctypes
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -61,24 +62,28 @@ def kernel_at(rev: str) -> ctypes.CDLL:
         ["git", "show", f"{rev}:{rel}"], cwd=root, capture_output=True, text=True
     )
     if shown.returncode != 0:
-        raise SystemExit(f"--against {rev}: {shown.stderr.strip().splitlines()[-1]}")
+        lines = shown.stderr.strip().splitlines()
+        raise SystemExit(f"--against {rev}: {lines[-1] if lines else 'git show failed'}")
     if _interface(shown.stdout) != _interface(cpu_kernels.SOURCE.read_text()):
         raise SystemExit(f"--against {rev}: its C interface differs from the current kernel's")
     folder = Path(tempfile.mkdtemp(prefix="gn_silu_rev_"))
-    (folder / "gn_silu.c").write_text(shown.stdout)
-    compiler = os.environ.get("CC") or "cc"
-    subprocess.run(
-        [
-            compiler,
-            *cpu_kernels.FLAGS,
-            "-o",
-            str(folder / "gn_silu.so"),
-            str(folder / "gn_silu.c"),
-            "-lm",
-        ],
-        check=True,
-    )
-    return cpu_kernels._declare(ctypes.CDLL(str(folder / "gn_silu.so")))
+    try:
+        (folder / "gn_silu.c").write_text(shown.stdout)
+        compiler = os.environ.get("CC") or "cc"
+        subprocess.run(
+            [
+                compiler,
+                *cpu_kernels.FLAGS,
+                "-o",
+                str(folder / "gn_silu.so"),
+                str(folder / "gn_silu.c"),
+                "-lm",
+            ],
+            check=True,
+        )
+        return cpu_kernels._declare(ctypes.CDLL(str(folder / "gn_silu.so")))
+    finally:
+        shutil.rmtree(folder)  # the loaded library stays mapped
 
 
 def main() -> None:

@@ -27,19 +27,22 @@
 #include <string.h>
 
 /* The dropout multiplier of element i: scale when the top 24 bits of its hash are >= threshold,
- * else 0.  The hash is Wellons' 32-bit "lowbias32" (xorshift-multiply, twice) keyed by the seed:
- * its low half enters before the first round, its high half between the two multiplications.
- * (One keyed round, not lowbias32 applied twice: the same avalanche on consecutive indices,
- * 2 multiplications per element instead of 4; the forward pass and the backward pass each hash.) */
+ * else 0.  The hash is Wellons' 32-bit "triple32" (three xorshift-multiply rounds) keyed by the
+ * seed: its low half enters before the first round, its high half after the second
+ * multiplication.  (One keyed round of "lowbias32" is cheaper but leaves draws correlated at
+ * power-of-two index lags, up to 6 standard errors at lag 1024 over 2^24 draws; lowbias32 applied
+ * twice and this keyed triple32 stay within noise, the latter with 3 multiplications instead of 4.) */
 static inline float keep_scale(uint32_t s0, uint32_t s1, uint32_t i, uint32_t threshold,
                                float scale) {
   uint32_t h = i ^ s0;
-  h ^= h >> 16;
-  h *= 0x7feb352dU;
+  h ^= h >> 17;
+  h *= 0xed5ad4bbU;
+  h ^= h >> 11;
+  h *= 0xac4c1b51U;
   h ^= s1;
   h ^= h >> 15;
-  h *= 0x846ca68bU;
-  h ^= h >> 16;
+  h *= 0x31848babU;
+  h ^= h >> 14;
   return (h >> 8) >= threshold ? scale : 0.0f;
 }
 
@@ -67,6 +70,66 @@ static inline float exp_f(float t) {
 }
 
 static inline float sigmoid_f(float z) { return 1.0f / (1.0f + exp_f(-z)); }
+
+/* The same statistics summed in double throughout: the fallback for an image whose fp32 block sums
+ * overflow (|u - mu| beyond ~1e19; then the double sums are finite up to |u| ~ 1e154).  s1, dev: C
+ * doubles of scratch. */
+static void stats_double(const float *x, const float *sh, int64_t C, int64_t P, int64_t G, int nhwc,
+                         float eps, float *mean, float *rstd, double *s1, double *dev) {
+  const int64_t cg = C / G;
+  const double m = (double)(cg * P);
+  memset(s1, 0, sizeof(double) * C);
+  if (nhwc) {
+    for (int64_t p = 0; p < P; ++p) {
+      const float *row = x + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) s1[c] += (double)row[c];
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const float *row = x + c * P;
+      double a = 0.0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t p = 0; p < P; ++p) a += (double)row[p];
+      s1[c] = a;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double a = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) a += s1[c] + (double)sh[c] * (double)P;
+    mean[g] = (float)(a / m);
+  }
+  /* dev[c] = shift_c - mu_g in double: u - mu = x + dev[c] */
+  for (int64_t c = 0; c < C; ++c) dev[c] = (double)sh[c] - (double)mean[c / cg];
+  memset(s1, 0, sizeof(double) * C); /* now the sums of squared deviations */
+  if (nhwc) {
+    for (int64_t p = 0; p < P; ++p) {
+      const float *row = x + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = (double)row[c] + dev[c];
+        s1[c] += d * d;
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const float *row = x + c * P;
+      const double dc = dev[c];
+      double a = 0.0;
+#pragma omp simd reduction(+ : a)
+      for (int64_t p = 0; p < P; ++p) {
+        const double d = (double)row[p] + dc;
+        a += d * d;
+      }
+      s1[c] = a;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    double b = 0.0;
+    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) b += s1[c];
+    rstd[g] = (float)(1.0 / sqrt(b / m + (double)eps));
+  }
+}
 
 /* Channels-last statistics are summed in fp32 over blocks of BLOCK pixels (four rows at a time,
  * so the per-channel sums are not one long dependency chain), each block's sum added in double. */
@@ -170,11 +233,15 @@ static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int
       s1[c] = a;
     }
   }
+  int finite = 1;
   for (int64_t g = 0; g < G; ++g) {
     double b = 0.0;
     for (int64_t c = g * cg; c < (g + 1) * cg; ++c) b += s1[c];
+    finite &= isfinite(b) && isfinite(mean[g]);
     rstd[g] = (float)(1.0 / sqrt(b / m + (double)eps));
   }
+  /* an fp32 block sum overflowed (or the image holds inf / NaN, which the double sums keep) */
+  if (!finite) stats_double(x, sh, C, P, G, nhwc, eps, mean, rstd, s1, dev);
 }
 
 /* Per image: z = a[c] x + b[c], d[c] = shift_c - mu (so u - mu = x + d[c]), the shift dense. */

@@ -16,7 +16,8 @@
  *
  * Statistics are two-pass (the mean, then squared deviations from it) and gradient sums are
  * taken about the mean: fp32 sums over blocks of pixels (32 rows channels_last, 512 pixels
- * NCHW), the blocks' sums accumulated in double.  The backward pass recomputes z from x and
+ * NCHW), the blocks' sums accumulated in double (an image whose fp32 statistics overflow is
+ * summed again in double throughout).  The backward pass recomputes z from x and
  * the saved (mu, r): nothing but x, mu and r is kept between the passes.  Work is split over
  * images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the caller),
  * so there is no limit on C and no large stack frame.
@@ -71,66 +72,6 @@ static inline float exp_f(float t) {
 
 static inline float sigmoid_f(float z) { return 1.0f / (1.0f + exp_f(-z)); }
 
-/* The same statistics summed in double throughout: the fallback for an image whose fp32 block sums
- * overflow (|u - mu| beyond ~1e19; then the double sums are finite up to |u| ~ 1e154).  s1, dev: C
- * doubles of scratch. */
-static void stats_double(const float *x, const float *sh, int64_t C, int64_t P, int64_t G, int nhwc,
-                         float eps, float *mean, float *rstd, double *s1, double *dev) {
-  const int64_t cg = C / G;
-  const double m = (double)(cg * P);
-  memset(s1, 0, sizeof(double) * C);
-  if (nhwc) {
-    for (int64_t p = 0; p < P; ++p) {
-      const float *row = x + p * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) s1[c] += (double)row[c];
-    }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      const float *row = x + c * P;
-      double a = 0.0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t p = 0; p < P; ++p) a += (double)row[p];
-      s1[c] = a;
-    }
-  }
-  for (int64_t g = 0; g < G; ++g) {
-    double a = 0.0;
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) a += s1[c] + (double)sh[c] * (double)P;
-    mean[g] = (float)(a / m);
-  }
-  /* dev[c] = shift_c - mu_g in double: u - mu = x + dev[c] */
-  for (int64_t c = 0; c < C; ++c) dev[c] = (double)sh[c] - (double)mean[c / cg];
-  memset(s1, 0, sizeof(double) * C); /* now the sums of squared deviations */
-  if (nhwc) {
-    for (int64_t p = 0; p < P; ++p) {
-      const float *row = x + p * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const double d = (double)row[c] + dev[c];
-        s1[c] += d * d;
-      }
-    }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      const float *row = x + c * P;
-      const double dc = dev[c];
-      double a = 0.0;
-#pragma omp simd reduction(+ : a)
-      for (int64_t p = 0; p < P; ++p) {
-        const double d = (double)row[p] + dc;
-        a += d * d;
-      }
-      s1[c] = a;
-    }
-  }
-  for (int64_t g = 0; g < G; ++g) {
-    double b = 0.0;
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) b += s1[c];
-    rstd[g] = (float)(1.0 / sqrt(b / m + (double)eps));
-  }
-}
-
 /* Channels-last statistics are summed in fp32 over blocks of BLOCK pixels (four rows at a time,
  * so the per-channel sums are not one long dependency chain), each block's sum added in double. */
 #define BLOCK 32
@@ -174,33 +115,72 @@ static void block_sums(const float *x, const float *dev, int64_t C, int64_t n, f
   }
 }
 
-/* Per image: group statistics of u = x + shift, two-pass.  s1, dev: C doubles, acc, devf: C floats
- * of scratch. */
-static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int64_t G, int nhwc,
-                      float eps, float *mean, float *rstd, double *s1, double *dev, float *acc,
-                      float *devf) {
-  const int64_t cg = C / G;
-  const double m = (double)(cg * P);
-  memset(s1, 0, sizeof(double) * C);
-  if (nhwc) {
+/* s[c] = the sum over pixels of x[c, p] (dev NULL) or of (x[c, p] + dev[c])^2, for one image:
+ * in fp32 over blocks of pixels, each block's sum added in double (wide 0), or in double
+ * throughout (wide 1).  acc, devf: C floats of scratch. */
+static void channel_sums(const float *x, const double *dev, int64_t C, int64_t P, int nhwc,
+                         int wide, double *s, float *acc, float *devf) {
+  memset(s, 0, sizeof(double) * C);
+  if (nhwc && !wide) {
+    if (dev)
+      for (int64_t c = 0; c < C; ++c) devf[c] = (float)dev[c];
     for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
-      block_sums(x + p0 * C, NULL, C, (P - p0 < BLOCK ? P - p0 : BLOCK), acc);
+      block_sums(x + p0 * C, dev ? devf : NULL, C, (P - p0 < BLOCK ? P - p0 : BLOCK), acc);
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) s1[c] += (double)acc[c];
+      for (int64_t c = 0; c < C; ++c) s[c] += (double)acc[c];
+    }
+  } else if (nhwc) {
+    for (int64_t p = 0; p < P; ++p) {
+      const float *row = x + p * C;
+      if (dev) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const double d = (double)row[c] + dev[c];
+          s[c] += d * d;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) s[c] += (double)row[c];
+      }
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
       const float *row = x + c * P;
+      const double dc = dev ? dev[c] : 0.0;
+      const float dcf = (float)dc;
       double a = 0.0;
-      ROWBLOCKS(p0, p1, P) {
-        float f = 0.0f;
+      if (wide) {
+#pragma omp simd reduction(+ : a)
+        for (int64_t p = 0; p < P; ++p) {
+          const double d = (double)row[p] + dc;
+          a += dev ? d * d : d;
+        }
+      } else {
+        ROWBLOCKS(p0, p1, P) {
+          float f = 0.0f;
 #pragma omp simd reduction(+ : f)
-        for (int64_t p = p0; p < p1; ++p) f += row[p];
-        a += (double)f;
+          for (int64_t p = p0; p < p1; ++p) {
+            const float d = row[p] + dcf;
+            f += dev ? d * d : d;
+          }
+          a += (double)f;
+        }
       }
-      s1[c] = a;
+      s[c] = a;
     }
   }
+}
+
+/* Per image: group statistics of u = x + shift, two-pass (the mean, then squared deviations
+ * from it).  Returns 0 when a sum is not finite: fp32 block sums overflow for |u - mu| beyond
+ * ~1e19, and the caller then sums again with wide = 1 (double throughout, finite up to |u| ~
+ * 1e154; inf or NaN in the image stay so).  s1, dev: C doubles, acc, devf: C floats of scratch. */
+static int stats_one(const float *x, const float *sh, int64_t C, int64_t P, int64_t G, int nhwc,
+                     float eps, int wide, float *mean, float *rstd, double *s1, double *dev,
+                     float *acc, float *devf) {
+  const int64_t cg = C / G;
+  const double m = (double)(cg * P);
+  channel_sums(x, NULL, C, P, nhwc, wide, s1, acc, devf);
   for (int64_t g = 0; g < G; ++g) {
     double a = 0.0;
     for (int64_t c = g * cg; c < (g + 1) * cg; ++c) a += s1[c] + (double)sh[c] * (double)P;
@@ -208,31 +188,7 @@ static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int
   }
   /* dev[c] = shift_c - mu_g in double: u - mu = x + dev[c] */
   for (int64_t c = 0; c < C; ++c) dev[c] = (double)sh[c] - (double)mean[c / cg];
-  memset(s1, 0, sizeof(double) * C); /* now the sums of squared deviations */
-  if (nhwc) {
-    for (int64_t c = 0; c < C; ++c) devf[c] = (float)dev[c];
-    for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
-      block_sums(x + p0 * C, devf, C, (P - p0 < BLOCK ? P - p0 : BLOCK), acc);
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) s1[c] += (double)acc[c];
-    }
-  } else {
-    for (int64_t c = 0; c < C; ++c) {
-      const float *row = x + c * P;
-      const float dc = (float)dev[c];
-      double a = 0.0;
-      ROWBLOCKS(p0, p1, P) {
-        float f = 0.0f;
-#pragma omp simd reduction(+ : f)
-        for (int64_t p = p0; p < p1; ++p) {
-          const float d = row[p] + dc;
-          f += d * d;
-        }
-        a += (double)f;
-      }
-      s1[c] = a;
-    }
-  }
+  channel_sums(x, dev, C, P, nhwc, wide, s1, acc, devf); /* sums of squared deviations */
   int finite = 1;
   for (int64_t g = 0; g < G; ++g) {
     double b = 0.0;
@@ -240,8 +196,7 @@ static void stats_one(const float *x, const float *sh, int64_t C, int64_t P, int
     finite &= isfinite(b) && isfinite(mean[g]);
     rstd[g] = (float)(1.0 / sqrt(b / m + (double)eps));
   }
-  /* an fp32 block sum overflowed (or the image holds inf / NaN, which the double sums keep) */
-  if (!finite) stats_double(x, sh, C, P, G, nhwc, eps, mean, rstd, s1, dev);
+  return finite;
 }
 
 /* Per image: z = a[c] x + b[c], d[c] = shift_c - mu (so u - mu = x + d[c]), the shift dense. */
@@ -274,8 +229,11 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
       const float *xn = x + n * C * P;
       float *yn = y + n * C * P;
       for (int64_t c = 0; c < C; ++c) sh[c] = shift ? shift[n * C + c] : 0.0f;
-      stats_one(xn, sh, C, P, G, nhwc, eps, mean + n * G, rstd + n * G, ws, ws + C,
-                (float *)(ws + 2 * C), (float *)(ws + 3 * C));
+      float *acc = (float *)(ws + 2 * C), *devf = (float *)(ws + 3 * C);
+      if (!stats_one(xn, sh, C, P, G, nhwc, eps, 0, mean + n * G, rstd + n * G, ws, ws + C, acc,
+                     devf))
+        stats_one(xn, sh, C, P, G, nhwc, eps, 1, mean + n * G, rstd + n * G, ws, ws + C, acc,
+                  devf);
       affine_one(sh, gamma, beta, mean + n * G, rstd + n * G, C, G, a, b, d);
       const uint32_t base = (uint32_t)(n * C * P);
       if (nhwc) {

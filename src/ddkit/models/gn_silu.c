@@ -31,8 +31,9 @@
  * else 0.  The hash is Wellons' 32-bit "triple32" (three xorshift-multiply rounds) keyed by the
  * seed: its low half enters before the first round, its high half after the second
  * multiplication.  (One keyed round of "lowbias32" is cheaper but leaves draws correlated at
- * power-of-two index lags, up to 6 standard errors at lag 1024 over 2^24 draws; lowbias32 applied
- * twice and this keyed triple32 stay within noise, the latter with 3 multiplications instead of 4.) */
+ * power-of-two index lags: 6.5 standard errors root-mean-square over seeds at lag 1024, over 2^24
+ * draws; lowbias32 applied twice and this keyed triple32 stay within noise, the latter with 3
+ * multiplications instead of 4.) */
 static inline float keep_scale(uint32_t s0, uint32_t s1, uint32_t i, uint32_t threshold,
                                float scale) {
   uint32_t h = i ^ s0;

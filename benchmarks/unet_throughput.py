@@ -361,14 +361,16 @@ def ratio_intervals(
     to back, under the same machine speed), percentile intervals.  Fixed seed, so a rerun of the
     report gives the same."""
     rng = random.Random(0)
-    pairs = list(zip(times["ours"], times["diffusers"]))
+    ours, theirs = times["ours"], times["diffusers"]
+    ratios = [d / o for o, d in zip(ours, theirs)]
     of_medians, per_round = [], []
     for _ in range(resamples):
-        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        rounds = [rng.randrange(len(ratios)) for _ in ratios]
         of_medians.append(
-            statistics.median(d for _, d in sample) / statistics.median(o for o, _ in sample)
+            statistics.median(theirs[i] for i in rounds)
+            / statistics.median(ours[i] for i in rounds)
         )
-        per_round.append(statistics.median(d / o for o, d in sample))
+        per_round.append(statistics.median(ratios[i] for i in rounds))
     lo, hi = int((1.0 - level) / 2 * resamples), int((1.0 + level) / 2 * resamples) - 1
     of_medians.sort()
     per_round.sort()

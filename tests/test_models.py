@@ -471,6 +471,30 @@ def test_upsample_conv_is_nearest_upsampling_then_conv(channels_last, monkeypatc
         torch.testing.assert_close(a, c)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_interleave_gradient_is_exact_zero_where_no_phase_reads(channels_last, monkeypatch):
+    """The backward of the phase weaving writes every element of its fresh (uninitialised)
+    buffer: the gradient of z is the output gradient where a phase reads z and exactly 0 in the
+    row and column each phase leaves, whatever the allocator hands back (here memory that held
+    NaN: torch.empty is made to return NaN-filled tensors)."""
+    n, c, h, w = 2, 3, 4, 5
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    z = torch.randn(n, 4 * c, h + 1, w + 1).contiguous(memory_format=fmt).requires_grad_()
+    out = layers._Interleave.apply(z, h, w)
+    g = torch.randn_like(out)
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: real_empty(*a, **k).fill_(math.nan))
+    (dz,) = torch.autograd.grad(out, z, g)
+    monkeypatch.undo()
+    want = torch.zeros(n, 2, 2, c, h + 1, w + 1)
+    grid = g.unflatten(3, (w, 2)).unflatten(2, (h, 2))  # [N, C, H, 2, W, 2]
+    for a in range(2):
+        for b_ in range(2):
+            want[:, a, b_, :, a : a + h, b_ : b_ + w] = grid[:, :, :, a, :, b_]
+    assert torch.equal(dz, want.flatten(1, 3))
+    assert dz.is_contiguous(memory_format=fmt)
+
+
 def test_upsample_takes_the_subpixel_path_where_it_pays(monkeypatch):
     """Upsample runs as upsample_conv from 32 channels and 7x7 up (``subpixel_pays``), as
     written below, and is the same function either way."""

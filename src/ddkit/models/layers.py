@@ -234,12 +234,16 @@ class _Interleave(torch.autograd.Function):
         h, w = ctx.hw
         n, c4 = ctx.shape[:2]
         dz = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt)
-        dz.zero_()  # the row and column of z that no phase reads get no gradient
         grid = grad.unflatten(3, (w, 2)).unflatten(2, (h, 2))
         phases = dz.unflatten(1, (2, 2, c4 // 4))
         for a in range(2):
             for b in range(2):
-                phases[:, a, b, :, a : a + h, b : b + w].copy_(grid[:, :, :, a, :, b])
+                phase = phases[:, a, b]
+                phase[:, :, a : a + h, b : b + w].copy_(grid[:, :, :, a, :, b])
+                # the row and the column of z that this phase does not read get no gradient
+                # (zeroed alone, not the whole buffer)
+                phase[:, :, h - h * a].zero_()
+                phase[:, :, :, w - w * b].zero_()
         return dz, None, None
 
 
@@ -314,10 +318,13 @@ class AttentionBlock(nn.Module):
         heads = self.num_heads
         # [N, C, H, W] -> [N, H*W, C] (a view when x is channels_last)
         tokens = self.norm(x).flatten(2).transpose(1, 2)
-        qkv = self.qkv(tokens).view(n, h * w, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        # unbind, not qkv[0], qkv[1], qkv[2]: its backward stacks the three gradients once instead
-        # of zero-filling and writing a full-size buffer for each
-        q, k, v = qkv.unbind(0)
+        # q, k, v as views of the [N, H*W, 3C] projection, [N, heads, H*W, d] each; chunk's
+        # backward concatenates the three gradients in one pass (a stack of a permuted view
+        # took two)
+        q, k, v = (
+            t.unflatten(-1, (heads, c // heads)).transpose(1, 2)
+            for t in self.qkv(tokens).chunk(3, dim=-1)
+        )
         out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, H*W, d]
         out = self.proj(out.transpose(1, 2).reshape(n, h * w, c))
         # back to [N, C, H, W], added to the input

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -624,6 +625,37 @@ def test_gradient_reaches_every_parameter(cfg):
     model(x, t).square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_stacked_time_projections_are_each_blocks_own_linear(monkeypatch):
+    """The U-Net computes every ResBlock's emb_proj(emb) in one product against the stacked
+    weights, in the order it runs the blocks: the output and every parameter's gradient equal
+    those of the blocks projecting the embedding themselves (float64), and each block's slice is
+    its own projection."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, num_res_blocks=2, channel_mult=(1, 2, 2))
+    model = cfg.build().double()
+    _randomise_zero_params(model)
+    x, t = _inputs(cfg, 3)
+    x = x.double()
+    emb = model.time_embed(timestep_embedding(t, cfg.base_channels).double())
+    stacked = list(model._time_shifts(emb))
+    assert len(stacked) == len(model._res_blocks) == 2 * 3 + 2 + 3 * 3
+    for block, shift in zip(model._res_blocks, stacked):
+        torch.testing.assert_close(shift, block.emb_proj(emb), rtol=1e-12, atol=1e-12)
+    out = model(x, t)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    monkeypatch.setattr(
+        type(model), "_time_shifts", lambda self, e: iter([None] * len(self._res_blocks))
+    )
+    want = model(x, t)  # each block projects emb itself (shift=None)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    for (name, _), a, b in zip(
+        model.named_parameters(),
+        grads,
+        torch.autograd.grad(want.square().sum(), list(model.parameters())),
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_zero_initialised_output_at_start():

@@ -282,10 +282,16 @@ class ResBlock(nn.Module):
             else nn.Conv2d(in_channels, out_channels, 1)
         )
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, shift: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``shift``: ``emb_proj(emb)`` when the caller has computed it (the U-Net computes all its
+        blocks' projections in one matrix product); None computes it here."""
         h = self.conv1(self.norm1(x))
+        if shift is None:
+            shift = self.emb_proj(emb)
         # the embedding's add and the dropout are folded into norm2 (one fused pass on CPU)
-        h = self.conv2(self.norm2(h, shift=self.emb_proj(emb), dropout=self.dropout))
+        h = self.conv2(self.norm2(h, shift=shift, dropout=self.dropout))
         # in place where h is a fresh tensor (a convolution's backward does not need its
         # output); Winograd on channels_last input returns a view, which autograd forbids
         # modifying in place; under torch.compile the compiler does its own buffer reuse

@@ -36,9 +36,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd import forward_ad
@@ -273,11 +275,30 @@ class UNet(nn.Module):
 
         self.norm_out = GroupNormSiLU(cfg.groups, width, eps=GROUPNORM_EPS)
         self.conv_out = zero_(nn.Conv2d(width, cfg.out_channels, 3, padding=1))
+        # the ResBlocks in the order forward() runs them (a plain tuple: not registered again)
+        self._res_blocks = tuple(
+            block
+            for stage in (*self.down, self.middle, *self.up)
+            for block in stage
+            if isinstance(block, ResBlock)
+        )
+
+    def _time_shifts(self, emb: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Every ResBlock's ``emb_proj(emb)``, in the order forward() runs the blocks, by one
+        matrix product against their stacked weights (the same function as each block's own
+        Linear; one product and one pass of autograd each way instead of one per block)."""
+        projections = [block.emb_proj for block in self._res_blocks]
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections])
+        widths = [p.out_features for p in projections]
+        return iter(F.linear(emb, weight, bias).split(widths, dim=1))
 
     @staticmethod
-    def _run(stage: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(
+        stage: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, shifts: Iterator[torch.Tensor]
+    ) -> torch.Tensor:
         for block in stage:
-            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+            h = block(h, emb, next(shifts)) if isinstance(block, ResBlock) else block(h)
         return h
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -292,6 +313,7 @@ class UNet(nn.Module):
                 f"timesteps must have shape [{x.shape[0]}] (one per image), got {tuple(t.shape)}"
             )
         emb = self.time_embed(timestep_embedding(t, cfg.base_channels).to(x.dtype))
+        shifts = self._time_shifts(emb)
         eager_cpu = self._eager_cpu_fp32(x)
         nhwc = (
             self._channels_last_levels if eager_cpu and cpu_favours_channels_last() else frozenset()
@@ -319,11 +341,11 @@ class UNet(nn.Module):
         h = layout(self.conv_in(layout(x, fmt(0))), fmt(0))
         skips = [h]
         for stage, level in zip(self.down, self._down_levels):
-            h = self._run(stage, layout(h, fmt(level)), emb)  # no copy: the layout is kept
+            h = self._run(stage, layout(h, fmt(level)), emb, shifts)  # the layout is kept
             if isinstance(stage[-1], Downsample):
                 h = layout(h, fmt(level + 1))
             skips.append(h)
-        h = self._run(self.middle, layout(h, fmt(self._last_level)), emb)
+        h = self._run(self.middle, layout(h, fmt(self._last_level)), emb, shifts)
         for stage, level in zip(self.up, self._up_levels):
             # h is in fmt(level) already (the upsampling keeps its input's layout); a guard
             converted = layout(h, fmt(level))
@@ -333,7 +355,7 @@ class UNet(nn.Module):
             for block in stage:
                 if isinstance(block, Upsample):
                     h = layout(h, fmt(level - 1))
-                h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+                h = block(h, emb, next(shifts)) if isinstance(block, ResBlock) else block(h)
         return layout(self.conv_out(self.norm_out(layout(h, fmt(0)))), torch.contiguous_format)
 
     def _eager_cpu_fp32(self, x: torch.Tensor) -> bool:

@@ -257,24 +257,30 @@ def test_conv3x3_matches_conv2d_on_both_paths(avx2):
 
 # --- memory layout: channels_last at wide, few-channel levels on AVX-512 CPUs ----------------
 
-# 16x16 with 32 channels (level 0, channels_last where it pays), 8x8 with 64 (always NCHW);
-# groups 4, one block per level, attention at both
+# 16x16 with 32 channels, 8x8 with 64; groups 4, one block per level, attention at both.  The
+# layout tests pin level 0 to channels_last and level 1 to NCHW (_mixed_levels), so that layouts
+# meet inside the model.
 LAYOUT_CFG = TINY.replace(
     image_size=16, in_channels=3, base_channels=32, attention_resolutions=(16, 8), dropout=0.1
 )
 
 
+def _mixed_levels(monkeypatch):
+    monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
+    monkeypatch.setattr(unet_module.UNetConfig, "channels_last_levels", lambda self: frozenset({0}))
+
+
 def test_channels_last_levels_of_the_presets():
     assert preset("ddpm-cifar10").channels_last_levels() == {0}  # 32x32 x 128; 256 wide below
-    assert preset("ddpm-28").channels_last_levels() == {0, 1}  # 28x28 x 32, 14x14 x 64
-    assert preset("ddpm-8").channels_last_levels() == frozenset()  # 8x8: too small
-    assert LAYOUT_CFG.channels_last_levels() == {0}
+    assert preset("ddpm-28").channels_last_levels() == {0, 1, 2}  # 32, 64 and 64 channels
+    assert preset("ddpm-8").channels_last_levels() == {0, 1}  # 32 and 64 channels
+    assert LAYOUT_CFG.replace(base_channels=96).channels_last_levels() == {0}  # 96, 192
 
 
 def _layout_twins(monkeypatch):
     """The same U-Net twice, one that may use channels_last (the CPU check forced on) and one
     pinned to NCHW; and a record of the memory format each 3x3 conv of the first receives."""
-    monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
+    _mixed_levels(monkeypatch)
     torch.manual_seed(0)
     fast, plain = LAYOUT_CFG.build(), LAYOUT_CFG.build()
     _randomise_zero_params(fast)
@@ -318,7 +324,7 @@ def test_unet_layouts_meet_without_copies(monkeypatch, in_channels, base):
     would be a copy per convolution).  Included: a 1-channel input, whose conv_in output comes
     out NCHW, the sub-pixel upsampling (bases 32 and 64: 64 and 128 channels at 8x8) and the
     upsampling as written (base 8: 16 channels)."""
-    monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
+    _mixed_levels(monkeypatch)
     # no attention at 16x16: the residual blocks there receive the concatenations' gradients
     cfg = LAYOUT_CFG.replace(
         in_channels=in_channels, base_channels=base, attention_resolutions=(8,)

@@ -30,6 +30,7 @@ from _machine import cpu_and_torch  # noqa: E402  (benchmarks/ is on sys.path wh
 from unet_throughput import ratio_intervals  # noqa: E402
 
 from ddkit.models import preset  # noqa: E402
+from ddkit.models.unet import cpu_favours_channels_last  # noqa: E402
 from ddkit.training.allocator import keep_freed_memory  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def make_variant(model, variant: str):
     other = copy.deepcopy(model)
     if variant == "projections":
         other._time_shifts = types.MethodType(
-            lambda self, emb: iter([None] * len(self._res_blocks)), other
+            lambda self, emb: iter([None] * len(self._res_blocks())), other
         )
         return other, "one time projection per ResBlock"
     if variant.startswith("levels="):
@@ -59,6 +60,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as ddkit train does: no page faults on either side
     torch.manual_seed(0)
+    if args.variant.startswith("levels=") and not cpu_favours_channels_last():
+        raise SystemExit(
+            "--variant levels=...: this CPU (or DDKIT_CHANNELS_LAST=0) runs every level in NCHW, "
+            "so both sides would run the same layout"
+        )
     default = preset(args.preset).build().train()
     variant, described = make_variant(default, args.variant)
     cfg = default.config
@@ -92,7 +98,8 @@ def main() -> None:
     (low, high), (rlow, rhigh) = ratio_intervals(times)
     print(f"{cpu_and_torch(args.threads)}; {args.preset}, batch {args.batch}, {args.reps} rounds")
     print(
-        f"default (channels_last levels {sorted(default._channels_last_levels)}) "
+        f"default (channels_last levels {sorted(default._channels_last_levels)}"
+        f"{'' if cpu_favours_channels_last() else ', but all NCHW on this CPU'}) "
         f"{med['ours'] * 1e3:.1f} ms/step; {described} {med['diffusers'] * 1e3:.1f} ms/step\n"
         f"variant / default: {med['diffusers'] / med['ours']:.4f} (ratio of medians, 95% interval "
         f"{low:.4f}-{high:.4f}); per-round median {statistics.median(ratios):.4f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -277,10 +278,14 @@ def test_channels_last_levels_of_the_presets():
     assert LAYOUT_CFG.replace(base_channels=96).channels_last_levels() == {0}  # 96, 192
 
 
-def _layout_twins(monkeypatch):
-    """The same U-Net twice, one that may use channels_last (the CPU check forced on) and one
+def _layout_twins(monkeypatch, pinned: bool = True):
+    """The same U-Net twice, one that may use channels_last (the CPU check forced on; levels
+    pinned to {0} unless ``pinned`` is False, then the default rule's, here every level) and one
     pinned to NCHW; and a record of the memory format each 3x3 conv of the first receives."""
-    _mixed_levels(monkeypatch)
+    if pinned:
+        _mixed_levels(monkeypatch)
+    else:
+        monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
     torch.manual_seed(0)
     fast, plain = LAYOUT_CFG.build(), LAYOUT_CFG.build()
     _randomise_zero_params(fast)
@@ -298,8 +303,9 @@ def _layout_twins(monkeypatch):
     return fast, plain, seen
 
 
-def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch):
-    fast, plain, seen = _layout_twins(monkeypatch)
+@pytest.mark.parametrize("pinned", [True, False])
+def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch, pinned):
+    fast, plain, seen = _layout_twins(monkeypatch, pinned)
     x, t = _inputs(LAYOUT_CFG, 4)
     outs = []
     for model in (fast, plain):
@@ -307,8 +313,9 @@ def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch):
         out = model(x, t)
         out.square().mean().backward()
         outs.append(out)
-    # the 16x16 convs ran in channels_last, the 8x8 ones in NCHW
-    assert seen and all(cl == (size == 16) for size, cl in seen)
+    # pinned: the 16x16 convs ran in channels_last, the 8x8 ones in NCHW; else all of them in
+    # channels_last (both levels have at most 128 channels)
+    assert seen and all(cl == (size == 16 or not pinned) for size, cl in seen)
     assert {size for size, _ in seen} == {16, 8}
     assert outs[0].is_contiguous()
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
@@ -316,15 +323,22 @@ def test_unet_is_the_same_function_and_gradient_in_either_layout(monkeypatch):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("in_channels, base", [(1, 32), (3, 32), (3, 64), (3, 8)])
-def test_unet_layouts_meet_without_copies(monkeypatch, in_channels, base):
-    """With channels_last levels next to NCHW ones, every convolution receives its input and,
+@pytest.mark.parametrize(
+    "in_channels, base, pinned",
+    [(1, 32, True), (3, 32, True), (3, 64, True), (3, 8, True), (1, 32, False), (3, 8, False)],
+)
+def test_unet_layouts_meet_without_copies(monkeypatch, in_channels, base, pinned):
+    """With channels_last levels next to NCHW ones (pinned), every convolution receives its input and,
     in the backward pass, its output gradient dense in one layout, and no concatenation mixes
     layouts: no gradient reaches a convolution strided or in the other layout (each of those
     would be a copy per convolution).  Included: a 1-channel input, whose conv_in output comes
     out NCHW, the sub-pixel upsampling (bases 32 and 64: 64 and 128 channels at 8x8) and the
-    upsampling as written (base 8: 16 channels)."""
-    _mixed_levels(monkeypatch)
+    upsampling as written (base 8: 16 channels); and, unpinned, the default rule's levels (all
+    channels_last here)."""
+    if pinned:
+        _mixed_levels(monkeypatch)
+    else:
+        monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
     # no attention at 16x16: the residual blocks there receive the concatenations' gradients
     cfg = LAYOUT_CFG.replace(
         in_channels=in_channels, base_channels=base, attention_resolutions=(8,)
@@ -633,35 +647,92 @@ def test_gradient_reaches_every_parameter(cfg):
         assert p.grad is not None and p.grad.abs().max() > 0, name
 
 
-def test_stacked_time_projections_are_each_blocks_own_linear(monkeypatch):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_stacked_time_projections_are_each_blocks_own_linear(monkeypatch, dtype):
     """The U-Net computes every ResBlock's emb_proj(emb) in one product against the stacked
-    weights, in the order it runs the blocks: the output and every parameter's gradient equal
-    those of the blocks projecting the embedding themselves (float64), and each block's slice is
-    its own projection."""
+    weights, in the order it runs the blocks: each block's slice is its own projection, and the
+    output and every parameter's gradient equal those of the blocks projecting the embedding
+    themselves (float64; and float32, where the slices go through the fused kernel and, on
+    AVX-512 CPUs, channels_last levels)."""
     torch.manual_seed(0)
     cfg = dataclasses.replace(TINY, num_res_blocks=2, channel_mult=(1, 2, 2))
-    model = cfg.build().double()
+    model = cfg.build().to(dtype)
     _randomise_zero_params(model)
     x, t = _inputs(cfg, 3)
-    x = x.double()
-    emb = model.time_embed(timestep_embedding(t, cfg.base_channels).double())
+    x = x.to(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    emb = model.time_embed(timestep_embedding(t, cfg.base_channels).to(dtype))
     stacked = list(model._time_shifts(emb))
-    assert len(stacked) == len(model._res_blocks) == 2 * 3 + 2 + 3 * 3
-    for block, shift in zip(model._res_blocks, stacked):
-        torch.testing.assert_close(shift, block.emb_proj(emb), rtol=1e-12, atol=1e-12)
+    assert len(stacked) == len(model._res_blocks()) == 2 * 3 + 2 + 3 * 3
+    for block, shift in zip(model._res_blocks(), stacked):
+        torch.testing.assert_close(shift, block.emb_proj(emb), **tol)
     out = model(x, t)
     grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
     monkeypatch.setattr(
-        type(model), "_time_shifts", lambda self, e: iter([None] * len(self._res_blocks))
+        type(model), "_time_shifts", lambda self, e: iter([None] * len(self._res_blocks()))
     )
     want = model(x, t)  # each block projects emb itself (shift=None)
-    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, want, **tol)
     for (name, _), a, b in zip(
         model.named_parameters(),
         grads,
         torch.autograd.grad(want.square().sum(), list(model.parameters())),
     ):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(a, b, **tol, msg=name)
+
+
+def test_time_projections_respect_replaced_or_hooked_projections():
+    """A block whose emb_proj is replaced (an adapter, a Linear subclass) or hooked is not
+    bypassed by the stacked product: every block then projects the embedding itself."""
+    torch.manual_seed(0)
+    model = TINY.build()
+    _randomise_zero_params(model)
+    x, t = _inputs(TINY, 2)
+    base = model(x, t)
+    calls = []
+    block = model._res_blocks()[1]
+    handle = block.emb_proj.register_forward_hook(lambda *args: calls.append(1))
+    torch.testing.assert_close(model(x, t), base)
+    assert calls == [1]
+    handle.remove()
+
+    class Shifted(torch.nn.Linear):
+        def forward(self, e):
+            return super().forward(e) + 1.0
+
+    shifted = Shifted(block.emb_proj.in_features, block.emb_proj.out_features)
+    shifted.load_state_dict(block.emb_proj.state_dict())
+    block.emb_proj = shifted
+    changed = model(x, t)
+    assert not torch.allclose(changed, base)
+    with torch.no_grad():
+        block.emb_proj.bias += 1.0  # the same function as a plain Linear with this bias
+    block.emb_proj = torch.nn.Linear(shifted.in_features, shifted.out_features)
+    block.emb_proj.load_state_dict(shifted.state_dict())
+    torch.testing.assert_close(model(x, t), changed)
+
+
+def test_vmap_over_stacked_parameters_matches_each_model(monkeypatch):
+    """An ensemble through torch.func (vmap over stacked parameters, the input shared): the
+    parameters are transformed but the input is not, and the U-Net still takes its NCHW path
+    (channels_last queries are not supported under vmap); each member's output is its model's."""
+    from torch.func import functional_call, stack_module_state
+
+    monkeypatch.setattr(unet_module, "cpu_favours_channels_last", lambda: True)
+    torch.manual_seed(0)
+    models = [TINY.build().eval() for _ in range(3)]
+    for m in models:
+        _randomise_zero_params(m, seed=int(torch.randint(0, 1000, ())))
+    params, buffers = stack_module_state(models)
+    x, t = _inputs(TINY, 2)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def one(p, b):
+        return functional_call(base, (p, b), (x, t))
+
+    out = torch.func.vmap(one)(params, buffers)
+    for i, m in enumerate(models):
+        torch.testing.assert_close(out[i], m(x, t), rtol=1e-5, atol=1e-6)
 
 
 def test_zero_initialised_output_at_start():

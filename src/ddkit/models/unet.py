@@ -75,12 +75,14 @@ def cpu_favours_channels_last() -> bool:
 
 
 # Levels at most this wide run in channels_last (where cpu_favours_channels_last).  Measured on
-# whole training steps (Intel Xeon, AVX-512, 2026-11-30): ddpm-28 with its 7x7 level (64
-# channels) in channels_last too trained 1.3-1.5% faster per round than with it in NCHW, ddpm-8
-# (8x8 and 4x4, 32 and 64 channels) 5-10% faster than all NCHW, although a lone 3x3 convolution
+# whole training steps (benchmarks/step_variants.py, Intel Xeon, AVX-512, 2026-11-30):
+# ddpm-28 with its 7x7 level (64 channels) in channels_last too trained 0.4-1.5% faster per
+# round than with it in NCHW (three 101-round runs, two of them with intervals above 1), ddpm-8
+# (8x8 and 4x4, 32 and 64 channels) 6-10% faster than all NCHW, although a lone 3x3 convolution
 # at 8x8 or below is faster in NCHW: the fused GroupNorm kernel, attention's token view and the
 # absent layout changes outweigh it.  ddpm-cifar10 with its 256-channel levels in channels_last
-# too trained 0.93-0.98x as fast.
+# too trained 0.93x as fast by the ratio of medians (31 rounds, interval 0.88-1.00; per round
+# 0.975, 0.92-1.00).
 CHANNELS_LAST_MAX_WIDTH = 128
 
 
@@ -279,19 +281,34 @@ class UNet(nn.Module):
 
         self.norm_out = GroupNormSiLU(cfg.groups, width, eps=GROUPNORM_EPS)
         self.conv_out = zero_(nn.Conv2d(width, cfg.out_channels, 3, padding=1))
-        # the ResBlocks in the order forward() runs them (a plain tuple: not registered again)
-        self._res_blocks = tuple(
+
+    def _res_blocks(self) -> list[ResBlock]:
+        """The ResBlocks in the order forward() runs them (looked up on each call, so a block
+        replaced after construction is the one used)."""
+        return [
             block
             for stage in (*self.down, self.middle, *self.up)
             for block in stage
             if isinstance(block, ResBlock)
-        )
+        ]
 
-    def _time_shifts(self, emb: torch.Tensor) -> Iterator[torch.Tensor]:
+    def _time_shifts(self, emb: torch.Tensor) -> Iterator[torch.Tensor | None]:
         """Every ResBlock's ``emb_proj(emb)``, in the order forward() runs the blocks, by one
         matrix product against their stacked weights (the same function as each block's own
-        Linear; one product and one pass of autograd each way instead of one per block)."""
-        projections = [block.emb_proj for block in self._res_blocks]
+        Linear; one product and one pass of autograd each way instead of one per block).  Where
+        a block's ``emb_proj`` is not a plain ``nn.Linear`` (a subclass or a replacement, e.g. an
+        adapter) or a forward hook would see its call, None for every block: each block then
+        calls its own ``emb_proj``."""
+        blocks = self._res_blocks()
+        projections = [block.emb_proj for block in blocks]
+        hooked = nn.modules.module._global_forward_hooks or (
+            nn.modules.module._global_forward_pre_hooks
+        )
+        if hooked or any(
+            type(p) is not nn.Linear or p._forward_hooks or p._forward_pre_hooks
+            for p in projections
+        ):
+            return iter([None] * len(blocks))
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections])
         widths = [p.out_features for p in projections]
@@ -299,7 +316,10 @@ class UNet(nn.Module):
 
     @staticmethod
     def _run(
-        stage: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, shifts: Iterator[torch.Tensor]
+        stage: nn.ModuleList,
+        h: torch.Tensor,
+        emb: torch.Tensor,
+        shifts: Iterator[torch.Tensor | None],
     ) -> torch.Tensor:
         for block in stage:
             h = block(h, emb, next(shifts)) if isinstance(block, ResBlock) else block(h)
@@ -318,7 +338,9 @@ class UNet(nn.Module):
             )
         emb = self.time_embed(timestep_embedding(t, cfg.base_channels).to(x.dtype))
         shifts = self._time_shifts(emb)
-        eager_cpu = self._eager_cpu_fp32(x)
+        # emb too: under torch.func transforms of the parameters alone (vmap over stacked
+        # weights), x is plain but everything computed from the weights is transformed
+        eager_cpu = self._eager_cpu_fp32(x) and self._eager_cpu_fp32(emb)
         nhwc = (
             self._channels_last_levels if eager_cpu and cpu_favours_channels_last() else frozenset()
         )

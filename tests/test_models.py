@@ -710,6 +710,15 @@ def test_time_projections_respect_replaced_or_hooked_projections():
     block.emb_proj = torch.nn.Linear(shifted.in_features, shifted.out_features)
     block.emb_proj.load_state_dict(shifted.state_dict())
     torch.testing.assert_close(model(x, t), changed)
+    # a plain Linear without a bias: the same function as a zero bias
+    plain = block.emb_proj
+    block.emb_proj = torch.nn.Linear(plain.in_features, plain.out_features, bias=False)
+    block.emb_proj.weight = plain.weight
+    with torch.no_grad():
+        plain.bias.zero_()
+    no_bias = model(x, t)
+    block.emb_proj = plain
+    torch.testing.assert_close(model(x, t), no_bias)
 
 
 def test_vmap_over_stacked_parameters_matches_each_model(monkeypatch):

@@ -296,16 +296,16 @@ class UNet(nn.Module):
         """Every ResBlock's ``emb_proj(emb)``, in the order forward() runs the blocks, by one
         matrix product against their stacked weights (the same function as each block's own
         Linear; one product and one pass of autograd each way instead of one per block).  Where
-        a block's ``emb_proj`` is not a plain ``nn.Linear`` (a subclass or a replacement, e.g. an
-        adapter) or a forward hook would see its call, None for every block: each block then
-        calls its own ``emb_proj``."""
+        a block's ``emb_proj`` is not a plain ``nn.Linear`` with a bias (a subclass or a
+        replacement, e.g. an adapter) or a forward hook would see its call, None for every
+        block: each block then calls its own ``emb_proj``."""
         blocks = self._res_blocks()
         projections = [block.emb_proj for block in blocks]
         hooked = nn.modules.module._global_forward_hooks or (
             nn.modules.module._global_forward_pre_hooks
         )
         if hooked or any(
-            type(p) is not nn.Linear or p._forward_hooks or p._forward_pre_hooks
+            type(p) is not nn.Linear or p.bias is None or p._forward_hooks or p._forward_pre_hooks
             for p in projections
         ):
             return iter([None] * len(blocks))

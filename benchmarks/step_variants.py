@@ -27,7 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from _machine import cpu_and_torch  # noqa: E402  (benchmarks/ is on sys.path when run)
-from unet_throughput import ratio_intervals  # noqa: E402
+from unet_throughput import interleaved, ratio_intervals  # noqa: E402
 
 from ddkit.models import preset  # noqa: E402
 from ddkit.models.unet import cpu_favours_channels_last  # noqa: E402
@@ -89,10 +89,7 @@ def main() -> None:
     for _ in range(3):  # warm-up
         for step in sides.values():
             step()
-    times = {name: [] for name in sides}
-    for r in range(args.reps):
-        for name in ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours"):
-            times[name].append(sides[name]())
+    times = interleaved({k: types.SimpleNamespace(step=f) for k, f in sides.items()}, args.reps)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = [v / d for d, v in zip(times["ours"], times["diffusers"])]
     (low, high), (rlow, rhigh) = ratio_intervals(times)

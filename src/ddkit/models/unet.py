@@ -75,7 +75,7 @@ def cpu_favours_channels_last() -> bool:
 
 
 # Levels at most this wide run in channels_last (where cpu_favours_channels_last).  Measured on
-# whole training steps (benchmarks/step_variants.py, Intel Xeon, AVX-512, 2026-11-30):
+# whole training steps (A/Bs as in benchmarks/step_variants.py, Intel Xeon, AVX-512, 2026-11-30):
 # ddpm-28 with its 7x7 level (64 channels) in channels_last too trained 0.4-1.5% faster per
 # round than with it in NCHW (three 101-round runs, two of them with intervals above 1), ddpm-8
 # (8x8 and 4x4, 32 and 64 channels) 6-10% faster than all NCHW, although a lone 3x3 convolution

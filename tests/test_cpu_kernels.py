@@ -126,6 +126,26 @@ def test_dropout_rate_scale_and_the_same_mask_in_the_backward(p, channels_last):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dropout_mask_is_kept_as_one_byte_per_element_in_the_activations_layout(channels_last):
+    """The backward reads the forward's draws from a byte mask laid out like x (no second hash):
+    kept elements are 1, dropped 0, and a non-finite gradient at a dropped element still
+    propagates, as it does through ``grad * mask * scale``."""
+    torch.manual_seed(1)
+    x, shift, weight, bias = _leaves(2, 8, 5, 7, channels_last)
+    y = cpu_kernels.gn_silu(x, shift, weight, bias, 4, 1e-6, dropout=0.4)
+    keep = y.grad_fn.saved_tensors[-1]
+    assert keep.dtype == torch.uint8 and keep.shape == x.shape and keep.stride() == x.stride()
+    assert torch.equal(keep, (y != 0).to(torch.uint8))
+    dropped = (keep == 0).nonzero()[0].tolist()
+    grad_y = torch.ones_like(y)
+    grad_y[tuple(dropped)] = float("nan")
+    (gx,) = torch.autograd.grad(y, x, grad_y)
+    assert gx.isnan().any()
+    plain = cpu_kernels.gn_silu(x, shift, weight, bias, 4, 1e-6, dropout=0.0)
+    assert plain.grad_fn.saved_tensors[-1] is None  # no mask without dropout
+
+
 def test_dropout_draws_are_uncorrelated_at_power_of_two_lags():
     """2**24 draws at p = 0.5, eight seeds: the correlation of the keep mask with itself shifted
     by 1, 2, 4, ..., 65536 logical positions (1024 = H W here: the same pixel, next channel), in

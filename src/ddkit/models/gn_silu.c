@@ -11,14 +11,15 @@
  *   z      = gamma[c] r (u - mu) + beta[c]
  *   y      = z sigmoid(z) * keep(n, c, p) / (1 - p_drop)  (dropout optional)
  * keep(n, c, p) is a counter-based draw: a 32-bit hash of (seed, logical index (n C + c) P + p,
- * below 2^32), kept when its top 24 bits are >= threshold.  It is recomputed in the backward
- * pass, so no mask is stored, and it is the same in either layout and any thread count.
+ * below 2^32), kept when its top 24 bits are >= threshold; it is the same in either layout and
+ * any thread count.  The forward pass writes it to `keep`, one byte per element at the element's
+ * own offset, and the backward pass reads it back: a byte costs less than a second hash.
  *
  * Statistics are two-pass (the mean, then squared deviations from it) and gradient sums are
  * taken about the mean: fp32 sums over blocks of pixels (32 rows channels_last, 512 pixels
  * NCHW), the blocks' sums accumulated in double (an image whose fp32 statistics overflow is
  * summed again in double throughout).  The backward pass recomputes z from x and
- * the saved (mu, r): nothing but x, mu and r is kept between the passes.  Work is split over
+ * the saved (mu, r): nothing but x, mu, r and the dropout bytes is kept between the passes.  Work is split over
  * images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the caller),
  * so there is no limit on C and no large stack frame.
  */
@@ -214,11 +215,12 @@ static void affine_one(const float *shift, const float *gamma, const float *beta
 }
 
 /* Forward: writes y; mean, rstd [N, G] out.  shift [N, C] or NULL; threshold 0 = no dropout;
- * seed's low and high halves key the dropout hash; scratch: threads x 8 C doubles. */
+ * seed's low and high halves key the dropout hash; keep (x's size, bytes, read only with
+ * dropout): 1 where an element is kept, else 0; scratch: threads x 8 C doubles. */
 void gn_silu_forward(const float *x, const float *shift, const float *gamma, const float *beta,
                      int64_t N, int64_t C, int64_t P, int64_t G, int nhwc, float eps,
                      uint64_t seed, uint32_t threshold, float scale, int threads, double *scratch,
-                     float *y, float *mean, float *rstd) {
+                     float *y, float *mean, float *rstd, uint8_t *keep) {
   const uint32_t s0 = (uint32_t)seed, s1 = (uint32_t)(seed >> 32);
   const int drop = threshold != 0;
 #pragma omp parallel num_threads(threads)
@@ -229,6 +231,7 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
     for (int64_t n = 0; n < N; ++n) {
       const float *xn = x + n * C * P;
       float *yn = y + n * C * P;
+      uint8_t *kn = keep ? keep + n * C * P : NULL;
       for (int64_t c = 0; c < C; ++c) sh[c] = shift ? shift[n * C + c] : 0.0f;
       float *acc = (float *)(ws + 2 * C), *devf = (float *)(ws + 3 * C);
       if (!stats_one(xn, sh, C, P, G, nhwc, eps, 0, mean + n * G, rstd + n * G, ws, ws + C, acc,
@@ -243,10 +246,13 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
           float *out = yn + p * C;
           const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
           if (drop) {
+            uint8_t *kept = kn + p * C;
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) {
               const float z = a[c] * row[c] + b[c];
-              out[c] = z * sigmoid_f(z) * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
+              const float k = keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
+              out[c] = z * sigmoid_f(z) * k;
+              kept[c] = k != 0.0f;
             }
           } else {
 #pragma omp simd
@@ -263,10 +269,13 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
           const float ac = a[c], bc = b[c];
           const uint32_t i0 = base + (uint32_t)(c * P);
           if (drop) {
+            uint8_t *kept = kn + c * P;
 #pragma omp simd
             for (int64_t p = 0; p < P; ++p) {
               const float z = ac * row[p] + bc;
-              out[p] = z * sigmoid_f(z) * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
+              const float k = keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
+              out[p] = z * sigmoid_f(z) * k;
+              kept[p] = k != 0.0f;
             }
           } else {
 #pragma omp simd
@@ -282,14 +291,14 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
 }
 
 /* Backward: dx (may not alias dy), per-image dgamma, dbeta [N, C] (summed over N by the caller),
- * dshift [N, C] or NULL (the gradient of the shift, = sum over pixels of dx). */
+ * dshift [N, C] or NULL (the gradient of the shift, = sum over pixels of dx); keep: the forward's
+ * dropout bytes, or NULL without dropout (scale multiplies the kept gradients). */
 void gn_silu_backward(const float *dy, const float *x, const float *shift, const float *gamma,
-                      const float *beta, const float *mean, const float *rstd, int64_t N,
-                      int64_t C, int64_t P, int64_t G, int nhwc, uint64_t seed,
-                      uint32_t threshold, float scale, int threads, double *scratch, float *dx,
-                      float *dgamma, float *dbeta, float *dshift) {
-  const uint32_t s0 = (uint32_t)seed, s1 = (uint32_t)(seed >> 32);
-  const int drop = threshold != 0;
+                      const float *beta, const float *mean, const float *rstd,
+                      const uint8_t *keep, int64_t N, int64_t C, int64_t P, int64_t G, int nhwc,
+                      float scale, int threads, double *scratch, float *dx, float *dgamma,
+                      float *dbeta, float *dshift) {
+  const int drop = keep != NULL;
   const int64_t cg = C / G;
 #pragma omp parallel num_threads(threads)
   {
@@ -303,9 +312,9 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
     for (int64_t n = 0; n < N; ++n) {
       const float *xn = x + n * C * P, *dyn = dy + n * C * P;
       float *dxn = dx + n * C * P;
+      const uint8_t *kn = keep ? keep + n * C * P : NULL;
       affine_one(shift ? shift + n * C : NULL, gamma, beta, mean + n * G, rstd + n * G, C, G, a,
                  b, d);
-      const uint32_t base = (uint32_t)(n * C * P);
       /* pass 1: dz = dL/dz into dx; per-channel sums of dz and dz (u - mu) */
       if (nhwc) {
         memset(sdz, 0, sizeof(double) * C);
@@ -317,14 +326,13 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
           for (int64_t p = p0; p < p1; ++p) {
             const float *row = xn + p * C, *grow = dyn + p * C;
             float *out = dxn + p * C;
-            const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
             if (drop) {
+              const uint8_t *kept = kn + p * C;
 #pragma omp simd
               for (int64_t c = 0; c < C; ++c) {
                 const float z = a[c] * row[c] + b[c];
                 const float s = sigmoid_f(z);
-                const float g =
-                    grow[c] * keep_scale(s0, s1, i0 + (uint32_t)c * step, threshold, scale);
+                const float g = grow[c] * (kept[c] ? scale : 0.0f);
                 const float dz = g * s * (1.0f + z * (1.0f - s));
                 out[c] = dz;
                 fz[c] += dz;
@@ -352,8 +360,8 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
         for (int64_t c = 0; c < C; ++c) {
           const float *row = xn + c * P, *grow = dyn + c * P;
           float *out = dxn + c * P;
+          const uint8_t *kept = drop ? kn + c * P : NULL;
           const float ac = a[c], bc = b[c], dc = d[c];
-          const uint32_t i0 = base + (uint32_t)(c * P);
           double t0 = 0.0, t1 = 0.0;
           ROWBLOCKS(p0, p1, P) {
             float f0 = 0.0f, f1 = 0.0f;
@@ -362,8 +370,7 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
               for (int64_t p = p0; p < p1; ++p) {
                 const float z = ac * row[p] + bc;
                 const float s = sigmoid_f(z);
-                const float g =
-                    grow[p] * keep_scale(s0, s1, i0 + (uint32_t)p, threshold, scale);
+                const float g = grow[p] * (kept[p] ? scale : 0.0f);
                 const float dz = g * s * (1.0f + z * (1.0f - s));
                 out[p] = dz;
                 f0 += dz;

@@ -127,16 +127,16 @@ def test_dropout_rate_scale_and_the_same_mask_in_the_backward(p, channels_last):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_dropout_mask_is_kept_as_one_byte_per_element_in_the_activations_layout(channels_last):
-    """The backward reads the forward's draws from a byte mask laid out like x (no second hash):
+def test_dropout_mask_is_kept_per_element_in_the_activations_layout(channels_last):
+    """The backward reads the forward's draws from a 16-bit mask laid out like x (no second hash):
     kept elements are 1, dropped 0, and a non-finite gradient at a dropped element still
     propagates, as it does through ``grad * mask * scale``."""
     torch.manual_seed(1)
     x, shift, weight, bias = _leaves(2, 8, 5, 7, channels_last)
     y = cpu_kernels.gn_silu(x, shift, weight, bias, 4, 1e-6, dropout=0.4)
     keep = y.grad_fn.saved_tensors[-1]
-    assert keep.dtype == torch.uint8 and keep.shape == x.shape and keep.stride() == x.stride()
-    assert torch.equal(keep, (y != 0).to(torch.uint8))
+    assert keep.dtype == torch.int16 and keep.shape == x.shape and keep.stride() == x.stride()
+    assert torch.equal(keep, (y != 0).to(torch.int16))
     dropped = (keep == 0).nonzero()[0].tolist()
     grad_y = torch.ones_like(y)
     grad_y[tuple(dropped)] = float("nan")

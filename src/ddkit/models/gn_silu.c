@@ -12,14 +12,17 @@
  *   y      = z sigmoid(z) * keep(n, c, p) / (1 - p_drop)  (dropout optional)
  * keep(n, c, p) is a counter-based draw: a 32-bit hash of (seed, logical index (n C + c) P + p,
  * below 2^32), kept when its top 24 bits are >= threshold; it is the same in either layout and
- * any thread count.  The forward pass writes it to `keep`, one byte per element at the element's
- * own offset, and the backward pass reads it back: a byte costs less than a second hash.
+ * any thread count.  The forward pass writes it to `keep`, a 16-bit flag per element at the
+ * element's own offset, and the backward pass reads it back, which costs less than a second hash.
+ * (16 bits rather than 8: GCC vectorises a loop that mixes types for the narrowest one, so with
+ * bytes and AVX-512 it takes 64 elements per iteration, which a channels_last row of 32 channels
+ * never fills; with 16 bits it takes 32.)
  *
  * Statistics are two-pass (the mean, then squared deviations from it) and gradient sums are
  * taken about the mean: fp32 sums over blocks of pixels (32 rows channels_last, 512 pixels
  * NCHW), the blocks' sums accumulated in double (an image whose fp32 statistics overflow is
  * summed again in double throughout).  The backward pass recomputes z from x and
- * the saved (mu, r): nothing but x, mu, r and the dropout bytes is kept between the passes.  Work is split over
+ * the saved (mu, r): nothing but x, mu, r and the dropout flags is kept between the passes.  Work is split over
  * images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the caller),
  * so there is no limit on C and no large stack frame.
  */
@@ -215,12 +218,12 @@ static void affine_one(const float *shift, const float *gamma, const float *beta
 }
 
 /* Forward: writes y; mean, rstd [N, G] out.  shift [N, C] or NULL; threshold 0 = no dropout;
- * seed's low and high halves key the dropout hash; keep (x's size, bytes, read only with
+ * seed's low and high halves key the dropout hash; keep (x's size, 16-bit, written only with
  * dropout): 1 where an element is kept, else 0; scratch: threads x 8 C doubles. */
 void gn_silu_forward(const float *x, const float *shift, const float *gamma, const float *beta,
                      int64_t N, int64_t C, int64_t P, int64_t G, int nhwc, float eps,
                      uint64_t seed, uint32_t threshold, float scale, int threads, double *scratch,
-                     float *y, float *mean, float *rstd, uint8_t *keep) {
+                     float *y, float *mean, float *rstd, uint16_t *keep) {
   const uint32_t s0 = (uint32_t)seed, s1 = (uint32_t)(seed >> 32);
   const int drop = threshold != 0;
 #pragma omp parallel num_threads(threads)
@@ -231,7 +234,7 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
     for (int64_t n = 0; n < N; ++n) {
       const float *xn = x + n * C * P;
       float *yn = y + n * C * P;
-      uint8_t *kn = keep ? keep + n * C * P : NULL;
+      uint16_t *kn = keep ? keep + n * C * P : NULL;
       for (int64_t c = 0; c < C; ++c) sh[c] = shift ? shift[n * C + c] : 0.0f;
       float *acc = (float *)(ws + 2 * C), *devf = (float *)(ws + 3 * C);
       if (!stats_one(xn, sh, C, P, G, nhwc, eps, 0, mean + n * G, rstd + n * G, ws, ws + C, acc,
@@ -246,7 +249,7 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
           float *out = yn + p * C;
           const uint32_t i0 = base + (uint32_t)p, step = (uint32_t)P;
           if (drop) {
-            uint8_t *kept = kn + p * C;
+            uint16_t *kept = kn + p * C;
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) {
               const float z = a[c] * row[c] + b[c];
@@ -269,7 +272,7 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
           const float ac = a[c], bc = b[c];
           const uint32_t i0 = base + (uint32_t)(c * P);
           if (drop) {
-            uint8_t *kept = kn + c * P;
+            uint16_t *kept = kn + c * P;
 #pragma omp simd
             for (int64_t p = 0; p < P; ++p) {
               const float z = ac * row[p] + bc;
@@ -292,10 +295,10 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
 
 /* Backward: dx (may not alias dy), per-image dgamma, dbeta [N, C] (summed over N by the caller),
  * dshift [N, C] or NULL (the gradient of the shift, = sum over pixels of dx); keep: the forward's
- * dropout bytes, or NULL without dropout (scale multiplies the kept gradients). */
+ * dropout flags, or NULL without dropout (scale multiplies the kept gradients). */
 void gn_silu_backward(const float *dy, const float *x, const float *shift, const float *gamma,
                       const float *beta, const float *mean, const float *rstd,
-                      const uint8_t *keep, int64_t N, int64_t C, int64_t P, int64_t G, int nhwc,
+                      const uint16_t *keep, int64_t N, int64_t C, int64_t P, int64_t G, int nhwc,
                       float scale, int threads, double *scratch, float *dx, float *dgamma,
                       float *dbeta, float *dshift) {
   const int drop = keep != NULL;
@@ -312,7 +315,7 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
     for (int64_t n = 0; n < N; ++n) {
       const float *xn = x + n * C * P, *dyn = dy + n * C * P;
       float *dxn = dx + n * C * P;
-      const uint8_t *kn = keep ? keep + n * C * P : NULL;
+      const uint16_t *kn = keep ? keep + n * C * P : NULL;
       affine_one(shift ? shift + n * C : NULL, gamma, beta, mean + n * G, rstd + n * G, C, G, a,
                  b, d);
       /* pass 1: dz = dL/dz into dx; per-channel sums of dz and dz (u - mu) */
@@ -327,7 +330,7 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
             const float *row = xn + p * C, *grow = dyn + p * C;
             float *out = dxn + p * C;
             if (drop) {
-              const uint8_t *kept = kn + p * C;
+              const uint16_t *kept = kn + p * C;
 #pragma omp simd
               for (int64_t c = 0; c < C; ++c) {
                 const float z = a[c] * row[c] + b[c];
@@ -360,7 +363,7 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
         for (int64_t c = 0; c < C; ++c) {
           const float *row = xn + c * P, *grow = dyn + c * P;
           float *out = dxn + c * P;
-          const uint8_t *kept = drop ? kn + c * P : NULL;
+          const uint16_t *kept = drop ? kn + c * P : NULL;
           const float ac = a[c], bc = b[c], dc = d[c];
           double t0 = 0.0, t1 = 0.0;
           ROWBLOCKS(p0, p1, P) {

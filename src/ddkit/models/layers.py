@@ -128,7 +128,7 @@ class GroupNormSiLU(nn.GroupNorm):
         y = dropout(SiLU(GroupNorm(x + shift[:, :, None, None])))
 
     On CPU in fp32 this runs as one fused kernel (:mod:`~ddkit.models.cpu_kernels`: two passes
-    over the activations each way instead of about ten, and only x, plus a byte mask with dropout,
+    over the activations each way instead of about ten, and only x, plus a 16-bit mask with dropout,
     saved for the backward).  Its
     dropout mask is a counter-based hash of a seed drawn from torch's default generator, with p
     rounded to a multiple of 2**-24; elsewhere (GPU, float64, autocast, forward-mode AD,

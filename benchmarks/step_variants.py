@@ -8,7 +8,10 @@ is faster.  The variants are what the default replaced:
   ``UNetConfig.channels_last_levels()`` on a CPU that favours channels_last); an empty set
   (``levels=``) is all NCHW;
 * ``--variant projections``: every ResBlock projecting the time embedding itself, one Linear per
-  block (the default stacks them into one product, ``UNet._time_shifts``).
+  block (the default stacks them into one product, ``UNet._time_shifts``);
+* ``--variant separate-inputs``: each ResBlock's first norm takes ``torch.cat``'s output and
+  autograd adds the skip path's gradient to the norm's (the default hands both to the fused
+  kernel, ``GroupNormSiLU.with_input``).
 
     .venv/bin/python benchmarks/step_variants.py --variant levels=0,1 [--preset ddpm-28]
         [--batch 64] [--reps 101] [--threads 2]
@@ -42,11 +45,22 @@ def make_variant(model, variant: str):
             lambda self, emb: iter([None] * len(self._res_blocks())), other
         )
         return other, "one time projection per ResBlock"
+    if variant == "separate-inputs":
+        for block in other._res_blocks():
+
+            def with_input(x, concat=None, norm=block.norm1):
+                u = x if concat is None else torch.cat([x, concat], dim=1)
+                return norm(u), u
+
+            block.norm1.with_input = with_input
+        return other, "torch.cat and autograd's add around each first norm"
     if variant.startswith("levels="):
         levels = frozenset(int(v) for v in variant[len("levels=") :].split(",") if v)
         other._channels_last_levels = levels
         return other, f"channels_last levels {sorted(levels)}"
-    raise SystemExit(f"--variant {variant!r}: expected projections or levels=<i,j,...>")
+    raise SystemExit(
+        f"--variant {variant!r}: expected projections, separate-inputs or levels=<i,j,...>"
+    )
 
 
 def main() -> None:

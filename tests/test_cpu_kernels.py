@@ -146,6 +146,63 @@ def test_dropout_mask_is_kept_per_element_in_the_activations_layout(channels_las
     assert plain.grad_fn.saved_tensors[-1] is None  # no mask without dropout
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", ["x", "x + shift", "cat"])
+def test_with_input_concatenates_and_adds_the_second_paths_gradient(channels_last, case):
+    """gn_silu(x, other=o, with_input=True) returns (the function of u, u) with u = x or
+    cat([x, o]): the float64 reference's value, and with a second consumer of u, the reference
+    graph's gradients for x, o, the shift and the affine parameters (there autograd adds the two
+    paths; here the kernel does).  x's and o's gradients come back dense in their layout.  In
+    "cat" the groups straddle the boundary between x and o (6 + 10 channels in 4 groups)."""
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def leaf(*shape):
+        t = torch.randn(*shape, generator=g) * 2 + 0.5
+        return (t.contiguous(memory_format=fmt) if t.ndim == 4 else t).requires_grad_()
+
+    x = leaf(2, 6, 5, 7)
+    other = leaf(2, 10, 5, 7) if case == "cat" else None
+    c, groups = (16, 4) if case == "cat" else (6, 2)
+    shift = leaf(2, c) if case == "x + shift" else None
+    weight, bias = leaf(c), leaf(c)
+    assert cpu_kernels.usable(x, weight, bias, groups, shift, other)
+    y, u = cpu_kernels.gn_silu(x, shift, weight, bias, groups, 1e-6, other=other, with_input=True)
+    leaves = [t for t in (x, other, shift, weight, bias) if t is not None]
+    ref_u = x if other is None else torch.cat([x, other], dim=1)
+    want_y = _reference(*(None if t is None else t.double() for t in (ref_u, shift, weight, bias)),
+                        groups)  # fmt: skip
+    assert torch.equal(u, ref_u)
+    torch.testing.assert_close(y.double(), want_y, rtol=1e-5, atol=1e-5)
+    gy, gu = torch.randn(y.shape, generator=g), torch.randn(u.shape, generator=g)
+    got = torch.autograd.grad((y * gy).sum() + (u * gu).sum(), leaves)
+    want = torch.autograd.grad(
+        (want_y * gy).sum() + (ref_u.double() * gu).sum(), leaves, retain_graph=True
+    )
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for grad in got[: 1 if other is None else 2]:
+        assert grad.is_contiguous(memory_format=fmt)
+    # y alone used (no gradient for u): the reference gradients of y alone
+    y, u = cpu_kernels.gn_silu(x, shift, weight, bias, groups, 1e-6, other=other, with_input=True)
+    got = torch.autograd.grad((y * gy).sum(), leaves)
+    want = torch.autograd.grad((want_y * gy).sum(), leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_with_input_falls_back_to_cat_for_mixed_layouts():
+    """``other`` in the other memory layout is not the kernel's case: usable() says so, and the
+    module's with_input concatenates with torch.cat and runs the norm on the result."""
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(2, 8, 4, 4)
+    norm = GroupNormSiLU(4, 16)
+    assert not cpu_kernels.usable(x, norm.weight, norm.bias, 4, other=other)
+    y, u = norm.with_input(x, other)
+    assert torch.equal(u, torch.cat([x, other], dim=1))
+    torch.testing.assert_close(y, norm(u))
+
+
 def test_dropout_draws_are_uncorrelated_at_power_of_two_lags():
     """2**24 draws at p = 0.5, eight seeds: the correlation of the keep mask with itself shifted
     by 1, 2, 4, ..., 65536 logical positions (1024 = H W here: the same pixel, next channel), in
@@ -428,3 +485,25 @@ def test_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
         assert len(list((tmp_path / "kernels").glob("gn_silu-*.so"))) == 2
     finally:
         cpu_kernels.library.cache_clear()
+
+
+def test_residual_block_calls_a_hooked_norm_through_the_module():
+    """The first norm's fused call (with_input) bypasses module hooks, so a block whose norm1
+    has a forward hook calls it as a module instead: the hook sees the concatenated input and the
+    block computes the same function either way."""
+    torch.manual_seed(0)
+    block = ResBlock(12, 8, 16, groups=4).train()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    skip = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(2, 16)
+    fused = block(x, emb, concat=skip)
+    seen = []
+    handle = block.norm1.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        hooked = block(x, emb, concat=skip)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([2, 12, 6, 6])]
+    torch.testing.assert_close(hooked, fused, rtol=1e-5, atol=1e-6)

@@ -349,10 +349,10 @@ def test_unet_layouts_meet_without_copies(monkeypatch, in_channels, base, pinned
     bad = []
     cat = torch.cat
 
-    def same_layout_cat(tensors, dim=0):
+    def same_layout_cat(tensors, dim=0, **kwargs):
         if not all(same_layout(a, tensors[0]) for a in tensors):
             bad.append(("concatenation", [a.stride() for a in tensors]))
-        return cat(tensors, dim=dim)
+        return cat(tensors, dim=dim, **kwargs)
 
     monkeypatch.setattr(torch, "cat", same_layout_cat)
 

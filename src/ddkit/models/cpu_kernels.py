@@ -125,7 +125,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         [ptr] * 4 + [i64] * 4 + [i32, f32, u64, u32, f32, i32] + [ptr] * 5
     )
     lib.gn_silu_backward.restype = None
-    lib.gn_silu_backward.argtypes = [ptr] * 8 + [i64] * 4 + [i32, f32, i32] + [ptr] * 5
+    lib.gn_silu_backward.argtypes = (
+        [ptr] * 8 + [i64] * 4 + [i32, f32, i32] + [ptr] * 6 + [i64] + [ptr] * 2
+    )
     lib.gn_silu_scratch_per_thread.restype = i64
     lib.gn_silu_scratch_per_thread.argtypes = [i64]
     return lib
@@ -176,17 +178,30 @@ def usable(
     bias: torch.Tensor | None,
     groups: int,
     shift: torch.Tensor | None = None,
+    other: torch.Tensor | None = None,
 ) -> bool:
-    """Whether :func:`gn_silu` can run this call: x fp32 [N, C, H, W] on the CPU with C a
-    multiple of ``groups``, weight and bias [C], shift [N, C] or None, all of them plain tensors
-    (no ``torch.func`` transform or forward-mode AD), fewer than 2**32 elements, outside autocast
-    and ``torch.compile``, and the kernel built.  Anything else takes the PyTorch ops, which raise
+    """Whether :func:`gn_silu` can run this call: x fp32 [N, C, H, W] on the CPU (with ``other``
+    [N, C', H, W] dense in x's memory layout, C the channels of both) with C a multiple of
+    ``groups``, weight and bias [C], shift [N, C] or None, all of them plain tensors (no
+    ``torch.func`` transform or forward-mode AD), fewer than 2**32 elements, outside autocast and
+    ``torch.compile``, and the kernel built.  Anything else takes the PyTorch ops, which raise
     their own errors for inconsistent shapes."""
     if torch.compiler.is_compiling():  # first: Dynamo cannot trace the checks below
         return False
-    if x.ndim != 4 or x.numel() == 0 or x.numel() >= 2**32:
+    if x.ndim != 4 or x.numel() == 0:
         return False
-    n, c = x.shape[:2]
+    n, c, h, w = x.shape
+    if other is not None:
+        if not (
+            other.ndim == 4
+            and _plain_fp32_cpu(other, (n, other.shape[1], h, w))
+            and other.numel() > 0
+            and other.is_contiguous(memory_format=_layout_format(x))
+        ):
+            return False
+        c += other.shape[1]
+    if n * c * h * w >= 2**32:
+        return False
     return (
         groups > 0
         and c % groups == 0
@@ -206,6 +221,13 @@ def dropout_threshold(p: float) -> tuple[int, float]:
     levels = 1 << DROP_BITS
     threshold = min(round(p * levels), levels - 1)
     return threshold, levels / (levels - threshold)
+
+
+def _layout_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format :func:`_layout` gives x."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -229,54 +251,81 @@ def _p(t: torch.Tensor | None) -> int | None:
 
 
 class GroupNormSiLUFunction(torch.autograd.Function):
-    """y = dropout(SiLU(GroupNorm(x + shift[:, :, None, None]))) by the fused kernel.
+    """y = dropout(SiLU(GroupNorm(u + shift[:, :, None, None]))) by the fused kernel, where u is x,
+    or the concatenation of x and ``other`` along channels.
 
-    x [N, C, H, W] fp32 (NCHW or channels_last; y has x's layout), shift [N, C] or None, weight
-    and bias [C], ``seed`` the dropout draw (ignored when ``threshold`` is 0)."""
+    x [N, C, H, W] fp32 (NCHW or channels_last; y has x's layout), ``other`` None or [N, C', H, W]
+    in x's layout, shift [N, C (+ C')] or None, weight and bias [C (+ C')], ``seed`` the dropout
+    draw (ignored when ``threshold`` is 0).  With ``with_input`` the result is (y, u): u for a
+    second consumer (the residual path), whose gradient the kernel's backward pass adds to its own
+    instead of autograd adding the two; a concatenation's inputs then get their gradients as two
+    dense tensors, without slicing."""
 
     @staticmethod
-    def forward(ctx, x, shift, weight, bias, groups, eps, threshold, scale, seed):
+    def forward(
+        ctx, x, other, shift, weight, bias, groups, eps, threshold, scale, seed, with_input
+    ):
         lib = library()
         x, nhwc = _layout(x)
-        n, c, h, w = x.shape
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        split = 0
+        if other is not None:  # the caller checked that other is dense in x's layout
+            split = x.shape[1]
+            u = torch.empty(
+                (x.shape[0], split + other.shape[1], *x.shape[2:]), dtype=x.dtype,
+                memory_format=fmt,
+            )  # fmt: skip
+            torch.cat([x, other], dim=1, out=u)
+        else:
+            u = x
+        n, c, h, w = u.shape
         shift = None if shift is None else shift.contiguous()
         weight, bias = weight.contiguous(), bias.contiguous()
-        y = torch.empty_like(x)
-        mean = x.new_empty(n, groups)
-        rstd = x.new_empty(n, groups)
+        y = torch.empty_like(u)
+        mean = u.new_empty(n, groups)
+        rstd = u.new_empty(n, groups)
         # the dropout mask, 16 bits per element in y's memory order, kept for the backward
-        keep = torch.empty_like(x, dtype=torch.int16) if threshold else None
+        keep = torch.empty_like(u, dtype=torch.int16) if threshold else None
         threads = torch.get_num_threads()
         scratch = _scratch(lib, threads, c)
         lib.gn_silu_forward(
-            _p(x), _p(shift), _p(weight), _p(bias), n, c, h * w, groups, int(nhwc), eps,
+            _p(u), _p(shift), _p(weight), _p(bias), n, c, h * w, groups, int(nhwc), eps,
             seed, threshold, scale, threads, _p(scratch), _p(y), _p(mean), _p(rstd), _p(keep),
         )  # fmt: skip
-        ctx.save_for_backward(x, shift, weight, bias, mean, rstd, keep)
-        ctx.config = (groups, nhwc, scale)
-        return y
+        ctx.save_for_backward(u, shift, weight, bias, mean, rstd, keep)
+        ctx.config = (groups, nhwc, scale, split)
+        ctx.set_materialize_grads(False)
+        if not with_input:
+            return y
+        return y, (u if split else u.view_as(u))
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy):
+    def backward(ctx, dy, du=None):
         lib = library()
-        x, shift, weight, bias, mean, rstd, keep = ctx.saved_tensors
-        groups, nhwc, scale = ctx.config
+        u, shift, weight, bias, mean, rstd, keep = ctx.saved_tensors
+        groups, nhwc, scale, split = ctx.config
         fmt = torch.channels_last if nhwc else torch.contiguous_format
-        dy = dy.contiguous(memory_format=fmt)
-        n, c, h, w = x.shape
-        dx = torch.empty_like(x)
-        dgamma = x.new_empty(n, c)
-        dbeta = x.new_empty(n, c)
-        dshift = None if shift is None else x.new_empty(n, c)
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous(memory_format=fmt)
+        du = None if du is None else du.contiguous(memory_format=fmt)
+        n, c, h, w = u.shape
+        dx = torch.empty_like(u)  # the result, or working memory when split
+        da = db = None
+        if split:
+            da = torch.empty((n, split, h, w), dtype=u.dtype, memory_format=fmt)
+            db = torch.empty((n, c - split, h, w), dtype=u.dtype, memory_format=fmt)
+        dgamma = u.new_empty(n, c)
+        dbeta = u.new_empty(n, c)
+        dshift = None if shift is None else u.new_empty(n, c)
         threads = torch.get_num_threads()
         scratch = _scratch(lib, threads, c)
         lib.gn_silu_backward(
-            _p(dy), _p(x), _p(shift), _p(weight), _p(bias), _p(mean), _p(rstd), _p(keep), n, c,
+            _p(dy), _p(u), _p(shift), _p(weight), _p(bias), _p(mean), _p(rstd), _p(keep), n, c,
             h * w, groups, int(nhwc), scale, threads, _p(scratch), _p(dx), _p(dgamma), _p(dbeta),
-            _p(dshift),
+            _p(dshift), _p(du), split, _p(da), _p(db),
         )  # fmt: skip
-        return dx, dshift, dgamma.sum(0), dbeta.sum(0), None, None, None, None, None
+        dfirst = da if split else dx
+        return (dfirst, db, dshift, dgamma.sum(0), dbeta.sum(0)) + (None,) * 6
 
 
 def gn_silu(
@@ -287,10 +336,17 @@ def gn_silu(
     groups: int,
     eps: float,
     dropout: float = 0.0,
-) -> torch.Tensor:
-    """``dropout(silu(group_norm(x + shift[:, :, None, None], groups, weight, bias, eps)))`` by the
-    fused kernel (the caller checks :func:`usable`; its conditions are not re-checked here).  Dropout (training only: pass 0 in eval)
-    draws its seed from torch's default generator; p is rounded to a multiple of 2**-24."""
+    *,
+    other: torch.Tensor | None = None,
+    with_input: bool = False,
+):
+    """``dropout(silu(group_norm(u + shift[:, :, None, None], groups, weight, bias, eps)))`` by
+    the fused kernel, u = x or ``torch.cat([x, other], dim=1)``; with ``with_input``, (that, u).
+    The caller checks :func:`usable`; its conditions are not re-checked here.  Dropout (training
+    only: pass 0 in eval) draws its seed from torch's default generator; p is rounded to a
+    multiple of 2**-24."""
     threshold, scale = dropout_threshold(dropout) if dropout > 0.0 else (0, 1.0)
     seed = int(torch.empty((), dtype=torch.int64).random_()) if threshold else 0
-    return GroupNormSiLUFunction.apply(x, shift, weight, bias, groups, eps, threshold, scale, seed)
+    return GroupNormSiLUFunction.apply(
+        x, other, shift, weight, bias, groups, eps, threshold, scale, seed, with_input
+    )

@@ -153,6 +153,34 @@ class GroupNormSiLU(nn.GroupNorm):
         y = F.silu(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
         return y if p == 0.0 else dropout(y)
 
+    def with_input(
+        self, x: torch.Tensor, other: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(u), u)`` with u = x, or ``torch.cat([x, other], dim=1)``: the normalised input
+        handed back for a second consumer (a residual block's skip path).  On the fused kernel,
+        the gradient that reaches u through that consumer is added inside the kernel's backward
+        pass (no separate add by autograd), and x and ``other`` get their gradients as two dense
+        tensors (no slices of a concatenation's gradient to copy).  Called directly, so forward
+        hooks do not see it; :meth:`ResBlock.forward` calls ``self(...)`` instead when a hook is
+        set.  No shift and no dropout (the first norm of a residual block has neither)."""
+        if cpu_kernels.usable(x, self.weight, self.bias, self.num_groups, other=other):
+            return cpu_kernels.gn_silu(
+                x, None, self.weight, self.bias, self.num_groups, self.eps,
+                other=other, with_input=True,
+            )  # fmt: skip
+        u = x if other is None else torch.cat([x, other], dim=1)
+        return self(u), u
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (the module's own or a global one) would see a call of module."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or nn.modules.module._global_forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+    )
+
 
 class Conv3x3(nn.Conv2d):
     """3x3 convolution, stride 1, padding 1 (an ``nn.Conv2d``: same parameters and state dict).
@@ -284,11 +312,25 @@ class ResBlock(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, emb: torch.Tensor, shift: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        shift: torch.Tensor | None = None,
+        concat: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``shift``: ``emb_proj(emb)`` when the caller has computed it (the U-Net computes all its
-        blocks' projections in one matrix product); None computes it here."""
-        h = self.conv1(self.norm1(x))
+        blocks' projections in one matrix product); None computes it here.  ``concat``: a tensor
+        to concatenate after x along channels first (the U-Net's skip connection), which the
+        fused GroupNorm kernel does itself."""
+        if type(self.norm1) is GroupNormSiLU and not _hooked(self.norm1):
+            # x comes back as the norm's input (the concatenation, if any): the skip path's
+            # gradient is then added by the kernel's backward
+            a, x = self.norm1.with_input(x, concat)
+        else:
+            if concat is not None:
+                x = torch.cat([x, concat], dim=1)
+            a = self.norm1(x)
+        h = self.conv1(a)
         if shift is None:
             shift = self.emb_proj(emb)
         # the embedding's add and the dropout are folded into norm2 (one fused pass on CPU)

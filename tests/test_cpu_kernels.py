@@ -144,6 +144,12 @@ def test_dropout_mask_is_kept_per_element_in_the_activations_layout(channels_las
     assert gx.isnan().any()
     plain = cpu_kernels.gn_silu(x, shift, weight, bias, 4, 1e-6, dropout=0.0)
     assert plain.grad_fn.saved_tensors[-1] is None  # no mask without dropout
+    # the backward reads the mask rather than drawing again: with every flag cleared (behind
+    # autograd's back), no gradient passes
+    y = cpu_kernels.gn_silu(x, shift, weight, bias, 4, 1e-6, dropout=0.4)
+    y.grad_fn.saved_tensors[-1].data.zero_()
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.equal(gx, torch.zeros_like(gx))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -186,9 +192,66 @@ def test_with_input_concatenates_and_adds_the_second_paths_gradient(channels_las
     # y alone used (no gradient for u): the reference gradients of y alone
     y, u = cpu_kernels.gn_silu(x, shift, weight, bias, groups, 1e-6, other=other, with_input=True)
     got = torch.autograd.grad((y * gy).sum(), leaves)
-    want = torch.autograd.grad((want_y * gy).sum(), leaves)
+    want = torch.autograd.grad((want_y * gy).sum(), leaves, retain_graph=True)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # u alone used (no gradient for y): u's own gradient reaches x and other, nothing else moves
+    inputs = [t for t in (x, other) if t is not None]
+    y, u = cpu_kernels.gn_silu(x, shift, weight, bias, groups, 1e-6, other=other, with_input=True)
+    got = torch.autograd.grad((u * gu).sum(), inputs)
+    want = torch.autograd.grad((ref_u * gu).sum(), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # without an input that needs a gradient, u is not differentiable (no wasted gradient for it)
+    y, u = cpu_kernels.gn_silu(
+        x.detach(), shift, weight, bias, groups, 1e-6,
+        other=None if other is None else other.detach(), with_input=True,
+    )  # fmt: skip
+    assert y.requires_grad and not u.requires_grad
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_with_input_and_dropout_on_a_concatenation(channels_last):
+    """Dropout with ``other``: the result is the reference times the kept mask (the mask is the
+    kernel's own draw, read off y), and the gradients are the reference graph's through that
+    mask, with u's second path added."""
+    g = torch.Generator().manual_seed(4)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 4, 6, 5, generator=g).contiguous(memory_format=fmt).requires_grad_()
+    other = torch.randn(2, 12, 6, 5, generator=g).contiguous(memory_format=fmt).requires_grad_()
+    weight = torch.randn(16, generator=g).requires_grad_()
+    bias = torch.randn(16, generator=g).requires_grad_()
+    torch.manual_seed(0)
+    y, u = cpu_kernels.gn_silu(x, None, weight, bias, 4, 1e-6, 0.3, other=other, with_input=True)
+    _, scale = cpu_kernels.dropout_threshold(0.3)
+    plain = _reference(torch.cat([x, other], dim=1), None, weight, bias, 4)
+    keep = y != 0
+    assert 0.6 < keep.double().mean().item() < 0.8
+    torch.testing.assert_close(y, plain * keep * scale, rtol=1e-5, atol=1e-6)
+    gy, gu = torch.randn(y.shape, generator=g), torch.randn(u.shape, generator=g)
+    leaves = (x, other, weight, bias)
+    got = torch.autograd.grad((y * gy).sum() + (u * gu).sum(), leaves)
+    ref_u = torch.cat([x, other], dim=1)
+    want = torch.autograd.grad((plain * keep * scale * gy).sum() + (ref_u * gu).sum(), leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_usable_rejects_a_second_input_that_does_not_fit():
+    """``other`` must match x's batch and spatial size, dtype, device and memory layout; anything
+    else takes torch.cat and the PyTorch ops."""
+    x = torch.randn(2, 4, 6, 6)
+    w, b = torch.ones(8), torch.zeros(8)
+    assert cpu_kernels.usable(x, w, b, 4, other=torch.randn(2, 4, 6, 6))
+    for bad in (
+        torch.randn(3, 4, 6, 6),
+        torch.randn(2, 4, 6, 5),
+        torch.randn(2, 4, 6, 6, dtype=torch.float64),
+        torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last),
+        torch.randn(2, 4, 6),
+        torch.randn(2, 0, 6, 6),
+    ):
+        assert not cpu_kernels.usable(x, w, b, 4, other=bad), bad.shape
 
 
 def test_with_input_falls_back_to_cat_for_mixed_layouts():
@@ -487,23 +550,94 @@ def test_build_is_cached_by_source_compiler_and_cpu(monkeypatch, tmp_path):
         cpu_kernels.library.cache_clear()
 
 
-def test_residual_block_calls_a_hooked_norm_through_the_module():
+@pytest.mark.parametrize("hook", ["forward", "backward", "global backward"])
+def test_residual_block_calls_a_hooked_norm_through_the_module(monkeypatch, hook):
     """The first norm's fused call (with_input) bypasses module hooks, so a block whose norm1
-    has a forward hook calls it as a module instead: the hook sees the concatenated input and the
-    block computes the same function either way."""
+    has a hook (forward or backward, its own or global) calls it as a module instead: the hook
+    runs, and the block computes the same function, gradients included, as the fused path,
+    which an unhooked block takes."""
     torch.manual_seed(0)
     block = ResBlock(12, 8, 16, groups=4).train()
     for p in block.parameters():
         torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
-    skip = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=fmt).requires_grad_()
+    skip = torch.randn(2, 4, 6, 6).contiguous(memory_format=fmt).requires_grad_()
     emb = torch.randn(2, 16)
-    fused = block(x, emb, concat=skip)
+    fused_calls = []
+    gn_silu = cpu_kernels.gn_silu
+
+    def recording(*args, **kwargs):
+        fused_calls.append(kwargs.get("with_input", False))
+        return gn_silu(*args, **kwargs)
+
+    monkeypatch.setattr(cpu_kernels, "gn_silu", recording)
+    g = torch.randn(2, 8, 6, 6)
+    leaves = (x, skip, *block.parameters())
+
+    def run():
+        out = block(x, emb, concat=skip)
+        return out, torch.autograd.grad((out * g).sum(), leaves)
+
+    fused, fused_grads = run()
+    assert True in fused_calls
+    fused_calls.clear()
     seen = []
-    handle = block.norm1.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    if hook == "forward":
+        handle = block.norm1.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    elif hook == "backward":
+        handle = block.norm1.register_full_backward_hook(
+            lambda m, gi, go: seen.append(gi[0].shape[1])
+        )
+    else:
+        handle = torch.nn.modules.module.register_module_full_backward_hook(
+            lambda m, gi, go: seen.append(gi[0].shape[1]) if m is block.norm1 else None
+        )
     try:
-        hooked = block(x, emb, concat=skip)
+        hooked, hooked_grads = run()
     finally:
         handle.remove()
-    assert seen == [torch.Size([2, 12, 6, 6])]
+    assert True not in fused_calls
+    assert seen == [12]
     torch.testing.assert_close(hooked, fused, rtol=1e-5, atol=1e-6)
+    for a, b in zip(hooked_grads, fused_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_unet_concatenates_first_for_a_hooked_decoder_block():
+    """A forward pre-hook on a decoder ResBlock sees its input with the skip's channels, as
+    before the concatenation moved into the block's norm; the output is unchanged."""
+    torch.manual_seed(0)
+    cfg = UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mult=(1, 2),
+                     num_res_blocks=1, attention_resolutions=(), groups=4)  # fmt: skip
+    model = cfg.build().eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    plain = model(x, t)
+    block = model.up[0][0]
+    widths = []
+    handle = block.register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
+    try:
+        hooked = model(x, t)
+    finally:
+        handle.remove()
+    assert widths == [block.norm1.num_channels]
+    torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_with_input_under_vmap_takes_the_pytorch_ops():
+    """Under ``torch.func.vmap`` with a per-sample x that is not dense and a plain ``other``, the
+    kernel does not apply (its layout checks cannot run on a batched tensor): the norm falls back
+    to torch.cat and the PyTorch ops, per sample the same function."""
+    torch.manual_seed(0)
+    norm = GroupNormSiLU(4, 16)
+    xs = torch.randn(3, 2, 8, 5, 5)
+    other = torch.randn(2, 8, 5, 5)
+
+    def per_sample(x):
+        return norm.with_input(x.transpose(2, 3), other)[0]
+
+    got = torch.func.vmap(per_sample)(xs)
+    want = torch.stack([norm(torch.cat([x.transpose(2, 3), other], dim=1)) for x in xs])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

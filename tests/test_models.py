@@ -695,6 +695,13 @@ def test_time_projections_respect_replaced_or_hooked_projections():
     torch.testing.assert_close(model(x, t), base)
     assert calls == [1]
     handle.remove()
+    # a backward hook too: it fires only if the block's own Linear runs
+    handle = block.emb_proj.register_full_backward_hook(lambda *args: calls.append(2))
+    out = model(x, t)
+    torch.testing.assert_close(out, base)
+    out.sum().backward()
+    assert calls == [1, 2]
+    handle.remove()
 
     class Shifted(torch.nn.Linear):
         def forward(self, e):

@@ -188,8 +188,8 @@ def usable(
     their own errors for inconsistent shapes."""
     if torch.compiler.is_compiling():  # first: Dynamo cannot trace the checks below
         return False
-    if x.ndim != 4 or x.numel() == 0:
-        return False
+    if x.ndim != 4 or x.numel() == 0 or not _plain_fp32_cpu(x, tuple(x.shape)):
+        return False  # x plain first: its layout cannot be queried under vmap
     n, c, h, w = x.shape
     if other is not None:
         if not (
@@ -297,7 +297,10 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         if not with_input:
             return y
-        return y, (u if split else u.view_as(u))
+        u = u if split else u.view_as(u)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            ctx.mark_non_differentiable(u)  # no input to pass a gradient to: none computed
+        return y, u
 
     @staticmethod
     @once_differentiable
@@ -309,7 +312,8 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         dy = torch.zeros_like(u) if dy is None else dy.contiguous(memory_format=fmt)
         du = None if du is None else du.contiguous(memory_format=fmt)
         n, c, h, w = u.shape
-        dx = torch.empty_like(u)  # the result, or working memory when split
+        # the result, or (split) the working memory between the kernel's two passes
+        dx = torch.empty_like(u)
         da = db = None
         if split:
             da = torch.empty((n, split, h, w), dtype=u.dtype, memory_format=fmt)

@@ -218,14 +218,14 @@ static void affine_one(const float *shift, const float *gamma, const float *beta
 }
 
 /* Forward: writes y; mean, rstd [N, G] out.  shift [N, C] or NULL; threshold 0 = no dropout;
- * seed's low and high halves key the dropout hash; keep (x's size, 16-bit, written only with
- * dropout): 1 where an element is kept, else 0; scratch: threads x 8 C doubles. */
+ * seed's low and high halves key the dropout hash; keep (x's size, 16-bit; required for dropout,
+ * which is off without it): 1 where an element is kept, else 0; scratch: threads x 8 C doubles. */
 void gn_silu_forward(const float *x, const float *shift, const float *gamma, const float *beta,
                      int64_t N, int64_t C, int64_t P, int64_t G, int nhwc, float eps,
                      uint64_t seed, uint32_t threshold, float scale, int threads, double *scratch,
                      float *y, float *mean, float *rstd, uint16_t *keep) {
   const uint32_t s0 = (uint32_t)seed, s1 = (uint32_t)(seed >> 32);
-  const int drop = threshold != 0;
+  const int drop = threshold != 0 && keep != NULL;
 #pragma omp parallel num_threads(threads)
   {
     double *ws = scratch + (int64_t)omp_get_thread_num() * 8 * C;

@@ -172,13 +172,19 @@ class GroupNormSiLU(nn.GroupNorm):
         return self(u), u
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether a forward hook (the module's own or a global one) would see a call of module."""
+def has_hooks(module: nn.Module) -> bool:
+    """Whether a hook (forward or backward, the module's own or a global one) would see a call of
+    module, which a direct call of one of its methods would bypass."""
+    glob = nn.modules.module
     return bool(
         module._forward_hooks
         or module._forward_pre_hooks
-        or nn.modules.module._global_forward_hooks
-        or nn.modules.module._global_forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or glob._global_forward_hooks
+        or glob._global_forward_pre_hooks
+        or glob._global_backward_hooks
+        or glob._global_backward_pre_hooks
     )
 
 
@@ -322,7 +328,7 @@ class ResBlock(nn.Module):
         blocks' projections in one matrix product); None computes it here.  ``concat``: a tensor
         to concatenate after x along channels first (the U-Net's skip connection), which the
         fused GroupNorm kernel does itself."""
-        if type(self.norm1) is GroupNormSiLU and not _hooked(self.norm1):
+        if type(self.norm1) is GroupNormSiLU and not has_hooks(self.norm1):
             # x comes back as the norm's input (the concatenation, if any): the skip path's
             # gradient is then added by the kernel's backward
             a, x = self.norm1.with_input(x, concat)

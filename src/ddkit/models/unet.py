@@ -55,6 +55,7 @@ from .layers import (
     GroupNormSiLU,
     ResBlock,
     Upsample,
+    has_hooks,
     memory_format_of,
     timestep_embedding,
     zero_,
@@ -300,17 +301,11 @@ class UNet(nn.Module):
         matrix product against their stacked weights (the same function as each block's own
         Linear; one product and one pass of autograd each way instead of one per block).  Where
         a block's ``emb_proj`` is not a plain ``nn.Linear`` with a bias (a subclass or a
-        replacement, e.g. an adapter) or a forward hook would see its call, None for every
+        replacement, e.g. an adapter) or a hook (forward or backward) would see its call, None for every
         block: each block then calls its own ``emb_proj``."""
         blocks = self._res_blocks()
         projections = [block.emb_proj for block in blocks]
-        hooked = nn.modules.module._global_forward_hooks or (
-            nn.modules.module._global_forward_pre_hooks
-        )
-        if hooked or any(
-            type(p) is not nn.Linear or p.bias is None or p._forward_hooks or p._forward_pre_hooks
-            for p in projections
-        ):
+        if any(type(p) is not nn.Linear or p.bias is None or has_hooks(p) for p in projections):
             return iter([None] * len(blocks))
         weight = torch.cat([p.weight for p in projections])
         bias = torch.cat([p.bias for p in projections])
@@ -378,17 +373,20 @@ class UNet(nn.Module):
         for stage, level in zip(self.up, self._up_levels):
             # h is in fmt(level) already (the upsampling keeps its input's layout); a guard
             converted = layout(h, fmt(level))
-            if converted is h:  # the concatenation's backward hands back a slice
+            if converted is h:  # a concatenation's backward hands back a slice (torch.cat's)
                 converted = dense_grad(h)
-            # concatenated with the skip (both in fmt(level) now) by the first block's norm
+            # concatenated with the skip (both in fmt(level) now) by the first block's norm, or
+            # first where the block is not a plain ResBlock or hooks would see its input
             h, skip = converted, skips.pop()
             for block in stage:
                 if isinstance(block, Upsample):
                     h = layout(h, fmt(level - 1))
+                if skip is not None and (type(block) is not ResBlock or has_hooks(block)):
+                    h, skip = torch.cat([h, skip], dim=1), None
                 if isinstance(block, ResBlock):
                     h = block(h, emb, next(shifts), concat=skip)
                 else:
-                    h = block(h if skip is None else torch.cat([h, skip], dim=1))
+                    h = block(h)
                 skip = None
         return layout(self.conv_out(self.norm_out(layout(h, fmt(0)))), torch.contiguous_format)
 

@@ -21,10 +21,10 @@
  * Statistics are two-pass (the mean, then squared deviations from it) and gradient sums are
  * taken about the mean: fp32 sums over blocks of pixels (32 rows channels_last, 512 pixels
  * NCHW), the blocks' sums accumulated in double (an image whose fp32 statistics overflow is
- * summed again in double throughout).  The backward pass recomputes z from x and
- * the saved (mu, r): nothing but x, mu, r and the dropout flags is kept between the passes.  Work is split over
- * images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the caller),
- * so there is no limit on C and no large stack frame.
+ * summed again in double throughout).  The backward pass recomputes z from x and the saved
+ * (mu, r): nothing but x, mu, r and the dropout flags is kept between the passes.  Work is split
+ * over images; each thread uses its own slice of `scratch` (8 C doubles per thread, from the
+ * caller), so there is no limit on C and no large stack frame.
  */
 #include <math.h>
 #include <omp.h>

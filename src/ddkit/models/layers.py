@@ -128,9 +128,8 @@ class GroupNormSiLU(nn.GroupNorm):
         y = dropout(SiLU(GroupNorm(x + shift[:, :, None, None])))
 
     On CPU in fp32 this runs as one fused kernel (:mod:`~ddkit.models.cpu_kernels`: two passes
-    over the activations each way instead of about ten, and only x, plus a 16-bit mask with dropout,
-    saved for the backward).  Its
-    dropout mask is a counter-based hash of a seed drawn from torch's default generator, with p
+    over the activations each way instead of about ten, and only x, plus a 16-bit mask with
+    dropout, saved for the backward).  Its dropout mask is a counter-based hash of a seed drawn from torch's default generator, with p
     rounded to a multiple of 2**-24; elsewhere (GPU, float64, autocast, forward-mode AD,
     ``torch.func``, ``torch.compile``, ``DDKIT_CPU_KERNELS=0``, no C compiler) it is the PyTorch
     ops above, with the :class:`Dropout` module's own mask.  Its parameters are those of
@@ -160,9 +159,10 @@ class GroupNormSiLU(nn.GroupNorm):
         handed back for a second consumer (a residual block's skip path).  On the fused kernel,
         the gradient that reaches u through that consumer is added inside the kernel's backward
         pass (no separate add by autograd), and x and ``other`` get their gradients as two dense
-        tensors (no slices of a concatenation's gradient to copy).  Called directly, so forward
-        hooks do not see it; :meth:`ResBlock.forward` calls ``self(...)`` instead when a hook is
-        set.  No shift and no dropout (the first norm of a residual block has neither)."""
+        tensors (no slices of a concatenation's gradient to copy).  Called directly, so the
+        module's hooks do not see it; :meth:`ResBlock.forward` calls ``self(...)`` instead when a
+        hook (forward or backward, own or global) is set.  No shift and no dropout (the first norm
+        of a residual block has neither)."""
         if cpu_kernels.usable(x, self.weight, self.bias, self.num_groups, other=other):
             return cpu_kernels.gn_silu(
                 x, None, self.weight, self.bias, self.num_groups, self.eps,

@@ -301,8 +301,8 @@ class UNet(nn.Module):
         matrix product against their stacked weights (the same function as each block's own
         Linear; one product and one pass of autograd each way instead of one per block).  Where
         a block's ``emb_proj`` is not a plain ``nn.Linear`` with a bias (a subclass or a
-        replacement, e.g. an adapter) or a hook (forward or backward) would see its call, None for every
-        block: each block then calls its own ``emb_proj``."""
+        replacement, e.g. an adapter) or a hook (forward or backward) would see its call, None
+        for every block: each block then calls its own ``emb_proj``."""
         blocks = self._res_blocks()
         projections = [block.emb_proj for block in blocks]
         if any(type(p) is not nn.Linear or p.bias is None or has_hooks(p) for p in projections):

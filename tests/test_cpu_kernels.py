@@ -641,3 +641,27 @@ def test_with_input_under_vmap_takes_the_pytorch_ops():
     got = torch.func.vmap(per_sample)(xs)
     want = torch.stack([norm(torch.cat([x.transpose(2, 3), other], dim=1)) for x in xs])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_unet_calls_a_subclassed_decoder_block_with_its_own_signature():
+    """A ResBlock subclass written against forward(x, emb, shift) in the decoder gets the
+    concatenated input and no ``concat`` keyword; the model computes the same function."""
+    torch.manual_seed(0)
+    cfg = UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mult=(1, 2),
+                     num_res_blocks=1, attention_resolutions=(), groups=4)  # fmt: skip
+    model = cfg.build().eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    plain = model(x, t)
+
+    class OldSignature(ResBlock):
+        def forward(self, x, emb, shift=None):
+            return super().forward(x, emb, shift)
+
+    old = model.up[0][0]
+    new = OldSignature(old.norm1.num_channels, old.conv1.out_channels, old.emb_proj.in_features,
+                       groups=4)  # fmt: skip
+    new.load_state_dict(old.state_dict())
+    model.up[0][0] = new.eval()
+    torch.testing.assert_close(model(x, t), plain, rtol=1e-5, atol=1e-6)

@@ -205,7 +205,6 @@ def usable(
     return (
         groups > 0
         and c % groups == 0
-        and _plain_fp32_cpu(x, tuple(x.shape))
         and _plain_fp32_cpu(weight, (c,))
         and _plain_fp32_cpu(bias, (c,))
         and (shift is None or _plain_fp32_cpu(shift, (n, c)))

@@ -129,8 +129,8 @@ class GroupNormSiLU(nn.GroupNorm):
 
     On CPU in fp32 this runs as one fused kernel (:mod:`~ddkit.models.cpu_kernels`: two passes
     over the activations each way instead of about ten, and only x, plus a 16-bit mask with
-    dropout, saved for the backward).  Its dropout mask is a counter-based hash of a seed drawn from torch's default generator, with p
-    rounded to a multiple of 2**-24; elsewhere (GPU, float64, autocast, forward-mode AD,
+    dropout, saved for the backward).  Its dropout mask is a counter-based hash of a seed drawn
+    from torch's default generator, with p rounded to a multiple of 2**-24; elsewhere (GPU, float64, autocast, forward-mode AD,
     ``torch.func``, ``torch.compile``, ``DDKIT_CPU_KERNELS=0``, no C compiler) it is the PyTorch
     ops above, with the :class:`Dropout` module's own mask.  Its parameters are those of
     ``nn.GroupNorm`` (weight, bias), so state dicts are unchanged.

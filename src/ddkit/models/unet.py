@@ -373,8 +373,8 @@ class UNet(nn.Module):
         for stage, level in zip(self.up, self._up_levels):
             # h is in fmt(level) already (the upsampling keeps its input's layout); a guard
             converted = layout(h, fmt(level))
-            if converted is h:  # a concatenation's backward hands back a slice (torch.cat's)
-                converted = dense_grad(h)
+            if converted is h:  # torch.cat's backward hands back a slice (on the fallback
+                converted = dense_grad(h)  # path; the fused norm's gradients are dense already)
             # concatenated with the skip (both in fmt(level) now) by the first block's norm, or
             # first where the block is not a plain ResBlock or hooks would see its input
             h, skip = converted, skips.pop()
@@ -383,8 +383,10 @@ class UNet(nn.Module):
                     h = layout(h, fmt(level - 1))
                 if skip is not None and (type(block) is not ResBlock or has_hooks(block)):
                     h, skip = torch.cat([h, skip], dim=1), None
-                if isinstance(block, ResBlock):
+                if skip is not None:  # a plain, unhooked ResBlock
                     h = block(h, emb, next(shifts), concat=skip)
+                elif isinstance(block, ResBlock):  # a subclass keeps its own signature
+                    h = block(h, emb, next(shifts))
                 else:
                     h = block(h)
                 skip = None

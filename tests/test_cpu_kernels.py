@@ -604,16 +604,21 @@ def test_residual_block_calls_a_hooked_norm_through_the_module(monkeypatch, hook
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_unet_concatenates_first_for_a_hooked_decoder_block():
-    """A forward pre-hook on a decoder ResBlock sees its input with the skip's channels, as
-    before the concatenation moved into the block's norm; the output is unchanged."""
+def _small_unet():
+    """A two-level 8x8 U-Net (eval mode, random non-zero weights) and inputs for it."""
     torch.manual_seed(0)
     cfg = UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mult=(1, 2),
                      num_res_blocks=1, attention_resolutions=(), groups=4)  # fmt: skip
     model = cfg.build().eval()
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    return model, torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+
+
+def test_unet_concatenates_first_for_a_hooked_decoder_block():
+    """A forward pre-hook on a decoder ResBlock sees its input with the skip's channels, as
+    before the concatenation moved into the block's norm; the output is unchanged."""
+    model, x, t = _small_unet()
     plain = model(x, t)
     block = model.up[0][0]
     widths = []
@@ -646,13 +651,7 @@ def test_with_input_under_vmap_takes_the_pytorch_ops():
 def test_unet_calls_a_subclassed_decoder_block_with_its_own_signature():
     """A ResBlock subclass written against forward(x, emb, shift) in the decoder gets the
     concatenated input and no ``concat`` keyword; the model computes the same function."""
-    torch.manual_seed(0)
-    cfg = UNetConfig(image_size=8, in_channels=1, base_channels=16, channel_mult=(1, 2),
-                     num_res_blocks=1, attention_resolutions=(), groups=4)  # fmt: skip
-    model = cfg.build().eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 700])
+    model, x, t = _small_unet()
     plain = model(x, t)
 
     class OldSignature(ResBlock):

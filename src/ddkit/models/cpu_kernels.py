@@ -196,7 +196,7 @@ def usable(
             other.ndim == 4
             and _plain_fp32_cpu(other, (n, other.shape[1], h, w))
             and other.numel() > 0
-            and other.is_contiguous(memory_format=_layout_format(x))
+            and other.is_contiguous(memory_format=memory_format_of(x))
         ):
             return False
         c += other.shape[1]
@@ -222,21 +222,17 @@ def dropout_threshold(p: float) -> tuple[int, float]:
     return threshold, levels / (levels - threshold)
 
 
-def _layout_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format :func:`_layout` gives x."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a tensor dense in it (and not also NCHW-contiguous), else NCHW."""
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 def _layout(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """x as a dense tensor in NCHW or channels_last order (no copy when it already is one), and
     whether it is channels_last."""
-    if x.is_contiguous():
-        return x, False
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return x, True
-    return x.contiguous(), False
+    fmt = memory_format_of(x)
+    return x.contiguous(memory_format=fmt), fmt == torch.channels_last
 
 
 def _scratch(lib: ctypes.CDLL, threads: int, channels: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd import forward_ad
 
 from . import cpu_kernels
+from .cpu_kernels import memory_format_of
 from .winograd import winograd_conv3x3, winograd_pays
 
 GROUPNORM_EPS = 1e-6  # the official DDPM code (tf.contrib.layers.group_norm's default)
@@ -130,9 +131,9 @@ class GroupNormSiLU(nn.GroupNorm):
     On CPU in fp32 this runs as one fused kernel (:mod:`~ddkit.models.cpu_kernels`: two passes
     over the activations each way instead of about ten, and only x, plus a 16-bit mask with
     dropout, saved for the backward).  Its dropout mask is a counter-based hash of a seed drawn
-    from torch's default generator, with p rounded to a multiple of 2**-24; elsewhere (GPU, float64, autocast, forward-mode AD,
-    ``torch.func``, ``torch.compile``, ``DDKIT_CPU_KERNELS=0``, no C compiler) it is the PyTorch
-    ops above, with the :class:`Dropout` module's own mask.  Its parameters are those of
+    from torch's default generator, with p rounded to a multiple of 2**-24; elsewhere (GPU,
+    float64, autocast, forward-mode AD, ``torch.func``, ``torch.compile``, ``DDKIT_CPU_KERNELS=0``,
+    no C compiler) it is the PyTorch ops above, with the :class:`Dropout` module's own mask.  Its parameters are those of
     ``nn.GroupNorm`` (weight, bias), so state dicts are unchanged.
     """
 
@@ -234,12 +235,6 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         out = torch.stack(phases, dim=2).reshape(n, 4 * c_out, h, w)
         return F.pixel_shuffle(out, 2)
     return _Interleave.apply(z, h, w)
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """channels_last for a tensor dense in it (and not also NCHW-contiguous), else NCHW."""
-    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 class _Interleave(torch.autograd.Function):

@@ -1,6 +1,6 @@
 """Where the time of a 3x3 convolution goes on this CPU: one convolution's forward + backward
 (input, weight and bias gradients) through oneDNN's direct kernel in NCHW, the same in
-channels_last, ddkit's eager Winograd F(2x2, 3x3) (``ddkit.models.winograd``), and im2col + SGEMM
+channels_last, ddkit's eager Winograd F(2x2, 3x3) (``ddkit.cpu.winograd``), and im2col + SGEMM
 (the three products of forward, input and weight gradient as MKL GEMMs on NHWC patch matrices; a
 yardstick, not a path of the model), for every 3x3 shape of the ``ddpm-cifar10`` (batch 8) and
 ``ddpm-28`` (batch 64) presets; plus one SGEMM for scale.  GF/s counts 3 x 2 x N C_in C_out 9 H W
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _machine import cpu_and_torch  # noqa: E402  (benchmarks/ is on sys.path when run)
 
-from ddkit.models.winograd import winograd_conv3x3  # noqa: E402
+from ddkit.cpu.winograd import winograd_conv3x3  # noqa: E402
 
 # (batch, C_in, C_out, H = W): the 3x3 stride-1 convolutions of the two presets
 SHAPES = [

@@ -13,9 +13,9 @@ import sys
 
 import torch
 
-from ddkit.denoiser import Denoiser
+from ddkit.diffusion.denoiser import Denoiser
 from ddkit.samplers import sample_ddim
-from ddkit.sampling import load_trained
+from ddkit.trained import load_trained
 
 
 def main(paths: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Few-step accuracy with the exact denoiser: ddkit's samplers beside diffusers' DPM-Solver++.
 
 Same mixtures, reference samples, noise floors and initial noise x_T as ``ddkit verify``
-(``ddkit.verify.setup``); diffusers' schedulers get the same exact x0-predicting model
+(``ddkit.verify.runner.setup``); diffusers' schedulers get the same exact x0-predicting model
 (prediction_type="sample") called at their own integer timesteps.
 
 Every sampler here maps the same x_T deterministically, so part of each row's distance to the
@@ -21,9 +21,9 @@ import warnings
 
 import torch
 
-from ddkit import verify
+from ddkit.diffusion.schedule import NoiseSchedule
 from ddkit.samplers import get_sampler
-from ddkit.schedule import NoiseSchedule
+from ddkit.verify.runner import runner as verify
 
 warnings.filterwarnings("ignore")
 

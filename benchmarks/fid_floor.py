@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ddkit.data import DataConfig, load_dataset
-from ddkit.evaluation import classifier_features, feature_quality, reference_features
-from ddkit.metrics.features import extract, load_inception
+from ddkit.evaluation.core import classifier_features, feature_quality, reference_features
+from ddkit.evaluation.features import extract, load_inception
 
 
 def main() -> int:

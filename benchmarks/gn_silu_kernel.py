@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _machine import cpu_name  # noqa: E402
 
-from ddkit.models import cpu_kernels  # noqa: E402
+from ddkit.cpu import gn_silu as cpu_kernels  # noqa: E402
 from ddkit.models.layers import Dropout  # noqa: E402
 
 # (N, C, H, W, groups, channels_last): ddpm-28 levels, then ddpm-cifar10 levels

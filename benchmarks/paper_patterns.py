@@ -717,7 +717,7 @@ def main() -> int:
         (out / "sharpness.md").write_text(table)
         print(table)
         return 0
-    from ddkit.evaluation import write_sweep
+    from ddkit.evaluation.core import write_sweep
 
     if not (out / "sweep_a").is_dir():  # a spacing-only / clip-only folder
         tables = ""

@@ -2,7 +2,7 @@
 
 ddkit's Fashion-MNIST FID features come from a classifier trained on the labels, so they weigh
 what tells classes apart more than fine detail.  This script measures detail directly
-(``ddkit.metrics.sharpness``) on the ``samples.npz`` files that ``ddkit sample`` writes: for
+(``ddkit.evaluation.sharpness``) on the ``samples.npz`` files that ``ddkit sample`` writes: for
 every image, in [-1, 1] units,
 
   * the mean absolute finite difference |dx| + |dy| between neighbouring pixels (edge strength);
@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import torch
 
-from ddkit.metrics.sharpness import sharpness
+from ddkit.evaluation.sharpness import sharpness
 
 
 def _row(label: str, m: dict, ref: dict | None) -> str:

@@ -27,11 +27,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run)
 
-from ddkit.denoiser import Denoiser  # noqa: E402
+from ddkit.diffusion.denoiser import Denoiser  # noqa: E402
+from ddkit.diffusion.schedule import NoiseSchedule  # noqa: E402
 from ddkit.samplers.ddim import sample_ddim  # noqa: E402
 from ddkit.samplers.ddpm import sample_ddpm  # noqa: E402
 from ddkit.samplers.ode import sample_dpmpp_2m  # noqa: E402
-from ddkit.schedule import NoiseSchedule  # noqa: E402
 
 SHAPE = (64, 3, 32, 32)
 T = 1000

@@ -32,9 +32,9 @@ import torch  # noqa: E402
 from _machine import cpu_and_torch  # noqa: E402  (benchmarks/ is on sys.path when run)
 from unet_throughput import interleaved, ratio_intervals  # noqa: E402
 
+from ddkit.cpu.malloc import keep_freed_memory  # noqa: E402
 from ddkit.models import preset  # noqa: E402
 from ddkit.models.unet import cpu_favours_channels_last  # noqa: E402
-from ddkit.training.allocator import keep_freed_memory  # noqa: E402
 
 
 def make_variant(model, variant: str):

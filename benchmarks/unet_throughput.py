@@ -24,7 +24,7 @@ process's peak resident set size (VmHWM; imports of torch and diffusers, model, 
 included) and its growth over the training steps (activations, gradients, optimizer state).
 Page faults/step: the process's minor page faults during each timed step (median), with glibc's
 malloc at its defaults on both sides; ``--keep-freed-memory`` sets it for both as ``ddkit train``
-does (``ddkit.training.allocator``).
+does (``ddkit.cpu.malloc``).
 
 With ``--precision bf16`` both sides run forward and loss under ``torch.autocast("cpu",
 torch.bfloat16)``, as ``ddkit train --set train.precision=bf16`` does (weights, gradients and Adam in
@@ -407,14 +407,14 @@ def main() -> None:
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
-        help="set glibc's malloc as ddkit train does (ddkit.training.allocator), for both sides",
+        help="set glibc's malloc as ddkit train does (ddkit.cpu.malloc), for both sides",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import diffusers
 
     if args.keep_freed_memory:
-        from ddkit.training.allocator import keep_freed_memory
+        from ddkit.cpu.malloc import keep_freed_memory
 
         if not keep_freed_memory():
             raise SystemExit("--keep-freed-memory: not applied (not glibc, or overridden)")

@@ -1,7 +1,7 @@
 """How fast does the VLB of the exact denoiser approach the true NLL as T grows?
 
 Data: x0 ~ N(m, Q diag(std^2) Q^T) in d dims (std log-spaced in [0.1, 1], Q a random rotation),
-whose NLL is its differential entropy and whose MMSE denoiser is exact (ddkit.oracle).  For the
+whose NLL is its differential entropy and whose MMSE denoiser is exact (ddkit.verify.oracle).  For the
 linear schedule at each T (betas rescaled by 1000/T), prints in bits/dim:
   * E[VLB] in closed form (likelihood.gaussian_vlb_terms) for fixed_small and fixed_large, its gap
     to the NLL, and a Monte Carlo check (vlb_bpd on N samples: mean of VLB_i - NLL_i +- s.e.);
@@ -24,10 +24,15 @@ import warnings
 import numpy as np
 import torch
 
-from ddkit.likelihood import gaussian_vlb_terms, ode_bpd, optimal_reverse_variance, vlb_bpd
-from ddkit.losses import VarianceType
-from ddkit.oracle import GaussianMixture
-from ddkit.schedule import NoiseSchedule
+from ddkit.diffusion.likelihood import (
+    gaussian_vlb_terms,
+    ode_bpd,
+    optimal_reverse_variance,
+    vlb_bpd,
+)
+from ddkit.diffusion.losses import VarianceType
+from ddkit.diffusion.schedule import NoiseSchedule
+from ddkit.verify.oracle import GaussianMixture
 
 LN2 = math.log(2.0)
 TS = (50, 100, 200, 500, 1000, 2000, 4000)

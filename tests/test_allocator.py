@@ -1,4 +1,4 @@
-"""glibc malloc set to keep freed memory (``ddkit.training.allocator``): it takes effect, page
+"""glibc malloc set to keep freed memory (``ddkit.cpu.malloc``): it takes effect, page
 faults from re-allocated buffers stop, and every way of opting out is respected."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from ddkit.training import allocator
+from ddkit.cpu import malloc as allocator
 
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 
 # page faults per training step (forward + backward) of a small U-Net, after two warm-up steps
 PROBE = """
 import resource, sys, torch
-from ddkit.training.allocator import keep_freed_memory
+from ddkit.cpu.malloc import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "1" else False
 torch.set_num_threads(1)
 from ddkit.models import preset

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddkit.cli import main
-from ddkit.sampling import SampleSpec, generate, load_trained
+from ddkit.trained import SampleSpec, generate, load_trained
 
 TOML = """
 [model]
@@ -196,8 +196,8 @@ def test_demo_runs_end_to_end_at_small_scale(tmp_path):
 
 def test_train_on_cpu_keeps_freed_memory(tmp_path, monkeypatch):
     """``ddkit train`` owns its process: on CPU it sets glibc's malloc to keep freed buffers
-    (``ddkit.training.allocator``; its effect is tested in tests/test_allocator.py)."""
-    from ddkit.training import allocator
+    (``ddkit.cpu.malloc``; its effect is tested in tests/test_allocator.py)."""
+    from ddkit.cpu import malloc as allocator
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)

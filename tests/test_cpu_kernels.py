@@ -1,4 +1,4 @@
-"""The fused GroupNorm + SiLU CPU kernel (ddkit.models.cpu_kernels, gn_silu.c): the same function
+"""The fused GroupNorm + SiLU CPU kernel (ddkit.cpu.gn_silu, gn_silu.c): the same function
 and gradients as PyTorch's ops in float64, in both memory layouts; its dropout; its fallbacks."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddkit.models import UNetConfig, cpu_kernels, winograd
+from ddkit.cpu import gn_silu as cpu_kernels
+from ddkit.cpu import winograd
+from ddkit.models import UNetConfig
 from ddkit.models import unet as unet_module
 from ddkit.models.layers import Dropout, GroupNormSiLU, ResBlock
 from ddkit.paths import file_mode

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.denoiser import Denoiser, Estimate
-from ddkit.oracle import GaussianMixture, mixture_2d
-from ddkit.parameterization import Prediction
-from ddkit.schedule import DATA, NoiseSchedule
+from ddkit.diffusion.denoiser import Denoiser, Estimate
+from ddkit.diffusion.parameterization import Prediction
+from ddkit.diffusion.schedule import DATA, NoiseSchedule
+from ddkit.verify.oracle import GaussianMixture, mixture_2d
 
 T = 1000
 

@@ -30,12 +30,12 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.denoiser import Denoiser
-from ddkit.parameterization import Prediction
+from ddkit.diffusion.denoiser import Denoiser
+from ddkit.diffusion.parameterization import Prediction
+from ddkit.diffusion.schedule import NoiseSchedule, timesteps
 from ddkit.samplers.ddim import sample_ddim
 from ddkit.samplers.ddpm import sample_ddpm
 from ddkit.samplers.ode import sample_dpmpp, sample_dpmpp_2m
-from ddkit.schedule import NoiseSchedule, timesteps
 
 diffusers = pytest.importorskip(
     "diffusers",

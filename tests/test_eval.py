@@ -16,8 +16,7 @@ import torch.nn.functional as F
 
 from ddkit.cli import main
 from ddkit.data import DataConfig, load_dataset
-from ddkit.metrics import feature_stats, frechet_distance, kid
-from ddkit.metrics.features import (
+from ddkit.evaluation.features import (
     Classifier,
     InceptionV3,
     accuracy,
@@ -31,7 +30,8 @@ from ddkit.metrics.features import (
     save_classifier,
     train_classifier,
 )
-from ddkit.sampling import SampleSpec, generate, load_trained
+from ddkit.evaluation.fid import feature_stats, frechet_distance, kid
+from ddkit.trained import SampleSpec, generate, load_trained
 
 TOML = """
 [model]
@@ -204,7 +204,7 @@ def test_inception_has_the_reference_architecture(tmp_path):
 def _tf_named_state(net: InceptionV3) -> dict[str, torch.Tensor]:
     """``net``'s conv + BatchNorm tensors under the FID graph's TF node names, as TorchScript
     exports of it hold them (BatchNorm without scale: ``net`` must have bn.weight = 1)."""
-    from ddkit.metrics.features import _tf_graph_names
+    from ddkit.evaluation.features import _tf_graph_names
 
     state = net.state_dict()
     out = {}
@@ -229,7 +229,7 @@ def _random_bn(net: InceptionV3, seed: int = 0) -> InceptionV3:
 def test_tf_graph_names_place_every_unit_once():
     """The TF-name table covers each of the 94 conv + BatchNorm units of the FID graph exactly
     once, so a state dict under those names loads into the same function."""
-    from ddkit.metrics.features import _tf_graph_names
+    from ddkit.evaluation.features import _tf_graph_names
 
     names = _tf_graph_names()
     units = {k[: -len(".conv.weight")] for k in InceptionV3().state_dict() if "conv.weight" in k}
@@ -323,7 +323,7 @@ def test_inception_file_errors(tmp_path):
 
 
 def test_reference_features_are_cached(digits_net, cache):
-    from ddkit import evaluation as ev
+    from ddkit.evaluation import core as ev
 
     f = load_classifier(digits_net)
     cfg = DataConfig("digits")
@@ -338,8 +338,8 @@ def test_reference_features_are_cached(digits_net, cache):
 
 
 def test_vlb_bpd_parts_add_up_and_match_the_core(run):
-    from ddkit import evaluation as ev
-    from ddkit.likelihood import vlb_bpd
+    from ddkit.diffusion.likelihood import vlb_bpd
+    from ddkit.evaluation import core as ev
 
     trained = load_trained(run)
     r = ev.bits_per_dim_vlb(trained, num=12, batch_size=12, log=lambda s: None)
@@ -361,7 +361,7 @@ def test_vlb_bpd_parts_add_up_and_match_the_core(run):
 
 
 def test_sweep_plan_skips_duplicates_and_unreachable(run):
-    from ddkit import evaluation as ev
+    from ddkit.evaluation import core as ev
 
     trained = load_trained(run)  # T = 40
     fams = ["ddim-eta0", "ddim-eta0-quad", "ddim-eta0-ddimquad", "pf-ode"]
@@ -460,9 +460,9 @@ def test_eval_cli_all_measurements(run, digits_net, cache, tmp_path, capsys):
 def test_inversion_error_falls_with_steps_for_an_exact_ode():
     """On a Gaussian-mixture oracle (exact denoiser) the encode-decode error of DDIM falls as S
     grows: the round trip is two first-order ODE solves."""
-    from ddkit.oracle import mixture_2d
+    from ddkit.diffusion.schedule import NoiseSchedule
     from ddkit.samplers import ddim_invert, sample_ddim
-    from ddkit.schedule import NoiseSchedule
+    from ddkit.verify.oracle import mixture_2d
 
     schedule = NoiseSchedule.make("linear", 1000)
     mix = mixture_2d()
@@ -597,14 +597,14 @@ def test_features_cli_trains_reports_and_reuses(tmp_path, capsys):
 def test_cli_lists_the_sweep_families_of_the_evaluation_module():
     """The CLI keeps the names without importing torch at parse time; they must not drift."""
     from ddkit import cli
-    from ddkit import evaluation as ev
+    from ddkit.evaluation import core as ev
 
     assert cli._SWEEP_FAMILIES == tuple(ev.SWEEP_FAMILIES)
 
 
 # ---- sharpness: the detail diagnostic beside FID -------------------------------------------------
 def test_sharpness_closed_forms_and_blur_lowers_it():
-    from ddkit.metrics.sharpness import sharpness
+    from ddkit.evaluation.sharpness import sharpness
 
     flat = torch.full((2, 1, 8, 8), 0.3)
     s = sharpness(flat)

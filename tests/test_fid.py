@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from ddkit.metrics import FeatureStats, FIDWarning, feature_stats, frechet_distance, kid
+from ddkit.evaluation.fid import FeatureStats, FIDWarning, feature_stats, frechet_distance, kid
 
 
 def spd(d, seed):

@@ -1,4 +1,4 @@
-"""Tests for ddkit.likelihood on Gaussian data, where the exact denoiser, the true NLL (the
+"""Tests for ddkit.diffusion.likelihood on Gaussian data, where the exact denoiser, the true NLL (the
 entropy) and the expected VLB are all known in closed form."""
 
 import math
@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.likelihood import gaussian_vlb_terms, ode_bpd, optimal_reverse_variance, vlb_bpd
-from ddkit.losses import VarianceType, prior_bpd
-from ddkit.oracle import GaussianMixture
-from ddkit.schedule import NoiseSchedule
+from ddkit.diffusion.likelihood import (
+    gaussian_vlb_terms,
+    ode_bpd,
+    optimal_reverse_variance,
+    vlb_bpd,
+)
+from ddkit.diffusion.losses import VarianceType, prior_bpd
+from ddkit.diffusion.schedule import NoiseSchedule
+from ddkit.verify.oracle import GaussianMixture
 
 F64 = torch.float64
 LN2 = math.log(2)

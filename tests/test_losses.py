@@ -1,4 +1,4 @@
-"""Tests for ddkit.losses against closed forms: Gaussian KL, discretized likelihood, VLB terms,
+"""Tests for ddkit.diffusion.losses against closed forms: Gaussian KL, discretized likelihood, VLB terms,
 training losses with the exact (oracle) denoiser, and the unbiasedness of timestep samplers."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.losses import (
+from ddkit.diffusion.losses import (
     Decoder,
     LossSecondMomentSampler,
     LossType,
@@ -18,10 +18,10 @@ from ddkit.losses import (
     training_losses,
     vlb_terms,
 )
-from ddkit.oracle import GaussianMixture
-from ddkit.parameterization import Prediction
-from ddkit.process import q_posterior, q_sample
-from ddkit.schedule import NoiseSchedule
+from ddkit.diffusion.parameterization import Prediction
+from ddkit.diffusion.process import q_posterior, q_sample
+from ddkit.diffusion.schedule import NoiseSchedule
+from ddkit.verify.oracle import GaussianMixture
 
 F64 = torch.float64
 

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ddkit.cpu import winograd
+from ddkit.cpu.winograd import winograd_conv3x3, winograd_pays
 from ddkit.models import (
     PRESETS,
     MLPConfig,
@@ -21,7 +23,6 @@ from ddkit.models import (
     model_config_to_dict,
     preset,
     timestep_embedding,
-    winograd,
 )
 from ddkit.models import unet as unet_module
 from ddkit.models.layers import (
@@ -32,7 +33,6 @@ from ddkit.models.layers import (
     keep_mask,
     upsample_conv,
 )
-from ddkit.models.winograd import winograd_conv3x3, winograd_pays
 
 TINY = UNetConfig(
     image_size=8,
@@ -392,7 +392,7 @@ def test_torch_func_grad_through_a_training_unet_with_dropout(monkeypatch):
     functorch tensors, so both sides take the PyTorch-ops path here (same masks, same seed)."""
     from torch.func import functional_call, grad
 
-    from ddkit.models import cpu_kernels
+    from ddkit.cpu import gn_silu as cpu_kernels
 
     monkeypatch.setattr(cpu_kernels, "usable", lambda *args, **kwargs: False)
     torch.manual_seed(0)
@@ -841,10 +841,10 @@ def test_tweedie_variances_run_through_a_unet_with_attention(variance):
     """Forward-mode AD through the U-Net (attention on the math kernel): the Jacobian-vector
     product equals central finite differences, and ancestral sampling with either Tweedie
     variance runs."""
-    from ddkit.denoiser import Denoiser
+    from ddkit.diffusion.denoiser import Denoiser
+    from ddkit.diffusion.schedule import NoiseSchedule
     from ddkit.samplers import sample_ddpm
     from ddkit.samplers.ddpm import _x0_jvp
-    from ddkit.schedule import NoiseSchedule
 
     torch.manual_seed(0)
     model = TINY.build().double().eval()

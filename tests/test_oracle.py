@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
-from ddkit.oracle import GaussianMixture, mixture_2d, mixture_lowrank
-from ddkit.schedule import NoiseSchedule
+from ddkit.diffusion.schedule import NoiseSchedule
+from ddkit.verify.oracle import GaussianMixture, mixture_2d, mixture_lowrank
 
 ALPHA_BARS = [0.9999, 0.9, 0.5, 0.1, 0.001]
 

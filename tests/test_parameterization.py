@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.oracle import GaussianMixture
-from ddkit.parameterization import Prediction, eps_to_x0, score_from_eps, x0_to_eps
-from ddkit.schedule import NoiseSchedule
+from ddkit.diffusion.parameterization import Prediction, eps_to_x0, score_from_eps, x0_to_eps
+from ddkit.diffusion.schedule import NoiseSchedule
+from ddkit.verify.oracle import GaussianMixture
 
 
 def _random_case(seed: int, n: int = 64, shape=(3, 4)):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.process import q_mean_var, q_posterior, q_sample
-from ddkit.schedule import NoiseSchedule
+from ddkit.diffusion.process import q_mean_var, q_posterior, q_sample
+from ddkit.diffusion.schedule import NoiseSchedule
 
 T = 1000
 SCHEDULES = [("linear", False), ("cosine", False), ("linear", True), ("cosine", True)]

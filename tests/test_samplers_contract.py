@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ddkit.oracle import mixture_2d, mixture_lowrank
+from ddkit.diffusion.schedule import SPACINGS, NoiseSchedule
 from ddkit.samplers import (
     SAMPLERS,
     get_sampler,
@@ -18,7 +18,7 @@ from ddkit.samplers import (
     sample_dpmpp_2m,
     sample_pc,
 )
-from ddkit.schedule import SPACINGS, NoiseSchedule
+from ddkit.verify.oracle import mixture_2d, mixture_lowrank
 
 T = 1000
 NAMES = sorted(SAMPLERS)

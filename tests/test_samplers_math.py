@@ -1,6 +1,6 @@
 """Samplers against mathematics: identities between samplers, independent re-implementations,
 exact linear-Gaussian predictions, convergence orders, and Monte Carlo checks against the true
-data distribution (exact denoisers from ``ddkit.oracle``)."""
+data distribution (exact denoisers from ``ddkit.verify.oracle``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.denoiser import Denoiser
-from ddkit.oracle import GaussianMixture, mixture_2d
+from ddkit.diffusion.denoiser import Denoiser
+from ddkit.diffusion.schedule import NoiseSchedule
 from ddkit.samplers import (
     SAMPLERS,
     ddim_invert,
@@ -24,7 +24,7 @@ from ddkit.samplers import (
     slerp,
 )
 from ddkit.samplers.ode import _adams_weights, _dpmpp_weights
-from ddkit.schedule import NoiseSchedule
+from ddkit.verify.oracle import GaussianMixture, mixture_2d
 
 T = 1000
 SCHED = NoiseSchedule.make("linear", T)

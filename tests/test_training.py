@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from ddkit import checkpoint as ckpt
 from ddkit.config import ConfigError, config_from_dict, config_to_dict, load_config
-from ddkit.training import checkpoint as ckpt
 from ddkit.training.ema import EMA
 from ddkit.training.trainer import EpochBatches, NonFiniteLossError, Trainer, read_metrics
 
@@ -415,7 +415,7 @@ def test_compile_trains_the_same_function_and_saves_plain_weights(tmp_path):
     module's keys, so an eager run resumes from them."""
     from torch._dynamo.utils import counters
 
-    from ddkit.losses import training_losses
+    from ddkit.diffusion.losses import training_losses
 
     cfg = image_config(tmp_path / "c", batch_size=4, max_steps=2, ckpt_every=2, compile=True)
     cfg["model"]["dropout"] = 0.0
@@ -491,7 +491,7 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
     ckpt.save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "schema_version"})
     with pytest.raises(ckpt.CheckpointError, match="do not fit the architecture"):
         Trainer.from_checkpoint(path, dataset=points())
-    from ddkit.sampling import load_trained
+    from ddkit.trained import load_trained
 
     with pytest.raises(ckpt.CheckpointError, match="do not fit the architecture"):
         load_trained(path)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ddkit import verify
 from ddkit.cli import main
-from ddkit.schedule import NoiseSchedule
+from ddkit.diffusion.schedule import NoiseSchedule
+from ddkit.verify import runner as verify
 
 SCHEDULE = NoiseSchedule.make("linear", 1000)
 

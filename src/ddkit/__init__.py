@@ -7,11 +7,11 @@ import importlib
 
 __version__ = "0.1.0"
 _LAZY = {
-    "DATA": "schedule",
-    "Denoiser": "denoiser",
-    "NoiseSchedule": "schedule",
-    "Prediction": "parameterization",
-    "timesteps": "schedule",
+    "DATA": "diffusion.schedule",
+    "Denoiser": "diffusion.denoiser",
+    "NoiseSchedule": "diffusion.schedule",
+    "Prediction": "diffusion.parameterization",
+    "timesteps": "diffusion.schedule",
 }
 __all__ = [*_LAZY, "__version__"]
 

@@ -47,8 +47,8 @@ _CLIP_X0_HELP = (
 
 
 def _cmd_verify(args) -> int:
-    from . import verify
     from .samplers import SAMPLERS
+    from .verify import runner as verify
 
     for name in args.sampler or []:
         if name not in SAMPLERS:
@@ -115,7 +115,7 @@ def _cmd_train(args) -> int:
         print(f"ddkit train: config valid; {trainer.cfg.train.max_steps} steps to {trainer.out}")
         return 0
     if trainer.device.type == "cpu":
-        from .training.allocator import keep_freed_memory
+        from .cpu.malloc import keep_freed_memory
 
         keep_freed_memory()  # the process is ours: no page faults from freed buffers each step
     trainer.fit()
@@ -131,8 +131,8 @@ def _cmd_sample(args) -> int:
     import numpy as np
 
     from . import viz
-    from .sampling import SampleSpec, generate, load_trained
-    from .training.checkpoint import atomic_write_bytes
+    from .checkpoint import atomic_write_bytes
+    from .trained import SampleSpec, generate, load_trained
 
     spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args), args.clip_x0)
     trained = load_trained(args.checkpoint, args.weights, args.device)
@@ -194,11 +194,11 @@ def _cmd_eval(args) -> int:
     import time
     from dataclasses import asdict
 
-    from . import evaluation as ev
     from . import viz
+    from .checkpoint import atomic_write_bytes
     from .data import load_dataset
-    from .sampling import SampleSpec, load_trained
-    from .training.checkpoint import atomic_write_bytes
+    from .evaluation import core as ev
+    from .trained import SampleSpec, load_trained
 
     wanted = [k for k in ("bpd", "fid", "sweep", "inversion", "interpolation") if getattr(args, k)]
     if not wanted:
@@ -331,9 +331,9 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_features(args) -> int:
-    from . import evaluation as ev
     from .data import DataConfig, load_dataset
-    from .metrics.features import classifier_path, load_classifier
+    from .evaluation import core as ev
+    from .evaluation.features import classifier_path, load_classifier
 
     cfg = DataConfig(args.data, path=args.path)
     if cfg.name not in ev.LABELLED:

@@ -30,9 +30,9 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from .data import DataConfig
-from .losses import LossType, VarianceType
+from .diffusion.losses import LossType, VarianceType
+from .diffusion.parameterization import Prediction
 from .models import model_config_from_dict, model_config_to_dict, preset
-from .parameterization import Prediction
 
 SCHEMA_VERSION = 1
 
@@ -81,7 +81,7 @@ class DiffusionConfig:
             raise ConfigError("diffusion.variance='learned_range' needs loss 'hybrid' or 'vlb'")
 
     def make_schedule(self):
-        from .schedule import NoiseSchedule
+        from .diffusion.schedule import NoiseSchedule
 
         return NoiseSchedule.make(self.schedule, self.T, zero_terminal_snr=self.zero_terminal_snr)
 

@@ -19,9 +19,9 @@ import torch
 
 from . import viz
 from .config import config_from_dict
-from .process import q_sample
+from .diffusion.process import q_sample
 from .samplers import sample_ddpm
-from .sampling import load_trained
+from .trained import load_trained
 from .training.trainer import Trainer
 
 DEMOS = {

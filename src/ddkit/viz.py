@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .training.checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes
 
 
 def _plt():

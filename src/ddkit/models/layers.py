@@ -14,9 +14,9 @@ from torch import nn
 from torch._C._functorch import is_functorch_wrapped_tensor
 from torch.autograd import forward_ad
 
-from . import cpu_kernels
-from .cpu_kernels import memory_format_of
-from .winograd import winograd_conv3x3, winograd_pays
+from ..cpu import gn_silu as cpu_kernels
+from ..cpu.gn_silu import memory_format_of
+from ..cpu.winograd import winograd_conv3x3, winograd_pays
 
 GROUPNORM_EPS = 1e-6  # the official DDPM code (tf.contrib.layers.group_norm's default)
 

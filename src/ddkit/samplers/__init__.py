@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .ddim import ddim_invert, sample_ddim, slerp
 from .ddpm import sample_ddpm
 from .ode import sample_adams, sample_dpmpp, sample_dpmpp_2m, sample_heun
-from .sde import langevin_correct, sample_euler_maruyama, sample_pc
+from .stochastic import langevin_correct, sample_euler_maruyama, sample_pc
 
 
 @dataclass(frozen=True)

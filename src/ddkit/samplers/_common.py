@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..denoiser import Estimate
-from ..schedule import DATA, check_index_list
+from ..diffusion.denoiser import Estimate
+from ..diffusion.schedule import DATA, check_index_list
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 """callback(i, t, x_t, x0_hat): called after the denoiser is evaluated at step i (timestep t)."""

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..schedule import DATA
+from ..diffusion.schedule import DATA
 from ._common import Callback, check_inputs, check_nonneg, estimate, pairs, randn_like
 
 

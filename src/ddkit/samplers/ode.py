@@ -19,8 +19,8 @@ import math
 import numpy as np
 import torch
 
-from ..denoiser import Estimate
-from ..schedule import DATA
+from ..diffusion.denoiser import Estimate
+from ..diffusion.schedule import DATA
 from ._common import Callback, check_inputs, estimate, pairs
 
 

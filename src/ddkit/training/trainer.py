@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import checkpoint as ckpt
 from .. import viz
 from ..config import Config, config_from_dict, config_to_dict
-from ..denoiser import Denoiser, check_clip_x0
-from ..losses import training_losses
+from ..diffusion.denoiser import Denoiser, check_clip_x0
+from ..diffusion.losses import training_losses
+from ..diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from ..samplers import get_sampler
-from ..timestep_sampling import LossSecondMomentSampler, UniformSampler
-from . import checkpoint as ckpt
 from . import distributed as D
 from .ema import EMA
 

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..sde import VPSDE
+from ..diffusion.sde import VPSDE
 from ._common import Callback, check_inputs, check_nonneg, pairs, randn_like
 
 

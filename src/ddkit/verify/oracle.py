@@ -17,8 +17,8 @@ import math
 import numpy as np
 import torch
 
-from .denoiser import Denoiser
-from .schedule import NoiseSchedule
+from ..diffusion.denoiser import Denoiser
+from ..diffusion.schedule import NoiseSchedule
 
 
 class GaussianMixture:

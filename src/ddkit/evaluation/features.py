@@ -198,7 +198,7 @@ def save_classifier(
 ):
     from safetensors.torch import save as st_save
 
-    from ..training.checkpoint import atomic_write_bytes
+    from ..checkpoint import atomic_write_bytes
 
     meta = {
         "kind": CLASSIFIER_KIND,

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import checkpoint as ckpt
 from .config import Config, config_from_dict
-from .denoiser import Denoiser, check_clip_x0
+from .diffusion.denoiser import Denoiser, check_clip_x0
+from .diffusion.schedule import SPACINGS, NoiseSchedule
 from .samplers import SAMPLERS, get_sampler
-from .schedule import SPACINGS, NoiseSchedule
-from .training import checkpoint as ckpt
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
 SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..paths import file_mode
+from .paths import file_mode
 
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8,})\.safetensors$")

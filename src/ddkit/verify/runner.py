@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from .metrics import dispersion, energy_distance, loglik_gap
+from ..diffusion.schedule import NoiseSchedule
+from ..samplers import get_sampler
 from .oracle import GaussianMixture, mixture_2d, mixture_lowrank
-from .samplers import get_sampler
-from .schedule import NoiseSchedule
+from .statistics import dispersion, energy_distance, loglik_gap
 
 NFES = (10, 20, 50, 100, 1000)
 

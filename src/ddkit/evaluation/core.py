@@ -17,8 +17,11 @@ from pathlib import Path
 
 import torch
 
-from .data import DataConfig, load_dataset
-from .metrics.features import (
+from ..checkpoint import atomic_write_bytes
+from ..data import DataConfig, load_dataset
+from ..diffusion.schedule import max_steps
+from ..trained import SampleSpec, Trained, generate
+from .features import (
     ClassifierFeatures,
     classifier_path,
     default_cache_dir,
@@ -28,10 +31,7 @@ from .metrics.features import (
     save_classifier,
     train_classifier,
 )
-from .metrics.fid import FIDWarning, feature_stats, frechet_distance, kid
-from .sampling import SampleSpec, Trained, generate
-from .schedule import max_steps
-from .training.checkpoint import atomic_write_bytes
+from .fid import FIDWarning, feature_stats, frechet_distance, kid
 
 LABELLED = ("digits", "mnist5k", "fashion_mnist")
 
@@ -125,7 +125,7 @@ def feature_network(
     """The features FID is computed on: Inception from a local weights file (``inception``), a
     given ddkit feature-network file (``feature_net``), or else ddkit's cached classifier for the
     checkpoint's data set (trained when absent).  Checked against the checkpoint's data."""
-    from .metrics.features import KNOWN_INCEPTION_FILES, load_inception
+    from .features import KNOWN_INCEPTION_FILES, load_inception
 
     if not trained.is_image:
         raise ValueError("FID needs an image model; this checkpoint models 2-D points")
@@ -242,7 +242,7 @@ def sample_quality(
     x = generate(trained, spec, num, seed=seed, batch_size=batch_size, device=device)
     wall = time.perf_counter() - t0
     if samples_out is not None:
-        from . import viz
+        from .. import viz
 
         viz.save_samples(x[:64], samples_out)
     fid, k = feature_quality(extract(featnet, x), reference, seed=seed)
@@ -311,7 +311,7 @@ def bits_per_dim_vlb(
     length.  The reverse variance is the model's: fixed (beta-tilde or beta) or learned.
     The image subset and, for one ``seed``, every noise draw are the same for any checkpoint of
     the data set, so two checkpoints can be compared image by image (``per_image``)."""
-    from .likelihood import vlb_bpd
+    from ..diffusion.likelihood import vlb_bpd
 
     data, x0 = _held_out(trained, split, num)
     d = trained.config.diffusion
@@ -372,7 +372,7 @@ def bits_per_dim_ode(
     """Bits/dim by the probability-flow ODE (Heun, ``steps`` quadratic intervals, Hutchinson
     divergence with Rademacher probes) with uniform dequantization for 8-bit data, averaged over
     ``num`` images with its standard error over images (which includes the probe noise)."""
-    from .likelihood import ode_bpd
+    from ..diffusion.likelihood import ode_bpd
 
     data, x0 = _held_out(trained, split, num)
     den = trained.denoiser()
@@ -615,7 +615,7 @@ def reconstruction_error(
     """DDIM Table 2: encode held-out images to x_T with DDIM run backwards and decode with
     DDIM eta=0 on the same S timesteps; the per-dimension mean squared error (data in [-1, 1]),
     mean over images with its standard error, for each S."""
-    from .samplers import ddim_invert, sample_ddim
+    from ..samplers import ddim_invert, sample_ddim
 
     _, x0 = _held_out(trained, split, num)
     den = trained.denoiser()
@@ -656,7 +656,7 @@ def interpolation_grid(
 ) -> torch.Tensor:
     """DDIM sec. 5.3: for each row, two latents x_T ~ N(0, I) and the DDIM eta=0 samples of
     ``cols`` spherical interpolations between them, [rows * cols, *shape]."""
-    from .samplers import sample_ddim, slerp
+    from ..samplers import sample_ddim, slerp
 
     g = torch.Generator().manual_seed(seed)
     z0 = torch.randn((rows, *trained.data_shape), generator=g)

@@ -37,10 +37,7 @@ class Trained:
 
     @property
     def data_shape(self) -> tuple[int, ...]:
-        m = self.config.model
-        if hasattr(m, "image_size"):
-            return (m.in_channels, m.image_size, m.image_size)
-        return (m.dim,)
+        return self.config.model.input_shape()
 
     @property
     def is_image(self) -> bool:
@@ -48,9 +45,28 @@ class Trained:
 
     def denoiser(self, clip_x0: str = "auto") -> Denoiser:
         """The model as a :class:`Denoiser`; ``clip_x0`` as in :class:`SampleSpec`."""
-        from .training.trainer import make_denoiser
-
         return make_denoiser(self.model, self.config, self.schedule, clip_x0=clip_x0)
+
+
+def make_denoiser(
+    model: nn.Module, cfg: Config, schedule: NoiseSchedule, dataset=None, clip_x0: str = "auto"
+) -> Denoiser:
+    """The sampling interface for a model of config ``cfg``: the prediction half of a
+    learned-variance output; x0 clipped to [-1, 1] for 8-bit image data (``clip_x0="auto"``: the
+    dataset's ``quantized`` flag, else whether the data are images), always ("on") or never
+    ("off")."""
+    check_clip_x0(clip_x0)
+    shape = cfg.model.input_shape()
+    fn = model
+    if cfg.model.learn_sigma:
+        channels = shape[0]
+
+        def fn(x, t):
+            return model(x, t)[:, :channels]
+
+    quantized = getattr(dataset, "quantized", len(shape) == 3)
+    clip = (-1.0, 1.0) if clip_x0 == "on" or (clip_x0 == "auto" and quantized) else None
+    return Denoiser(fn, schedule, cfg.diffusion.prediction, clip=clip)
 
 
 def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") -> Trained:

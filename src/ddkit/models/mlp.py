@@ -50,6 +50,10 @@ class MLPConfig:
     def out_dim(self) -> int:
         return 2 * self.dim if self.learn_sigma else self.dim
 
+    def input_shape(self) -> tuple[int]:
+        """(D,) of one input vector."""
+        return (self.dim,)
+
     def replace(self, **changes) -> MLPConfig:
         return dataclasses.replace(self, **changes)
 

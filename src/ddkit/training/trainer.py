@@ -29,10 +29,10 @@ from torch import nn
 from .. import checkpoint as ckpt
 from .. import viz
 from ..config import Config, config_from_dict, config_to_dict
-from ..diffusion.denoiser import Denoiser, check_clip_x0
 from ..diffusion.losses import training_losses
 from ..diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from ..samplers import get_sampler
+from ..trained import make_denoiser
 from . import distributed as D
 from .ema import EMA
 
@@ -82,11 +82,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_model_fits_data(cfg: Config, shape: tuple[int, ...]) -> None:
-    m = cfg.model
-    if hasattr(m, "image_size"):
-        want = (m.in_channels, m.image_size, m.image_size)
-    else:
-        want = (m.dim,)
+    want = cfg.model.input_shape()
     if tuple(shape) != want:
         raise ValueError(
             f"data shape {tuple(shape)} does not fit the model, which expects {want}; set the "
@@ -549,30 +545,6 @@ def init_weights(model: nn.Module, path: str | Path, log=None) -> None:
         ) from None
     if log is not None:
         log(f"model initialised from the EMA weights of {meta['path']} (step {meta['step']})")
-
-
-def make_denoiser(
-    model: nn.Module, cfg: Config, schedule, dataset=None, clip_x0: str = "auto"
-) -> Denoiser:
-    """The sampling interface for a trained model: the prediction half of a learned-variance
-    output; x0 clipped to [-1, 1] for 8-bit image data (``clip_x0="auto"``), always ("on") or
-    never ("off")."""
-    fn = model
-    if getattr(cfg.model, "learn_sigma", False):
-        channels = cfg.model.in_channels if hasattr(cfg.model, "in_channels") else cfg.model.dim
-
-        def fn(x, t):
-            return model(x, t)[:, :channels]
-
-    check_clip_x0(clip_x0)
-    quantized = getattr(dataset, "quantized", len(_shape(cfg)) == 3)
-    clip = (-1.0, 1.0) if clip_x0 == "on" or (clip_x0 == "auto" and quantized) else None
-    return Denoiser(fn, schedule, cfg.diffusion.prediction, clip=clip)
-
-
-def _shape(cfg: Config) -> tuple:
-    m = cfg.model
-    return (m.in_channels, m.image_size, m.image_size) if hasattr(m, "image_size") else (m.dim,)
 
 
 def read_metrics(path: Path) -> list[dict]:

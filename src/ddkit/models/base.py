@@ -1,0 +1,29 @@
+"""What every model config provides, so that no caller inspects a config's fields to learn its
+data shape."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import nn
+
+
+@runtime_checkable
+class ModelConfig(Protocol):
+    """A frozen dataclass describing one network.
+
+    ``input_shape()`` is the shape of one example (``(C, H, W)`` for images, ``(D,)`` for
+    vectors); ``build()`` makes the module, called as ``model(x_t [N, *input_shape], t [N] long)``
+    and returning a tensor of x_t's shape (twice its channels with ``learn_sigma``).
+    """
+
+    learn_sigma: bool
+
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    def build(self) -> nn.Module: ...
+
+
+def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of scalar parameters of ``module`` (only those requiring grad if asked)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -12,8 +12,8 @@ per element (half the activations' size), which costs less than hashing again in
 The C file is compiled on first use with the system's C compiler (``cc -O3 -march=native
 -fopenmp``) into ``$DDKIT_CACHE/kernels`` (default ``~/.cache/ddkit/kernels``), keyed by the
 source, compiler and CPU, and called through ctypes; it shares torch's OpenMP runtime and thread
-count.  Without a compiler, or with ``DDKIT_CPU_KERNELS=0``, :func:`library` is None and the U-Net
-runs the same function as PyTorch ops (``layers.GroupNormSiLU``).
+count.  Without a compiler :func:`library` is None and the U-Net runs the same function as PyTorch
+ops (``ddkit.models.layers.GroupNormSiLU``).
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch._C._functorch import is_functorch_wrapped_tensor
-from torch.autograd import forward_ad
 from torch.autograd.function import once_differentiable
 
 from ..paths import default_cache_dir, file_mode
@@ -135,10 +133,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (``DDKIT_CPU_KERNELS=0``, no C compiler, or a failed build:
-    then a warning says why, once, and the U-Net uses PyTorch ops)."""
-    if os.environ.get("DDKIT_CPU_KERNELS", "1") == "0":
-        return None
+    """The compiled kernel, or None (no C compiler, or a failed build: then a warning says why,
+    once, and the U-Net uses PyTorch ops)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         warnings.warn(
@@ -160,55 +156,21 @@ def library() -> ctypes.CDLL | None:
         return None
 
 
-def _plain_fp32_cpu(t: torch.Tensor, shape: tuple[int, ...]) -> bool:
-    """t is an fp32 CPU tensor of this shape, neither a torch.func wrapper nor a dual tensor."""
-    return (
-        isinstance(t, torch.Tensor)
-        and t.device.type == "cpu"
-        and t.dtype == torch.float32
-        and tuple(t.shape) == shape
-        and not is_functorch_wrapped_tensor(t)
-        and forward_ad.unpack_dual(t).tangent is None
-    )
-
-
-def usable(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    groups: int,
-    shift: torch.Tensor | None = None,
-    other: torch.Tensor | None = None,
+def kernel_applies(
+    x: torch.Tensor, weight: torch.Tensor, groups: int, shift: torch.Tensor | None = None
 ) -> bool:
-    """Whether :func:`gn_silu` can run this call: x fp32 [N, C, H, W] on the CPU (with ``other``
-    [N, C', H, W] dense in x's memory layout, C the channels of both) with C a multiple of
-    ``groups``, weight and bias [C], shift [N, C] or None, all of them plain tensors (no
-    ``torch.func`` transform or forward-mode AD), fewer than 2**32 elements, outside autocast and
-    ``torch.compile``, and the kernel built.  Anything else takes the PyTorch ops, which raise
-    their own errors for inconsistent shapes."""
-    if torch.compiler.is_compiling():  # first: Dynamo cannot trace the checks below
+    """Whether the kernel can run this call, which :func:`ddkit.cpu.fast_path` has admitted: x
+    [N, C, H, W] non-empty with fewer than 2**32 elements, C a multiple of ``groups``, weight (and
+    bias) [C], shift [N, C] or None, and the kernel built.  Anything else takes the PyTorch ops,
+    which raise their own errors for inconsistent shapes."""
+    if x.ndim != 4 or x.numel() == 0 or x.numel() >= 2**32:
         return False
-    if x.ndim != 4 or x.numel() == 0 or not _plain_fp32_cpu(x, tuple(x.shape)):
-        return False  # x plain first: its layout cannot be queried under vmap
-    n, c, h, w = x.shape
-    if other is not None:
-        if not (
-            other.ndim == 4
-            and _plain_fp32_cpu(other, (n, other.shape[1], h, w))
-            and other.numel() > 0
-            and other.is_contiguous(memory_format=memory_format_of(x))
-        ):
-            return False
-        c += other.shape[1]
-    if n * c * h * w >= 2**32:
-        return False
+    n, c = x.shape[:2]
     return (
         groups > 0
         and c % groups == 0
-        and _plain_fp32_cpu(weight, (c,))
-        and _plain_fp32_cpu(bias, (c,))
-        and (shift is None or _plain_fp32_cpu(shift, (n, c)))
-        and not torch.is_autocast_enabled("cpu")
+        and tuple(weight.shape) == (c,)
+        and (shift is None or tuple(shift.shape) == (n, c))
         and library() is not None
     )
 
@@ -246,88 +208,57 @@ def _p(t: torch.Tensor | None) -> int | None:
 
 
 class GroupNormSiLUFunction(torch.autograd.Function):
-    """y = dropout(SiLU(GroupNorm(u + shift[:, :, None, None]))) by the fused kernel, where u is x,
-    or the concatenation of x and ``other`` along channels.
+    """y = dropout(SiLU(GroupNorm(x + shift[:, :, None, None]))) by the fused kernel.
 
-    x [N, C, H, W] fp32 (NCHW or channels_last; y has x's layout), ``other`` None or [N, C', H, W]
-    in x's layout, shift [N, C (+ C')] or None, weight and bias [C (+ C')], ``seed`` the dropout
-    draw (ignored when ``threshold`` is 0).  With ``with_input`` the result is (y, u): u for a
-    second consumer (the residual path), whose gradient the kernel's backward pass adds to its own
-    instead of autograd adding the two; a concatenation's inputs then get their gradients as two
-    dense tensors, without slicing."""
+    x [N, C, H, W] fp32 (NCHW or channels_last; y has x's layout), shift [N, C] or None, weight
+    and bias [C], ``seed`` the dropout draw (ignored when ``threshold`` is 0)."""
 
     @staticmethod
-    def forward(
-        ctx, x, other, shift, weight, bias, groups, eps, threshold, scale, seed, with_input
-    ):
+    def forward(ctx, x, shift, weight, bias, groups, eps, threshold, scale, seed):
         lib = library()
         x, nhwc = _layout(x)
-        fmt = torch.channels_last if nhwc else torch.contiguous_format
-        split = 0
-        if other is not None:  # the caller checked that other is dense in x's layout
-            split = x.shape[1]
-            u = torch.empty(
-                (x.shape[0], split + other.shape[1], *x.shape[2:]), dtype=x.dtype,
-                memory_format=fmt,
-            )  # fmt: skip
-            torch.cat([x, other], dim=1, out=u)
-        else:
-            u = x
-        n, c, h, w = u.shape
+        n, c, h, w = x.shape
         shift = None if shift is None else shift.contiguous()
         weight, bias = weight.contiguous(), bias.contiguous()
-        y = torch.empty_like(u)
-        mean = u.new_empty(n, groups)
-        rstd = u.new_empty(n, groups)
+        y = torch.empty_like(x)
+        mean = x.new_empty(n, groups)
+        rstd = x.new_empty(n, groups)
         # the dropout mask, 16 bits per element in y's memory order, kept for the backward
-        keep = torch.empty_like(u, dtype=torch.int16) if threshold else None
+        keep = torch.empty_like(x, dtype=torch.int16) if threshold else None
         threads = torch.get_num_threads()
         scratch = _scratch(lib, threads, c)
         lib.gn_silu_forward(
-            _p(u), _p(shift), _p(weight), _p(bias), n, c, h * w, groups, int(nhwc), eps,
+            _p(x), _p(shift), _p(weight), _p(bias), n, c, h * w, groups, int(nhwc), eps,
             seed, threshold, scale, threads, _p(scratch), _p(y), _p(mean), _p(rstd), _p(keep),
         )  # fmt: skip
-        ctx.save_for_backward(u, shift, weight, bias, mean, rstd, keep)
-        ctx.config = (groups, nhwc, scale, split)
-        ctx.set_materialize_grads(False)
-        if not with_input:
-            return y
-        u = u if split else u.view_as(u)
-        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
-            ctx.mark_non_differentiable(u)  # no input to pass a gradient to: none computed
-        return y, u
+        ctx.save_for_backward(x, shift, weight, bias, mean, rstd, keep)
+        ctx.config = (groups, nhwc, scale)
+        return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy, du=None):
+    def backward(ctx, dy):
         lib = library()
-        u, shift, weight, bias, mean, rstd, keep = ctx.saved_tensors
-        groups, nhwc, scale, split = ctx.config
-        fmt = torch.channels_last if nhwc else torch.contiguous_format
-        dy = torch.zeros_like(u) if dy is None else dy.contiguous(memory_format=fmt)
-        du = None if du is None else du.contiguous(memory_format=fmt)
-        n, c, h, w = u.shape
-        # the result, or (split) the working memory between the kernel's two passes
-        dx = torch.empty_like(u)
-        da = db = None
-        if split:
-            da = torch.empty((n, split, h, w), dtype=u.dtype, memory_format=fmt)
-            db = torch.empty((n, c - split, h, w), dtype=u.dtype, memory_format=fmt)
-        dgamma = u.new_empty(n, c)
-        dbeta = u.new_empty(n, c)
-        dshift = None if shift is None else u.new_empty(n, c)
+        x, shift, weight, bias, mean, rstd, keep = ctx.saved_tensors
+        groups, nhwc, scale = ctx.config
+        dy = dy.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        n, c, h, w = x.shape
+        dx = torch.empty_like(x)
+        dgamma = x.new_empty(n, c)
+        dbeta = x.new_empty(n, c)
+        dshift = None if shift is None else x.new_empty(n, c)
         threads = torch.get_num_threads()
         scratch = _scratch(lib, threads, c)
+        # no second consumer's gradient (NULL) and no split of dx (0, NULL, NULL)
         lib.gn_silu_backward(
-            _p(dy), _p(u), _p(shift), _p(weight), _p(bias), _p(mean), _p(rstd), _p(keep), n, c,
+            _p(dy), _p(x), _p(shift), _p(weight), _p(bias), _p(mean), _p(rstd), _p(keep), n, c,
             h * w, groups, int(nhwc), scale, threads, _p(scratch), _p(dx), _p(dgamma), _p(dbeta),
-            _p(dshift), _p(du), split, _p(da), _p(db),
+            _p(dshift), None, 0, None, None,
         )  # fmt: skip
-        dfirst = da if split else dx
-        return (dfirst, db, dshift, dgamma.sum(0), dbeta.sum(0)) + (None,) * 6
+        return (dx, dshift, dgamma.sum(0), dbeta.sum(0)) + (None,) * 5
 
 
-def gn_silu(
+def group_norm_silu(
     x: torch.Tensor,
     shift: torch.Tensor | None,
     weight: torch.Tensor,
@@ -335,17 +266,13 @@ def gn_silu(
     groups: int,
     eps: float,
     dropout: float = 0.0,
-    *,
-    other: torch.Tensor | None = None,
-    with_input: bool = False,
-):
-    """``dropout(silu(group_norm(u + shift[:, :, None, None], groups, weight, bias, eps)))`` by
-    the fused kernel, u = x or ``torch.cat([x, other], dim=1)``; with ``with_input``, (that, u).
-    The caller checks :func:`usable`; its conditions are not re-checked here.  Dropout (training
-    only: pass 0 in eval) draws its seed from torch's default generator; p is rounded to a
-    multiple of 2**-24."""
+) -> torch.Tensor:
+    """``dropout(silu(group_norm(x + shift[:, :, None, None], groups, weight, bias, eps)))`` by
+    the fused kernel.  The caller checks :func:`ddkit.cpu.fast_path` and :func:`kernel_applies`;
+    their conditions are not re-checked here.  Dropout (training only: pass 0 in eval) draws its
+    seed from torch's default generator; p is rounded to a multiple of 2**-24."""
     threshold, scale = dropout_threshold(dropout) if dropout > 0.0 else (0, 1.0)
     seed = int(torch.empty((), dtype=torch.int64).random_()) if threshold else 0
     return GroupNormSiLUFunction.apply(
-        x, other, shift, weight, bias, groups, eps, threshold, scale, seed, with_input
+        x, shift, weight, bias, groups, eps, threshold, scale, seed
     )

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Dropout, timestep_embedding, zero_
+from .layers import timestep_embedding, zero_
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class _Block(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.fc1 = nn.Linear(hidden, hidden)
         self.emb_proj = nn.Linear(hidden, hidden)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.fc2 = zero_(nn.Linear(hidden, hidden))
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ configured to the same network (block_out_channels, layers_per_block, attention 
 resolutions with one head, GroupNorm groups and eps, dropout, the DDPM sinusoidal embedding); the
 script checks that both have the same parameter count and, after copying diffusers' weights into
 ours, the same output.  Both run with their default settings: ours is ``UNetConfig.build()`` as
-``ddkit train`` builds it (its Winograd / sub-pixel / dropout paths are default behaviour), theirs
+``ddkit train`` builds it (its CPU fast paths, ``ddkit.cpu``, are default behaviour), theirs
 is ``UNet2DModel(...)`` with its default attention processor.
 
 Timing: both models live in one process; after a warm-up, steps alternate (ours, theirs, theirs,
@@ -22,16 +22,22 @@ model, attention included; Adam not counted) over the median time, so both sides
 the same work.  Peak memory: each model trains 3 steps alone in a fresh subprocess; reported is the
 process's peak resident set size (VmHWM; imports of torch and diffusers, model, Adam state
 included) and its growth over the training steps (activations, gradients, optimizer state).
-Page faults/step: the process's minor page faults during each timed step (median), with glibc's
-malloc at its defaults on both sides; ``--keep-freed-memory`` sets it for both as ``ddkit train``
-does (``ddkit.cpu.malloc``).
+Page faults/step: the process's minor page faults during each timed step (median).
 
 With ``--precision bf16`` both sides run forward and loss under ``torch.autocast("cpu",
-torch.bfloat16)``, as ``ddkit train --set train.precision=bf16`` does (weights, gradients and Adam in
+torch.bfloat16)``, as ``ddkit train --set train.precision=bf16`` does (weights, gradients and Adam
+in
 fp32); on CPUs with AMX or AVX512-BF16 oneDNN then computes convolutions and matmuls in bf16.
 
     .venv/bin/python benchmarks/unet_throughput.py [--reps 9] [--threads 2] [--case cifar|28|all]
-        [--precision fp32|bf16] [--compile]
+        [--precision fp32|bf16] [--compile] [--ablate] [--against REV]
+
+``--ablate`` adds one ddkit side per CPU fast path (``ddkit.cpu.FAST_PATHS``) with that path
+switched off (``ddkit.cpu.disabled(name)`` around its steps), and reports each path's share of
+a training step: 1 - t(all paths) / t(without it), as the median of the per-round ratios with
+its bootstrap interval.  ``--against REV`` adds a side built from the ddkit source of git
+revision REV (extracted to a temporary folder and imported as a second package), so a change's
+effect on the speed-up over diffusers is measured in one interleaved run.
 
 With ``--compile`` both sides' forwards run under ``torch.compile`` (Inductor; as ``ddkit train
 --set train.compile=true``); the first two steps, which compile, are reported apart.
@@ -40,6 +46,9 @@ With ``--compile`` both sides' forwards run under ``torch.compile`` (Inductor; a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
 import json
 import os
 import random
@@ -47,6 +56,8 @@ import resource
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 
 # With more runnable threads than cores (a shared machine), OpenMP's default spin-waiting makes
@@ -62,6 +73,7 @@ from torch.utils.flop_counter import (  # noqa: E402
     sdpa_flop_count,
 )
 
+from ddkit import cpu  # noqa: E402
 from ddkit.models import UNet, UNetConfig, count_parameters, preset  # noqa: E402
 
 CASES = {"cifar": ("ddpm-cifar10", 8), "28": ("ddpm-28", 64)}
@@ -164,7 +176,7 @@ def check_same_function(cfg: UNetConfig) -> float:
     copy_diffusers_weights(ours, theirs)
     ours.eval()
     theirs.eval()
-    x = torch.randn(8, *cfg.input_shape())  # batch 8: the CIFAR model's Winograd path is taken
+    x = torch.randn(8, *cfg.input_shape())
     t = torch.tensor([0, 1, 10, 100, 300, 500, 800, 999])
     with torch.no_grad():
         a, b = ours(x, t), theirs(x, t).sample
@@ -194,16 +206,54 @@ def count_step_flops(model, forward, cfg: UNetConfig, batch: int) -> int:
     return counter.get_total_flops()
 
 
+def load_revision(rev: str):
+    """``ddkit.models`` of git revision ``rev``, imported as the package ``ddkit_rev`` from the
+    revision's ``src/ddkit`` extracted to a temporary folder (its kernel builds into its own
+    cache key, as any source change does)."""
+    root = tempfile.mkdtemp(prefix="ddkit-rev-")
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "src/ddkit"],
+        capture_output=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ).stdout
+    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+        tar.extractall(root, filter="data")
+    pkg = os.path.join(root, "src", "ddkit")
+    spec = importlib.util.spec_from_file_location(
+        "ddkit_rev", os.path.join(pkg, "__init__.py"), submodule_search_locations=[pkg]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ddkit_rev"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("ddkit_rev.models")
+
+
 class Side:
-    """One model with its optimizer, data and a ``step()``."""
+    """One model with its optimizer, data and a ``step()``.
+
+    ``kind``: "ours" (this checkout's U-Net), "diffusers", or "rev" (the U-Net that ``build``
+    makes); ``off``: CPU fast paths switched off around every step of this side."""
 
     def __init__(
-        self, name: str, cfg: UNetConfig, batch: int, precision: str = "fp32", compile: bool = False
+        self,
+        kind: str,
+        cfg: UNetConfig,
+        batch: int,
+        precision: str = "fp32",
+        compile: bool = False,
+        *,
+        off: tuple[str, ...] = (),
+        build=None,
     ):
         torch.manual_seed(1)
         self.amp = precision == "bf16"
-        if name == "ours":
+        self.off = off
+        if kind == "ours":
             self.model = cfg.build()
+            self.eager = self.model
+        elif kind == "rev":
+            self.model = build()
             self.eager = self.model
         else:
             self.model = diffusers_model(cfg)
@@ -223,14 +273,16 @@ class Side:
         self.faults: list[int] = []  # minor page faults of each step (the process's, per step)
 
     def step(self) -> float:
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
-            loss = (self.forward(self.x, self.t).float() - self.noise).square().mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        elapsed = time.perf_counter() - start
+        switch = cpu.disabled(*self.off) if self.off else contextlib.nullcontext()
+        with switch:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
+                loss = (self.forward(self.x, self.t).float() - self.noise).square().mean()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            elapsed = time.perf_counter() - start
         self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
         return elapsed
 
@@ -271,14 +323,41 @@ def peak_memory(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def make_sides(
+    preset_name: str, batch, precision, compile, ablate: bool, rev_models, rev: str | None
+) -> dict:
+    """The sides of one run, by name: ours, [ours without each fast path], [REV], diffusers."""
+    cfg = preset(preset_name)
+    sides = {"ours": Side("ours", cfg, batch, precision, compile)}
+    if ablate:
+        for name in cpu.FAST_PATHS:
+            sides[f"ours without {name}"] = Side(
+                "ours", cfg, batch, precision, compile, off=(name,)
+            )
+    if rev_models is not None:
+        sides[f"ddkit at {rev}"] = Side(
+            "rev", cfg, batch, precision, compile, build=rev_models.preset(preset_name).build
+        )
+    sides["diffusers"] = Side("diffusers", cfg, batch, precision, compile)
+    return sides
+
+
 def run_case(
-    preset_name: str, batch: int, reps: int, threads: int, precision: str, compile: bool
+    preset_name: str,
+    batch: int,
+    reps: int,
+    threads: int,
+    precision: str,
+    compile: bool,
+    ablate: bool = False,
+    rev_models=None,
+    rev: str | None = None,
 ) -> dict:
     cfg = preset(preset_name)
     err = check_same_function(cfg)
-    sides = {name: Side(name, cfg, batch, precision, compile) for name in ("ours", "diffusers")}
+    sides = make_sides(preset_name, batch, precision, compile, ablate, rev_models, rev)
     params = {name: count_parameters(s.model) for name, s in sides.items()}
-    if params["ours"] != params["diffusers"]:
+    if len(set(params.values())) != 1:
         raise RuntimeError(f"parameter counts differ: {params}")
     nominal = count_step_flops(sides["diffusers"].model, sides["diffusers"].eager, cfg, batch)
     executed = count_step_flops(sides["ours"].model, sides["ours"].eager, cfg, batch)
@@ -290,7 +369,8 @@ def run_case(
     times = interleaved(sides, reps)
     faults = {name: statistics.median(s.faults) for name, s in sides.items()}
     memory = {
-        name: peak_memory(name, preset_name, batch, threads, precision, compile) for name in sides
+        name: peak_memory(name, preset_name, batch, threads, precision, compile)
+        for name in ("ours", "diffusers")
     }
     return {
         "preset": preset_name,
@@ -321,47 +401,63 @@ def report(result: dict) -> str:
     lines = [
         f"### {result['preset']}, batch {b}{compiled}",
         "",
-        f"parameters: ours {result['params']['ours']:,}, diffusers "
-        f"{result['params']['diffusers']:,}; same output after copying weights (max rel. diff "
-        f"{result['output_rel_diff']:.1e}); nominal {result['nominal_gflop']:.1f} GFLOP per step "
-        f"(ours executes {result['ours_executed_gflop']:.1f})",
+        f"parameters: {result['params']['ours']:,} on every side; same output as diffusers after "
+        f"copying weights (max rel. diff {result['output_rel_diff']:.1e}); nominal "
+        f"{result['nominal_gflop']:.1f} GFLOP per step (ours executes "
+        f"{result['ours_executed_gflop']:.1f})",
         "",
-        "| model | images/s (median) | spread (min-max) | ms/step | GFLOP/s | peak RSS | RSS growth "
-        "| page faults/step |",
+        "| model | images/s (median) | spread (min-max) | ms/step | GFLOP/s | peak RSS "
+        "| RSS growth | page faults/step |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("ours", "diffusers"):
-        ts = times[name]
-        mem = result["memory"][name]
+    for name, ts in times.items():
+        mem = result["memory"].get(name)
+        rss = (
+            f"{mem['after_kib'] / 1024:.0f} MiB | "
+            f"{(mem['after_kib'] - mem['before_kib']) / 1024:.0f} MiB"
+            if mem
+            else "- | -"
+        )
         lines.append(
             f"| {name} | {b / med[name]:.2f} | {b / max(ts):.2f}-{b / min(ts):.2f} | "
-            f"{1e3 * med[name]:.0f} | {result['nominal_gflop'] / med[name]:.1f} | "
-            f"{mem['after_kib'] / 1024:.0f} MiB | {(mem['after_kib'] - mem['before_kib']) / 1024:.0f} MiB "
+            f"{1e3 * med[name]:.0f} | {result['nominal_gflop'] / med[name]:.1f} | {rss} "
             f"| {result['page_faults_per_step'][name]:.0f} |"
         )
-    lines += ["", speedup_line(times), ""]
+    lines.append("")
+    for name in times:
+        if name != "diffusers" and not name.startswith("ours without"):
+            lines.append(f"- {name}: " + speedup_line(times, name, "diffusers"))
+    for name in times:
+        if name.startswith("ours without"):
+            lines.append(f"- share of {name[len('ours without ') :]}: " + share_line(times, name))
+    lines.append("")
     return "\n".join(lines)
 
 
 def interleaved(sides: dict, reps: int) -> dict[str, list[float]]:
-    """Step times of each side over ``reps`` rounds in alternating order (ours, theirs, theirs,
-    ours, ...), so that neither side always runs first."""
+    """Step times of each side over ``reps`` rounds, the order of the sides reversed every other
+    round, so that no side always runs first."""
     times = {name: [] for name in sides}
+    names = list(sides)
     for r in range(reps):
-        for name in ("ours", "diffusers") if r % 2 == 0 else ("diffusers", "ours"):
+        for name in names if r % 2 == 0 else names[::-1]:
             times[name].append(sides[name].step())
     return times
 
 
 def ratio_intervals(
-    times: dict[str, list[float]], resamples: int = 2000, level: float = 0.95
+    times: dict[str, list[float]],
+    a: str = "ours",
+    b: str = "diffusers",
+    resamples: int = 2000,
+    level: float = 0.95,
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Bootstrap intervals of the ratio of medians (diffusers / ours) and of the median per-round
-    ratio: rounds resampled with replacement, each round keeping its pair of steps (they ran back
-    to back, under the same machine speed), percentile intervals.  Fixed seed, so a rerun of the
-    report gives the same."""
+    """Bootstrap intervals of the ratio of medians (b / a) and of the median per-round ratio:
+    rounds resampled with replacement, each round keeping its steps (they ran back to back, under
+    the same machine speed), percentile intervals.  Fixed seed, so a rerun of the report gives the
+    same."""
     rng = random.Random(0)
-    ours, theirs = times["ours"], times["diffusers"]
+    ours, theirs = times[a], times[b]
     ratios = [d / o for o, d in zip(ours, theirs)]
     of_medians, per_round = [], []
     for _ in range(resamples):
@@ -377,17 +473,29 @@ def ratio_intervals(
     return (of_medians[lo], of_medians[hi]), (per_round[lo], per_round[hi])
 
 
-def speedup_line(times: dict[str, list[float]]) -> str:
-    """Ratio of median step times and median of the per-round ratios, each with its 95%
-    bootstrap interval over rounds, and the range of the per-round ratios."""
+def speedup_line(times: dict[str, list[float]], a: str = "ours", b: str = "diffusers") -> str:
+    """Speed-up of side a over side b: ratio of median step times and median of the per-round
+    ratios, each with its 95% bootstrap interval over rounds, and the range of the per-round
+    ratios."""
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratios = sorted(d / o for o, d in zip(times["ours"], times["diffusers"]))
-    (low, high), (rlow, rhigh) = ratio_intervals(times)
+    ratios = sorted(d / o for o, d in zip(times[a], times[b]))
+    (low, high), (rlow, rhigh) = ratio_intervals(times, a, b)
     return (
-        f"speed-up ours / diffusers: **{med['diffusers'] / med['ours']:.3f}x** (ratio of medians; "
+        f"speed-up over {b}: **{med[b] / med[a]:.3f}x** (ratio of medians; "
         f"95% bootstrap interval over rounds {low:.3f}-{high:.3f}); per-round ratios "
         f"{ratios[0]:.2f}-{ratios[-1]:.2f}, median {statistics.median(ratios):.3f} "
         f"({rlow:.3f}-{rhigh:.3f})"
+    )
+
+
+def share_line(times: dict[str, list[float]], without: str) -> str:
+    """A fast path's share of the step: 1 - t(ours) / t(ours without it), per-round median with
+    its 95% bootstrap interval (from the interval of the per-round ratio)."""
+    ratios = [w / o for o, w in zip(times["ours"], times[without])]
+    _, (rlow, rhigh) = ratio_intervals(times, "ours", without)
+    return (
+        f"**{100 * (1 - 1 / statistics.median(ratios)):.1f}%** of the step without it "
+        f"(interval {100 * (1 - 1 / rlow):.1f}% to {100 * (1 - 1 / rhigh):.1f}%)"
     )
 
 
@@ -405,32 +513,35 @@ def main() -> None:
         "--compile", action="store_true", help="both sides under torch.compile (train.compile)"
     )
     parser.add_argument(
-        "--keep-freed-memory",
-        action="store_true",
-        help="set glibc's malloc as ddkit train does (ddkit.cpu.malloc), for both sides",
+        "--ablate", action="store_true", help="one more side per CPU fast path, switched off"
     )
+    parser.add_argument("--against", metavar="REV", help="one more side: ddkit at git revision REV")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import diffusers
 
-    if args.keep_freed_memory:
-        from ddkit.cpu.malloc import keep_freed_memory
-
-        if not keep_freed_memory():
-            raise SystemExit("--keep-freed-memory: not applied (not glibc, or overridden)")
-
+    rev_models = load_revision(args.against) if args.against else None
     load = os.getloadavg()
     print(
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
         f"({args.threads} threads), diffusers {diffusers.__version__}, {args.precision}"
-        f"{', torch.compile' if args.compile else ''}"
-        f"{', malloc keeps freed memory (both sides)' if args.keep_freed_memory else ''}, "
+        f"{', torch.compile' if args.compile else ''}, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average at start "
         f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {args.reps} timed steps per model\n"
     )
     cases = CASES.values() if args.case == "all" else [CASES[args.case]]
     for name, batch in cases:
-        result = run_case(name, batch, args.reps, args.threads, args.precision, args.compile)
+        result = run_case(
+            name,
+            batch,
+            args.reps,
+            args.threads,
+            args.precision,
+            args.compile,
+            ablate=args.ablate,
+            rev_models=rev_models,
+            rev=args.against,
+        )
         print(report(result), flush=True)
 
 

@@ -195,7 +195,8 @@ def test_trailing_timesteps_differ_from_diffusers_only_by_its_float_arange():
     assert all(T % n for n in extra_step + ties)  # n dividing T is never affected
 
 
-# -- DDPM -------------------------------------------------------------------------------------------
+# -- DDPM
+# -------------------------------------------------------------------------------------------
 
 
 def our_ddpm_one_step(prediction, x_t, t, variance, seed):
@@ -324,7 +325,8 @@ def test_ddpm_diffusers_adds_noise_on_last_step_above_t0(variance):
     torch.testing.assert_close(theirs[-1] - ours[-1], std * z, **EXACT)
 
 
-# -- DDIM -------------------------------------------------------------------------------------------
+# -- DDIM
+# -------------------------------------------------------------------------------------------
 
 
 def ddim_scheduler(prediction, spacing, n, stock=False):
@@ -416,7 +418,8 @@ def test_ddim_diffusers_previous_timestep_is_not_the_next_listed_one(spacing_n, 
         assert ts[-1] == T // n and their_prev[-1] == 0
 
 
-# -- DPM-Solver++ (multistep) -----------------------------------------------------------------------
+# -- DPM-Solver++ (multistep)
+# -----------------------------------------------------------------------
 
 
 def dpm_scheduler(prediction, spacing, n, order=2, lower_order_final=True, stock=False):

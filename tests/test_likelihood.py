@@ -1,5 +1,5 @@
-"""Tests for ddkit.diffusion.likelihood on Gaussian data, where the exact denoiser, the true NLL (the
-entropy) and the expected VLB are all known in closed form."""
+"""Tests for ddkit.diffusion.likelihood on Gaussian data, where the exact denoiser, the true NLL
+(the entropy) and the expected VLB are all known in closed form."""
 
 import math
 
@@ -178,8 +178,8 @@ def test_ode_integrator_is_accurate():
 def test_ode_bpd_matches_closed_form_within_standard_errors():
     """Rotated (non-diagonal) covariance, Gaussian probes: per example, the ODE NLL agrees with
     the exact -log p_0(x0) within 3 standard errors of the Hutchinson estimate plus 2e-3 bits/dim
-    for the integrator (100 steps, see above); the mean agrees with the entropy within 3 standard errors of
-    the mean (data and probes) plus the same allowance."""
+    for the integrator (100 steps, see above); the mean agrees with the entropy within 3 standard
+    errors of the mean (data and probes) plus the same allowance."""
     data, sched = gaussian([0.3, 0.6, 0.4], angle=0.7), NoiseSchedule.make("linear", 1000)
     g = torch.Generator().manual_seed(3)
     x0, _ = data.sample(64, g, dtype=F64)

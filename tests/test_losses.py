@@ -1,5 +1,5 @@
-"""Tests for ddkit.diffusion.losses against closed forms: Gaussian KL, discretized likelihood, VLB terms,
-training losses with the exact (oracle) denoiser, and the unbiasedness of timestep samplers."""
+"""Tests for ddkit.diffusion.losses against closed forms: Gaussian KL, discretized likelihood, VLB
+terms, training losses with the exact (oracle) denoiser, and the unbiasedness of timestep samplers."""
 
 import math
 

@@ -87,7 +87,8 @@ def test_composing_one_step_transitions_equals_closed_form(sched):
 
 
 def test_composing_sampled_transitions_matches_q_sample_moments():
-    """A Monte Carlo chain of one-step transitions (T = 100) has the marginal moments of q_sample."""
+    """A Monte Carlo chain of one-step transitions (T = 100) has the marginal moments of
+    q_sample."""
     s = NoiseSchedule.make("linear", 100)
     g = torch.Generator().manual_seed(7)
     n = 20000

@@ -97,7 +97,8 @@ def _sigma(t: int) -> float:
 
 
 def _euler_karras(x_T, ts):
-    """Euler on dx~/dsigma = (x~ - D(x~; sigma)) / sigma, x~ = x / sqrt(ab): written from scratch."""
+    """Euler on dx~/dsigma = (x~ - D(x~; sigma)) / sigma, x~ = x / sqrt(ab): written from
+    scratch."""
     xt = x_T / math.sqrt(_ab(ts[0]))
     for t, t_next in zip(ts, ts[1:] + [-1]):
         d = (xt - _posterior_mean(xt * math.sqrt(_ab(t)), t)) / _sigma(t)
@@ -336,8 +337,8 @@ def test_ddim_inversion_round_trip_error_shrinks_with_steps():
 
 
 def test_ddim_inversion_of_a_gaussian_is_the_standardization():
-    """For data N(m, std^2 I) the probability-flow ODE keeps (x_t - a_t m) / sqrt(a_t^2 std^2 + s_t^2)
-    constant, so it maps x0 to a_T m + sqrt(a_T^2 std^2 + s_T^2) (x0 - m) / std; with 1000 steps
+    """For data N(m, std^2 I) the probability-flow ODE keeps
+    (x_t - a_t m) / sqrt(a_t^2 std^2 + s_t^2) constant, so it maps x0 to a_T m + sqrt(a_T^2 std^2 + s_T^2) (x0 - m) / std; with 1000 steps
     DDIM inversion is close to that affine map."""
     m, std = np.array([0.3, -0.2]), 0.7
     gm = _gaussian(m, std)

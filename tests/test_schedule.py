@@ -1,6 +1,7 @@
 """Noise schedules and timestep selection, checked against closed forms and invariants.
 
-Notation as in ``ddkit.diffusion.schedule``: index t in {0..T-1} is the paper's t + 1; alpha_bar(DATA) = 1.
+Notation as in ``ddkit.diffusion.schedule``: index t in {0..T-1} is the paper's t + 1;
+alpha_bar(DATA) = 1.
 """
 
 from __future__ import annotations

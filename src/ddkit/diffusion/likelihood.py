@@ -75,7 +75,7 @@ def vlb_bpd(
     have learned-range variance (2C output channels).  ``batch_t`` timesteps are processed at once
     by repeating x0 (a raw network then sees N * batch_t rows per call).  Each L_t uses one draw
     x_t ~ q(x_t | x0); the noise for index t is drawn from ``generator`` in order of t, so results
-    do not depend on ``batch_t``.  ``decoder``: see :class:`ddkit.losses.Decoder`.
+    do not depend on ``batch_t``.  ``decoder``: see :class:`ddkit.diffusion.losses.Decoder`.
     """
     variance, decoder = VarianceType.parse(variance), Decoder.parse(decoder)
     check_x0(x0)
@@ -178,15 +178,16 @@ def ode_bpd(
 ) -> ODEResult:
     """-log2 p(x0) / D by the instantaneous change of variables along the probability-flow ODE.
 
-    In rho = -log alpha_bar (see :mod:`ddkit.sde`) the ODE is dx/d rho = f = -x/2 + eps_hat/(2 s)
-    and d log p(x(rho)) / d rho = -div f, so  -log p_0(x0) = -log p_end(x_end) - int div f d rho.
+    In rho = -log alpha_bar (see :mod:`ddkit.diffusion.sde`) the ODE is
+    dx/d rho = f = -x/2 + eps_hat/(2 s) and d log p(x(rho)) / d rho = -div f, so
+    -log p_0(x0) = -log p_end(x_end) - int div f d rho.
     It is integrated with Heun's method, in increasing rho, from index 0 to index T-1 on the
     schedule's index grid (None: all T - 1 intervals) or on ``n_steps`` intervals of a sub-grid
-    with the given ``spacing`` (see :func:`ddkit.schedule.timesteps`; "quadratic", dense near the
-    data where the flow is fastest for fine-scale data, is markedly more accurate than
-    "linspace"), and p_end is taken as N(0, I).  div f = E[z^T (df/dx) z] is estimated with ``hutchinson_samples``
-    probes z per example ("rademacher" or "gaussian"), drawn once per trajectory from
-    ``generator`` (one vector-Jacobian product each per evaluation).
+    with the given ``spacing`` (see :func:`ddkit.diffusion.schedule.timesteps`; "quadratic",
+    dense near the data where the flow is fastest for fine-scale data, is markedly more accurate
+    than "linspace"), and p_end is taken as N(0, I).  div f = E[z^T (df/dx) z] is estimated with
+    ``hutchinson_samples`` probes z per example ("rademacher" or "gaussian"), drawn once per
+    trajectory from ``generator`` (one vector-Jacobian product each per evaluation).
 
     Approximations: the start x(rho_0) = x0 treats data as the index-0 marginal (alpha_bar_0 =
     1 - beta_0, e.g. 1 - 1e-4), so this estimates -log p_{index 0}(x0), which differs from the

@@ -1,6 +1,6 @@
 """Training losses and variational-bound terms (DDPM, Ho et al. 2020; improved DDPM, Nichol &
-Dhariwal 2021).  The timestep samplers that weight them live in :mod:`ddkit.timestep_sampling`
-and are re-exported here.
+Dhariwal 2021).  The timestep samplers that weight them live in
+:mod:`ddkit.diffusion.timestep_sampling` and are re-exported here.
 
 Notation: index t in {0..T-1} (index 0 is the paper's t = 1); a = sqrt(alpha_bar_t),
 s = sqrt(1 - alpha_bar_t); beta-tilde_t is the posterior variance of q(x_{t-1} | x_t, x_0).
@@ -74,7 +74,8 @@ class VarianceType(_Parse):
       improved-diffusion uses beta-tilde_1 at index 0 instead; we keep DDPM's value so that the
       two fixed variances are exactly the ends (v = -1, +1) of LEARNED_RANGE, and because it is
       the right decoder variance for continuous data (see likelihood.gaussian_vlb_terms).
-    * LEARNED_RANGE: log sigma^2 = f log beta_t + (1 - f) log beta-tilde_t (clipped), f = (v + 1) / 2
+    * LEARNED_RANGE: log sigma^2 = f log beta_t + (1 - f) log beta-tilde_t (clipped), f = (v + 1) /
+    2
       from the network's extra output v, nominally in [-1, 1] (improved DDPM eq. 15).
     """
 
@@ -271,7 +272,8 @@ def training_losses(
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     elif noise.shape != x0.shape or noise.dtype != x0.dtype:
         raise ValueError(
-            f"noise must match x0 {tuple(x0.shape)} {x0.dtype}, got {tuple(noise.shape)} {noise.dtype}"
+            f"noise must match x0 {tuple(x0.shape)} {x0.dtype}, "
+            f"got {tuple(noise.shape)} {noise.dtype}"
         )
     x_t = q_sample(schedule, x0, t, noise)
     pred, v = split_output(model(x_t, t), x_t, variance)

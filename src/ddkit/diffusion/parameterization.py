@@ -3,7 +3,8 @@
 With a = sqrt(alpha_bar_t) and s = sqrt(1 - alpha_bar_t), x_t = a x0 + s eps, and
   * EPS: the network predicts eps;            x0 = (x_t - s eps) / a
   * X0:  the network predicts x0;             eps = (x_t - a x0) / s
-  * V:   the network predicts v = a eps - s x0 (Salimans & Ho 2022); x0 = a x_t - s v, eps = s x_t + a v
+  * V:   the network predicts v = a eps - s x0 (Salimans & Ho 2022);
+                                              x0 = a x_t - s v,  eps = s x_t + a v
 The score of q(x_t) is -eps / s.
 """
 

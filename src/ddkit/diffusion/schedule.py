@@ -56,7 +56,8 @@ def linear_betas(
 
 
 def cosine_betas(T: int = _DEFAULT_T, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
-    """Nichol & Dhariwal (2021) eq. 17: alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2).
+    """Nichol & Dhariwal (2021) eq. 17: alpha_bar(t) = f(t)/f(0),
+    f(t) = cos^2((t/T + s)/(1 + s) pi/2).
 
     beta_t = 1 - alpha_bar(t+1)/alpha_bar(t), clipped at ``max_beta`` as in the paper.
     """
@@ -252,7 +253,8 @@ def timesteps(
         about -4 the denoiser's x0 estimate is nearly the data mean, where a first-order
         exponential-integrator step (DDIM, DPM-Solver++) is already exact, so steps spent
         there are wasted.
-      * a sequence of ints: used as given (validated, sorted decreasing); ``n`` must match its length.
+      * a sequence of ints: used as given (validated, sorted decreasing); ``n`` must match its
+      length.
     """
     T = _check_T(T)
     t_max = T - 1 if t_max is None else t_max

@@ -1,6 +1,6 @@
 """Which timesteps to train on: samplers returning (t, weights) with E[weights * L_t] equal to
 the uniform mean (1/T) sum_t L_t, so that the weighted loss stays unbiased (improved DDPM,
-Nichol & Dhariwal 2021, sec. 3.3).  Re-exported by :mod:`ddkit.losses`.
+Nichol & Dhariwal 2021, sec. 3.3).  Re-exported by :mod:`ddkit.diffusion.losses`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,15 @@ class UniformSampler:
         t = torch.multinomial(p, check_int("batch_size", batch_size), True, generator=generator)
         w = 1.0 / (self.T * p[t])
         return t.to(device), w.to(device=device, dtype=torch.float32)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors that :meth:`probabilities` depends on (none: uniform is stateless)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"a uniform timestep sampler has no state; got {sorted(state)}")
 
 
 class LossSecondMomentSampler(UniformSampler):
@@ -70,6 +79,15 @@ class LossSecondMomentSampler(UniformSampler):
             raise ValueError(f"t and losses sizes differ: {t.numel()} vs {losses.numel()}")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.T):
             raise ValueError(f"t holds indices outside 0..{self.T - 1}")
-        for ti, li in zip(t.tolist(), losses.tolist()):  # a ring buffer per t
+        for ti, li in zip(t.tolist(), losses.tolist(), strict=True):  # a ring buffer per t
             self._losses[ti, int(self._count[ti]) % self.history] = li
             self._count[ti] += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The loss history: ``losses`` [T, history] float64 and ``count`` [T] long (live)."""
+        return {"losses": self._losses, "count": self._count}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the loss history that :meth:`state_dict` returned."""
+        self._losses.copy_(state["losses"])
+        self._count.copy_(state["count"])

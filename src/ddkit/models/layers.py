@@ -20,7 +20,8 @@ GROUPNORM_EPS = 1e-6  # the official DDPM code (tf.contrib.layers.group_norm's d
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of timesteps, as in the DDPM code (Ho et al. 2020, ``get_timestep_embedding``).
+    """Sinusoidal embedding of timesteps, as in the DDPM code (Ho et al. 2020,
+    ``get_timestep_embedding``).
 
     ``t``: [N] timestep indices (long, or float for fractional steps).  Returns [N, dim] float32:
     with half = dim // 2 and frequencies f_k = max_period ** (-k / (half - 1)), k = 0 .. half - 1,

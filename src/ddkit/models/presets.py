@@ -75,7 +75,8 @@ def model_config_to_dict(config: ModelConfig) -> dict:
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:
-    """Inverse of :func:`model_config_to_dict`; unknown arch or keys raise ValueError naming them."""
+    """Inverse of :func:`model_config_to_dict`; unknown arch or keys raise ValueError naming
+    them."""
     if not isinstance(d, dict):
         raise ValueError(f"a model config dict is expected, got {type(d).__name__}")
     d = dict(d)

@@ -31,7 +31,7 @@ def check_inputs(denoiser, x: torch.Tensor, timesteps: Sequence[int]) -> list[in
     rising = [(a, b) for a, b in zip(ts, ts[1:]) if a < b]
     if rising:
         raise ValueError(
-            f"timesteps must be strictly decreasing (use ddkit.schedule.timesteps); "
+            f"timesteps must be strictly decreasing (use ddkit.diffusion.schedule.timesteps); "
             f"{rising[0][0]} is followed by {rising[0][1]}"
         )
     return ts

@@ -14,7 +14,8 @@ per-example isotropic part (trace / d, estimated without bias by Hutchinson's es
 Rademacher probes through a forward-mode Jacobian-vector product), and keeps the noise of the last
 step, Cov[x0 | x_0] ~ (1 - ab_0)/ab_0.  Once the remaining noise is far below the data's own scale,
 beta-tilde misses that term (fixed_small under-disperses small modes) and a plain x0 estimate at
-the end trims variance; "tweedie" fixes both at the cost of one JVP per step (about 2-3 model calls).
+the end trims variance; "tweedie" fixes both at the cost of one JVP per step (about 2-3 model
+calls).
 Its isotropic noise over-feeds the narrow directions of an anisotropic posterior;
 ``variance="tweedie_jacobian"`` shapes the noise by the Jacobian itself, (alpha I + beta J) z with
 the same single JVP (see :func:`_jacobian_shaped_noise`), and is then right per direction.

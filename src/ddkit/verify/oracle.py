@@ -71,8 +71,8 @@ class GaussianMixture:
 
     # -- densities ------------------------------------------------------------------------------
     def _component_terms(self, x: torch.Tensor, alpha_bar: float):
-        """Per-component log N(x; a m_k, C_k) [n, K], and the projections (Q^T (x - a m_k)) [n, K, d]
-        and eigenvalues of C_k [K, d]."""
+        """Per-component log N(x; a m_k, C_k) [n, K], and the projections (Q^T (x - a m_k))
+        [n, K, d] and eigenvalues of C_k [K, d]."""
         a2 = float(alpha_bar)
         a = math.sqrt(a2)
         x = x.to(torch.float64)

@@ -23,7 +23,7 @@ import torch
 
 from ddkit.diffusion.schedule import NoiseSchedule
 from ddkit.samplers import get_sampler
-from ddkit.verify.runner import runner as verify
+from ddkit.verify import runner as verify
 
 warnings.filterwarnings("ignore")
 
@@ -115,7 +115,8 @@ def main():
             for label, m in results:
                 ok = "".join("+" if v else "." for v in floor.inside(m).values())
                 print(
-                    f"| {nfe} | {label} | {m['ed']:.2e} | {m['ed'] / base_ed:.2f} | {m['disp']:.4f} "
+                    f"| {nfe} | {label} | {m['ed']:.2e} | {m['ed'] / base_ed:.2f} "
+                    f"| {m['disp']:.4f} "
                     f"| {m['ll']:.4f} | {ok} |",
                     flush=True,
                 )

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from ddkit.data import DataConfig, load_dataset
-from ddkit.evaluation.core import classifier_features, feature_quality, reference_features
-from ddkit.evaluation.features import extract, load_inception
+from ddkit.evaluation.features import extract
+from ddkit.evaluation.inception import load_inception
+from ddkit.evaluation.quality import classifier_features, feature_quality, reference_features
 
 
 def main() -> int:

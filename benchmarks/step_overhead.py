@@ -125,7 +125,8 @@ def main():
     print(
         f"# sampler overhead per step, {time.strftime('%Y-%m-%d %H:%M')}\n\n"
         f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
-        f"threads {torch.get_num_threads()} (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), CPU {cpu_name()} ({os.cpu_count()} logical cores, "
+        f"threads {torch.get_num_threads()} (OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), "
+        f"CPU {cpu_name()} ({os.cpu_count()} logical cores, "
         f"load average {os.getloadavg()[0]:.1f} at the end)\n"
         f"batch {list(SHAPE)} float32, {args.steps} steps, T={T}, median of {args.reps} "
         f"interleaved runs after {args.warmup} warm-up; model = precomputed tensor\n"

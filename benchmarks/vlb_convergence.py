@@ -1,7 +1,8 @@
 """How fast does the VLB of the exact denoiser approach the true NLL as T grows?
 
 Data: x0 ~ N(m, Q diag(std^2) Q^T) in d dims (std log-spaced in [0.1, 1], Q a random rotation),
-whose NLL is its differential entropy and whose MMSE denoiser is exact (ddkit.verify.oracle).  For the
+whose NLL is its differential entropy and whose MMSE denoiser is exact (ddkit.verify.oracle).  For
+the
 linear schedule at each T (betas rescaled by 1000/T), prints in bits/dim:
   * E[VLB] in closed form (likelihood.gaussian_vlb_terms) for fixed_small and fixed_large, its gap
     to the NLL, and a Monte Carlo check (vlb_bpd on N samples: mean of VLB_i - NLL_i +- s.e.);
@@ -95,7 +96,8 @@ def main() -> None:
     print(
         f"Gaussian data, d = {args.dim}, std in [0.1, 1] (rotated); closed-form NLL = "
         f"{nll:.4f} bits/dim.  Monte Carlo: N = {args.n} (VLB), {args.n_ode} (ODE, {args.probes} "
-        f"Rademacher probes, Heun on min(T-1, {args.ode_steps}) quadratic steps), seed {args.seed}.\n"
+        f"Rademacher probes, Heun on min(T-1, {args.ode_steps}) quadratic steps), "
+        f"seed {args.seed}.\n"
         "E[VLB]: closed form; gap = E[VLB] - NLL; MC gap = mean_i(VLB_i - NLL_i) ± s.e.; ODE bpd: "
         "mean ± s.e. over samples; ODE - NLL: mean_i(bpd_i - NLL_i) ± s.e.\n"
     )
@@ -149,7 +151,8 @@ def main() -> None:
             )
     limit = (0.5772156649 + 1.0 - LN2) / (2.0 * LN2)
     print(
-        f"\nfixed_small's T -> inf limit, (gamma + 1 - ln 2) / (2 ln 2) = {limit:.4f} bits/dim, for "
+        f"\nfixed_small's T -> inf limit, (gamma + 1 - ln 2) / (2 ln 2) = {limit:.4f} "
+        "bits/dim, for "
         f"any smooth density.  Elapsed {time.perf_counter() - start:.0f} s."
     )
 

@@ -2,15 +2,16 @@
 
 One call = forward and backward of ``dropout(silu(group_norm(x + shift[:, :, None, None])))``
 with gradients for x, shift, weight and bias, fp32, at the shapes of the ``ddpm-28`` (batch 64)
-and ``ddpm-cifar10`` (batch 8) U-Nets, in the memory layout the U-Net uses at that level.
-"PyTorch ops" is the U-Net's own fallback path (``DDKIT_CPU_KERNELS=0``): the add, ``F.group_norm``,
-``F.silu`` and ddkit's ``Dropout``.  The two alternate call by call; medians over ``--reps``.
+and ``ddpm-cifar10`` (batch 8) U-Nets, NCHW as the U-Net runs them (``--channels-last``: in that
+layout, which the kernel also takes).  "PyTorch ops" is the U-Net's own path where the fast path
+is off (``ddkit.cpu.disabled()``): the add, ``F.group_norm``, ``F.silu`` and ``nn.Dropout``.  The
+two alternate call by call; medians over ``--reps``.
 
     .venv/bin/python benchmarks/gn_silu_kernel.py [--reps 15] [--threads 2] [--dropout 0.1]
-        [--against REV]
+        [--channels-last] [--against REV]
 
 ``--against REV`` adds the kernel as it was at git revision REV (built from ``git show
-REV:src/ddkit/models/gn_silu.c`` with the same flags, its C interface checked to be the current
+REV:src/ddkit/cpu/gn_silu.c`` with the same flags, its C interface checked to be the current
 one) as a third contestant in the same rotation, and the current kernel's speed-up over it.
 """
 
@@ -32,19 +33,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _machine import cpu_name  # noqa: E402
+from torch import nn  # noqa: E402
 
 from ddkit.cpu import gn_silu as cpu_kernels  # noqa: E402
-from ddkit.models.layers import Dropout  # noqa: E402
 
-# (N, C, H, W, groups, channels_last): ddpm-28 levels, then ddpm-cifar10 levels
+# (N, C, H, W, groups): ddpm-28 levels, then ddpm-cifar10 levels
 SHAPES = [
-    (64, 32, 28, 28, 8, True),
-    (64, 96, 28, 28, 8, True),
-    (64, 64, 14, 14, 8, True),
-    (64, 64, 7, 7, 8, False),
-    (8, 128, 32, 32, 32, True),
-    (8, 256, 16, 16, 32, False),
-    (8, 512, 8, 8, 32, False),
+    (64, 32, 28, 28, 8),
+    (64, 96, 28, 28, 8),
+    (64, 64, 14, 14, 8),
+    (64, 64, 7, 7, 8),
+    (8, 128, 32, 32, 32),
+    (8, 256, 16, 16, 32),
+    (8, 512, 8, 8, 32),
 ]
 
 
@@ -92,11 +93,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.1)
     ap.add_argument("--against", metavar="REV", help="also time the kernel of git revision REV")
+    ap.add_argument("--channels-last", action="store_true", help="inputs in channels_last")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if cpu_kernels.library() is None:
         raise SystemExit("the fused kernel is not available here (no C compiler?)")
-    drop = Dropout(args.dropout).train()
+    drop = nn.Dropout(args.dropout).train()
 
     def pytorch_ops(x, shift, w, b, groups):
         y = F.silu(F.group_norm(x + shift[:, :, None, None], groups, w, b, 1e-6))
@@ -106,7 +108,7 @@ def main() -> None:
     older = kernel_at(args.against) if args.against else None
 
     def fused(x, shift, w, b, groups):
-        return cpu_kernels.gn_silu(x, shift, w, b, groups, 1e-6, args.dropout)
+        return cpu_kernels.group_norm_silu(x, shift, w, b, groups, 1e-6, args.dropout)
 
     # (name, function, kernel library for its forward and backward, or None)
     contestants = [("ops", pytorch_ops, None), ("fused", fused, current)]
@@ -120,7 +122,8 @@ def main() -> None:
     extra = f" fused at {args.against} ms | fused / at {args.against} |" if older else ""
     print(f"| N, C, H x W (groups) | layout | PyTorch ops ms | fused ms | speed-up |{extra}")
     print("|---|---|---:|---:|---:|" + ("---:|---:|" if older else ""))
-    for n, c, h, w, groups, cl in SHAPES:
+    cl = args.channels_last
+    for n, c, h, w, groups in SHAPES:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(n, c, h, w, generator=g)
         if cl:

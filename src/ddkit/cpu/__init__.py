@@ -6,7 +6,9 @@ a call may take a faster CPU route that computes the same function up to roundin
 * :func:`group_norm_silu`: GroupNorm + SiLU (+ the time-embedding shift before it, + dropout after
   it) as one C kernel compiled on first use (``gn_silu.py``, ``gn_silu.c``);
 * :func:`upsample_conv`: nearest-neighbour x2 upsampling followed by a 3x3 convolution as four 2x2
-  convolutions on the low-resolution grid (``upsample.py``), where :func:`subpixel_pays`.
+  convolutions on the low-resolution grid (``upsample.py``), where :func:`subpixel_pays`;
+* :func:`winograd_conv3x3`: a 3x3 convolution by Winograd F(2x2, 3x3) (``winograd.py``), where
+  :func:`winograd_pays` (AVX2 CPUs, many channels).
 
 The one eligibility check is :func:`fast_path`: every tensor of the call is a plain fp32 CPU
 tensor, outside autocast, ``torch.compile``, ``torch.func`` transforms and forward-mode AD, and
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 import torch
 from torch.autograd import forward_ad
 
-FAST_PATHS = ("gn_silu", "subpixel")
+FAST_PATHS = ("gn_silu", "subpixel", "winograd")
 
 _off: set[str] = set(FAST_PATHS) if os.environ.get("DDKIT_CPU_FAST_PATHS") == "0" else set()
 
@@ -56,7 +58,7 @@ def enabled(name: str) -> bool:
 
 def is_transformed(t: torch.Tensor) -> bool:
     """Whether ``t`` is a ``torch.func`` wrapper (vmap, grad, jacrev, ...).  The one use of a
-    private torch API in ddkit; ``tests/test_cpu_kernels.py`` fails loudly if torch changes it."""
+    private torch API in ddkit; ``tests/test_cpu.py`` fails loudly if torch changes it."""
     from torch._C._functorch import is_functorch_wrapped_tensor
 
     return is_functorch_wrapped_tensor(t)
@@ -84,6 +86,7 @@ def fast_path(name: str, *tensors: torch.Tensor | None) -> bool:
 
 from .gn_silu import group_norm_silu, kernel_applies  # noqa: E402
 from .upsample import subpixel_pays, upsample_conv  # noqa: E402
+from .winograd import winograd_conv3x3, winograd_pays  # noqa: E402
 
 __all__ = [
     "FAST_PATHS",
@@ -95,4 +98,6 @@ __all__ = [
     "kernel_applies",
     "subpixel_pays",
     "upsample_conv",
+    "winograd_conv3x3",
+    "winograd_pays",
 ]

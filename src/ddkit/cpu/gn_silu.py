@@ -273,6 +273,4 @@ def group_norm_silu(
     seed from torch's default generator; p is rounded to a multiple of 2**-24."""
     threshold, scale = dropout_threshold(dropout) if dropout > 0.0 else (0, 1.0)
     seed = int(torch.empty((), dtype=torch.int64).random_()) if threshold else 0
-    return GroupNormSiLUFunction.apply(
-        x, shift, weight, bias, groups, eps, threshold, scale, seed
-    )
+    return GroupNormSiLUFunction.apply(x, shift, weight, bias, groups, eps, threshold, scale, seed)

@@ -192,19 +192,3 @@ def test_demo_runs_end_to_end_at_small_scale(tmp_path):
     for name in times:
         for f in ("samples.png", "trajectory.png", "loss.png", "config.json"):
             assert (tmp_path / name / f).stat().st_size > 0, (name, f)
-
-
-def test_train_on_cpu_keeps_freed_memory(tmp_path, monkeypatch):
-    """``ddkit train`` owns its process: on CPU it sets glibc's malloc to keep freed buffers
-    (``ddkit.cpu.malloc``; its effect is tested in tests/test_allocator.py)."""
-    from ddkit.cpu import malloc as allocator
-
-    calls = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
-    cfg = write_config(tmp_path)
-    assert main(["train", str(cfg), "--set", f'train.out_dir="{tmp_path / "out"}"']) == 0
-    assert calls == [1]
-    assert (
-        main(["train", str(cfg), "--dry-run", "--set", f'train.out_dir="{tmp_path / "o2"}"']) == 0
-    )
-    assert calls == [1]  # a dry run trains nothing

@@ -18,19 +18,22 @@ from ddkit.cli import main
 from ddkit.data import DataConfig, load_dataset
 from ddkit.evaluation.features import (
     Classifier,
-    InceptionV3,
     accuracy,
     extract,
     feature_scale,
-    from_tf_graph_names,
-    installed_inception_file,
     load_classifier,
-    load_inception,
     quantize,
     save_classifier,
     train_classifier,
 )
 from ddkit.evaluation.fid import feature_stats, frechet_distance, kid
+from ddkit.evaluation.inception import (
+    InceptionV3,
+    from_tf_graph_names,
+    installed_inception_file,
+    load_inception,
+    tf_graph_names,
+)
 from ddkit.trained import SampleSpec, generate, load_trained
 
 TOML = """
@@ -168,8 +171,8 @@ def test_fid_with_learned_features_is_zero_on_itself_and_rises_with_noise_and_bl
         for s in (0.0, 0.1, 0.2, 0.4, 0.8)
     ]
     by_blur = [frechet_distance(feature_stats(extract(f, blur(x, k))), ref) for k in (0, 1, 2, 3)]
-    assert all(a < b for a, b in zip(by_noise, by_noise[1:])), by_noise
-    assert all(a < b for a, b in zip(by_blur, by_blur[1:])), by_blur
+    assert all(a < b for a, b in zip(by_noise, by_noise[1:], strict=False)), by_noise
+    assert all(a < b for a, b in zip(by_blur, by_blur[1:], strict=False)), by_blur
     # KID is unbiased: near zero for two random halves of the same images, far above with noise
     perm = torch.randperm(len(real), generator=g)
     a, b = perm[: len(perm) // 2], perm[len(perm) // 2 :]
@@ -204,11 +207,9 @@ def test_inception_has_the_reference_architecture(tmp_path):
 def _tf_named_state(net: InceptionV3) -> dict[str, torch.Tensor]:
     """``net``'s conv + BatchNorm tensors under the FID graph's TF node names, as TorchScript
     exports of it hold them (BatchNorm without scale: ``net`` must have bn.weight = 1)."""
-    from ddkit.evaluation.features import _tf_graph_names
-
     state = net.state_dict()
     out = {}
-    for tf, ours in _tf_graph_names().items():
+    for tf, ours in tf_graph_names().items():
         out[f"net.layers.{tf}.weight"] = state[f"{ours}.conv.weight"]
         out[f"net.layers.{tf}.beta"] = state[f"{ours}.bn.bias"]
         out[f"net.layers.{tf}.mean"] = state[f"{ours}.bn.running_mean"]
@@ -229,9 +230,7 @@ def _random_bn(net: InceptionV3, seed: int = 0) -> InceptionV3:
 def test_tf_graph_names_place_every_unit_once():
     """The TF-name table covers each of the 94 conv + BatchNorm units of the FID graph exactly
     once, so a state dict under those names loads into the same function."""
-    from ddkit.evaluation.features import _tf_graph_names
-
-    names = _tf_graph_names()
+    names = tf_graph_names()
     units = {k[: -len(".conv.weight")] for k in InceptionV3().state_dict() if "conv.weight" in k}
     assert len(names) == len(set(names.values())) == len(units) == 94
     assert set(names.values()) == units
@@ -323,7 +322,7 @@ def test_inception_file_errors(tmp_path):
 
 
 def test_reference_features_are_cached(digits_net, cache):
-    from ddkit.evaluation import core as ev
+    from ddkit.evaluation import quality as ev
 
     f = load_classifier(digits_net)
     cfg = DataConfig("digits")
@@ -339,14 +338,15 @@ def test_reference_features_are_cached(digits_net, cache):
 
 def test_vlb_bpd_parts_add_up_and_match_the_core(run):
     from ddkit.diffusion.likelihood import vlb_bpd
-    from ddkit.evaluation import core as ev
+    from ddkit.evaluation.bpd import bits_per_dim_vlb
+    from ddkit.evaluation.heldout import held_out
 
     trained = load_trained(run)
-    r = ev.bits_per_dim_vlb(trained, num=12, batch_size=12, log=lambda s: None)
+    r = bits_per_dim_vlb(trained, num=12, batch_size=12, log=lambda s: None)
     assert r.num_images == 12 and r.split == "test" and "discretized decoder" in r.detail
     assert sum(r.parts.values()) == pytest.approx(r.bpd, rel=1e-6)
     assert len(r.per_image) == 12 and sum(r.per_image) / 12 == pytest.approx(r.bpd, rel=1e-5)
-    _, x0 = ev._held_out(trained, "test", 12)
+    _, x0 = held_out(trained, "test", 12)
     direct = vlb_bpd(
         trained.denoiser(),
         trained.schedule,
@@ -361,7 +361,7 @@ def test_vlb_bpd_parts_add_up_and_match_the_core(run):
 
 
 def test_sweep_plan_skips_duplicates_and_unreachable(run):
-    from ddkit.evaluation import core as ev
+    from ddkit.evaluation import sweep as ev
 
     trained = load_trained(run)  # T = 40
     fams = ["ddim-eta0", "ddim-eta0-quad", "ddim-eta0-ddimquad", "pf-ode"]
@@ -472,7 +472,7 @@ def test_inversion_error_falls_with_steps_for_an_exact_ode():
     for s in (10, 20, 50, 100):
         ts = schedule.timesteps(s, "leading")
         errs.append(float((sample_ddim(den, ddim_invert(den, x0, ts), ts) - x0).pow(2).mean()))
-    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert all(a > b for a, b in zip(errs, errs[1:], strict=False)), errs
 
 
 @pytest.mark.parametrize(
@@ -597,9 +597,9 @@ def test_features_cli_trains_reports_and_reuses(tmp_path, capsys):
 def test_cli_lists_the_sweep_families_of_the_evaluation_module():
     """The CLI keeps the names without importing torch at parse time; they must not drift."""
     from ddkit import cli
-    from ddkit.evaluation import core as ev
+    from ddkit.evaluation import sweep
 
-    assert cli._SWEEP_FAMILIES == tuple(ev.SWEEP_FAMILIES)
+    assert cli.SWEEP_FAMILY_NAMES == tuple(sweep.SWEEP_FAMILIES)
 
 
 # ---- sharpness: the detail diagnostic beside FID -------------------------------------------------

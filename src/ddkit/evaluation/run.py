@@ -1,0 +1,233 @@
+"""``ddkit eval`` as one function: the measurements of a checkpoint that the command line offers,
+every input checked before the first model call, results written to a folder.
+
+    evaluate("runs/digits", fid=True, num=2000, out="eval-digits")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+from .. import viz
+from ..checkpoint import atomic_write_bytes
+from ..data import load_dataset
+from ..trained import SampleSpec, Trained, load_trained
+from .bpd import bits_per_dim_ode, bits_per_dim_vlb
+from .fid import FIDWarning
+from .heldout import check_shape, data_config_for
+from .inversion import interpolation_grid, reconstruction_error
+from .quality import feature_network, min_samples, reference_features, sample_quality
+from .sweep import (
+    DEFAULT_FAMILIES,
+    DEFAULT_NFES,
+    SWEEP_FAMILIES,
+    sweep_plan,
+    sweep_row,
+    write_sweep,
+)
+
+INVERSION_STEPS = (10, 20, 50, 100, 200, 500, 1000)
+
+_LOG = partial(print, flush=True)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    bpd: bool = False,
+    fid: bool = False,
+    sweep: bool = False,
+    inversion: bool = False,
+    interpolation: bool = False,
+    out: str | Path = "eval-out",
+    weights: str = "ema",
+    device: str = "cpu",
+    seed: int = 0,
+    split: str = "test",
+    bpd_num: int = 1000,
+    bpd_methods: Sequence[str] = ("vlb", "ode"),
+    ode_num: int = 100,
+    ode_steps: int = 100,
+    probes: int = 1,
+    num: int = 10_000,
+    ref_num: int = 10_000,
+    ref_split: str = "train",
+    inception: str | None = None,
+    feature_net: str | None = None,
+    cache_dir: str | Path | None = None,
+    sampler: str = "ddim",
+    steps: int = 50,
+    spacing: str = "trailing",
+    sampler_options: dict | None = None,
+    clip_x0: str = "auto",
+    batch_size: int = 250,
+    nfes: Sequence[int] = DEFAULT_NFES,
+    families: Sequence[str] = DEFAULT_FAMILIES,
+    inversion_steps: Sequence[int] = INVERSION_STEPS,
+    inversion_num: int = 100,
+    log=_LOG,
+) -> dict:
+    """Measure the checkpoint (a file, or a run folder's newest) and write ``eval.json`` with
+    every result to the folder ``out``; returns that report.
+
+    ``bpd``: bits/dim of ``split`` by the variational bound (``bpd_num`` images) and the PF-ODE
+    (``ode_num`` images, ``ode_steps`` Heun intervals, ``probes`` Hutchinson probes), as chosen
+    by ``bpd_methods``.  ``fid``: FID / KID of ``num`` samples of one sampler (``sampler``,
+    ``steps``, ``spacing``, ``sampler_options``, ``clip_x0``) against ``ref_num`` images of
+    ``ref_split``, on Inception from the weights file ``inception``, the ddkit feature network
+    file ``feature_net``, or else the data set's cached ddkit network (trained when absent).
+    ``sweep``: the same for each family of ``families`` at each NFE of ``nfes`` (sweep.csv,
+    sweep.md, sweep.png, rewritten after each run).  ``inversion``: DDIM encode-decode error of
+    ``inversion_num`` images of ``split`` at each of ``inversion_steps``.  ``interpolation``:
+    interpolation.png, decoded with ``steps`` DDIM steps.
+
+    ValueError, before any model call and with nothing written, when an input is not allowed.
+    A FIDWarning says when ``num`` is too small for an unbiased FID."""
+    if not (bpd or fid or sweep or inversion or interpolation):
+        raise ValueError("say what to measure: --bpd, --fid, --sweep, --inversion, --interpolation")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    spec = SampleSpec(sampler, steps, spacing, sampler_options or {}, clip_x0)
+    trained = load_trained(checkpoint, weights, device)
+    if fid or interpolation:
+        spec.timesteps(trained.schedule)
+    if inversion:
+        for s in inversion_steps:
+            SampleSpec("ddim", s, "leading").timesteps(trained.schedule)
+    cache = Path(cache_dir) if cache_dir else None
+    # everything that can be checked is checked before the first model call
+    featnet = plan = None
+    if fid or sweep:
+        featnet = feature_network(trained, inception, feature_net, cache_dir=cache, log=log)
+        if num < 2:
+            raise ValueError(f"--num {num}: FID needs at least 2 samples")
+        if num < min_samples(featnet):
+            warnings.warn(
+                f"{num} samples for {featnet.dim}-dimensional features; FID is biased below "
+                f"N = {min_samples(featnet)} (compare only equal N)",
+                FIDWarning,
+                stacklevel=2,
+            )
+        if sweep:
+            plan = sweep_plan(trained, families, nfes, clip_x0=clip_x0)
+    if bpd:
+        check_shape(trained, load_dataset(data_config_for(trained, split)))
+
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "checkpoint": trained.path,
+        "step": trained.step,
+        "weights": trained.weights,
+        "data": trained.config.data.name,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    log(f"ddkit eval: {trained.path} (step {trained.step}, {trained.weights} weights)")
+    if bpd:
+        report["bpd"] = _bits_per_dim(
+            trained,
+            bpd_methods,
+            split=split,
+            bpd_num=bpd_num,
+            ode_num=ode_num,
+            ode_steps=ode_steps,
+            probes=probes,
+            seed=seed,
+            device=device,
+            log=log,
+        )
+    if featnet is not None:
+        ref_cfg = data_config_for(trained, ref_split)
+        reference = reference_features(featnet, ref_cfg, ref_num, cache_dir=cache, log=log)
+        report["features"] = {
+            "network": featnet.label,
+            "path": featnet.path,
+            "sha256": featnet.digest,
+            "metric": featnet.metric_name,
+        }
+        quality = partial(
+            sample_quality,
+            trained,
+            featnet=featnet,
+            reference=reference,
+            num=num,
+            reference_split=ref_split,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+        )
+    if fid:
+        q = quality(spec, samples_out=out / "fid_samples.png")
+        log(
+            f"{spec.sampler} {spec.steps} steps ({spec.spacing}, {spec.options}, x0 clamp "
+            f"{spec.clip_x0}): {q.line()}"
+        )
+        report["fid"] = {"sampler": spec.as_dict(), **asdict(q)}
+    if sweep:
+        title = (
+            f"{trained.config.data.name}, {Path(trained.path).name} (step "
+            f"{trained.step}), {num} samples"
+            + ("" if clip_x0 == "auto" else f", x0 clamp {clip_x0}")
+        )
+        report["sweep"] = _sweep(plan, quality, out, title, log)
+    if inversion:
+        report["inversion"] = reconstruction_error(
+            trained, inversion_steps, split=split, num=inversion_num, device=device, log=log
+        )
+    if interpolation:
+        _interpolation(trained, out / "interpolation.png", steps=steps, seed=seed, device=device)
+        log(f"wrote {out / 'interpolation.png'}")
+    atomic_write_bytes(out / "eval.json", json.dumps(report, indent=2).encode())
+    log(f"wrote {out / 'eval.json'}")
+    return report
+
+
+def _bits_per_dim(
+    trained: Trained, methods, *, split, bpd_num, ode_num, ode_steps, probes, seed, device, log
+) -> list[dict]:
+    res = []
+    if "vlb" in methods:
+        r = bits_per_dim_vlb(trained, split=split, num=bpd_num, seed=seed, device=device, log=log)
+        log(r.line())
+        for name, v in r.parts.items():
+            log(f"    {name}: {v:.4f}")
+        res.append(r)
+    if "ode" in methods:
+        r = bits_per_dim_ode(
+            trained,
+            split=split,
+            num=ode_num,
+            steps=ode_steps,
+            probes=probes,
+            seed=seed,
+            device=device,
+            log=log,
+        )
+        log(r.line())
+        res.append(r)
+    return [asdict(r) for r in res]
+
+
+def _sweep(plan, quality, out: Path, title: str, log) -> list[dict]:
+    rows = []
+    for i, (fam, s) in enumerate(plan):
+        q = quality(s)
+        rows.append(sweep_row(fam, s, q))
+        log(f"[{i + 1}/{len(plan)}] {SWEEP_FAMILIES[fam][0]}, {s.steps} steps: {q.line()}")
+        write_sweep(rows, out, title)  # rewritten after each run: partial results survive
+    log(f"wrote {out / 'sweep.csv'}, sweep.md and sweep.png")
+    return rows
+
+
+def _interpolation(trained: Trained, path: Path, *, steps: int, seed: int, device: str) -> None:
+    x = interpolation_grid(trained, steps=steps, seed=seed, device=device)
+    if trained.is_image:
+        viz.save_image_grid(x, path, nrow=9)
+    else:
+        viz.save_scatter(x, path)

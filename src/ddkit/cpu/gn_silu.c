@@ -293,65 +293,41 @@ void gn_silu_forward(const float *x, const float *shift, const float *gamma, con
   }
 }
 
-/* Pass 2 of the backward over one channels_last row segment of n channels:
- * out[c] = pc[c] dz[c] + qc[c] x[c] + kc[c] (+ add[c] where add is not NULL), and fx[c] += the
- * value before the add.  out may be dz itself (in place, element by element). */
-static inline void dx_segment(const float *dz, const float *x, const float *add, const float *pc,
-                              const float *qc, const float *kc, float *fx, float *out,
-                              int64_t n) {
-  if (add) {
+/* Pass 2 of the backward over one channels_last row of n channels:
+ * out[c] = pc[c] dz[c] + qc[c] x[c] + kc[c], and fx[c] += that value.  out may be dz itself (in
+ * place, element by element). */
+static inline void dx_segment(const float *dz, const float *x, const float *pc, const float *qc,
+                              const float *kc, float *fx, float *out, int64_t n) {
 #pragma omp simd
-    for (int64_t c = 0; c < n; ++c) {
-      const float v = pc[c] * dz[c] + qc[c] * x[c] + kc[c];
-      fx[c] += v;
-      out[c] = v + add[c];
-    }
-  } else {
-#pragma omp simd
-    for (int64_t c = 0; c < n; ++c) {
-      const float v = pc[c] * dz[c] + qc[c] * x[c] + kc[c];
-      fx[c] += v;
-      out[c] = v;
-    }
+  for (int64_t c = 0; c < n; ++c) {
+    const float v = pc[c] * dz[c] + qc[c] * x[c] + kc[c];
+    fx[c] += v;
+    out[c] = v;
   }
 }
 
 /* The same over n pixels of one NCHW channel plane, with that channel's coefficients; returns
- * the fp32 sum of the values before the add. */
-static inline float dx_plane(const float *dz, const float *x, const float *add, float pc,
-                             float qc, float kc, float *out, int64_t n) {
+ * the fp32 sum of the values. */
+static inline float dx_plane(const float *dz, const float *x, float pc, float qc, float kc,
+                             float *out, int64_t n) {
   float f = 0.0f;
-  if (add) {
 #pragma omp simd reduction(+ : f)
-    for (int64_t p = 0; p < n; ++p) {
-      const float v = pc * dz[p] + qc * x[p] + kc;
-      f += v;
-      out[p] = v + add[p];
-    }
-  } else {
-#pragma omp simd reduction(+ : f)
-    for (int64_t p = 0; p < n; ++p) {
-      const float v = pc * dz[p] + qc * x[p] + kc;
-      f += v;
-      out[p] = v;
-    }
+  for (int64_t p = 0; p < n; ++p) {
+    const float v = pc * dz[p] + qc * x[p] + kc;
+    f += v;
+    out[p] = v;
   }
   return f;
 }
 
 /* Backward: dx (may not alias dy), per-image dgamma, dbeta [N, C] (summed over N by the caller),
  * dshift [N, C] or NULL (the gradient of the shift, = sum over pixels of dx); keep: the forward's
- * dropout flags, or NULL without dropout (scale multiplies the kept gradients).  dx_add (x's size
- * and layout) or NULL: a gradient that reaches x by another path, added to dx (not to dshift).
- * out_a NULL: dx is the result.  Otherwise dx is working memory and the result is split by
- * channel into two dense tensors in x's layout: channels [0, C1) to out_a [N, C1, P], the rest
- * to out_b [N, C - C1, P] (the gradients of the two inputs of a concatenation). */
+ * dropout flags, or NULL without dropout (scale multiplies the kept gradients). */
 void gn_silu_backward(const float *dy, const float *x, const float *shift, const float *gamma,
                       const float *beta, const float *mean, const float *rstd,
                       const uint16_t *keep, int64_t N, int64_t C, int64_t P, int64_t G, int nhwc,
                       float scale, int threads, double *scratch, float *dx, float *dgamma,
-                      float *dbeta, float *dshift, const float *dx_add, int64_t C1, float *out_a,
-                      float *out_b) {
+                      float *dbeta, float *dshift) {
   const int drop = keep != NULL;
   const int64_t cg = C / G;
 #pragma omp parallel num_threads(threads)
@@ -469,26 +445,15 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
           kc[c] = (float)(-r * A - r * r * B * d[c]);
         }
       }
-      /* pass 2: dx = pc dz + qc x + kc, plus dx_add where given, in place over dz or (split)
-       * channels [0, C1) to out_a and [C1, C) to out_b; the shift's gradient is the pixel sum of
-       * dx before the add */
-      const float *addn = dx_add ? dx_add + n * C * P : NULL;
-      float *oan = out_a ? out_a + n * C1 * P : NULL;
-      float *obn = out_a ? out_b + n * (C - C1) * P : NULL;
+      /* pass 2: dx = pc dz + qc x + kc, in place over dz; the shift's gradient is the pixel sum
+       * of dx */
       if (nhwc) {
         memset(sdx, 0, sizeof(double) * C);
         for (int64_t p0 = 0; p0 < P; p0 += BLOCK) {
           const int64_t p1 = P - p0 < BLOCK ? P : p0 + BLOCK;
           memset(fx, 0, sizeof(float) * C);
           for (int64_t p = p0; p < p1; ++p) {
-            const float *row = xn + p * C, *dz = dxn + p * C, *add = addn ? addn + p * C : NULL;
-            if (oan) {
-              dx_segment(dz, row, add, pc, qc, kc, fx, oan + p * C1, C1);
-              dx_segment(dz + C1, row + C1, add ? add + C1 : NULL, pc + C1, qc + C1, kc + C1,
-                         fx + C1, obn + p * (C - C1), C - C1);
-            } else {
-              dx_segment(dz, row, add, pc, qc, kc, fx, dxn + p * C, C);
-            }
+            dx_segment(dxn + p * C, xn + p * C, pc, qc, kc, fx, dxn + p * C, C);
           }
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) sdx[c] += (double)fx[c];
@@ -497,12 +462,11 @@ void gn_silu_backward(const float *dy, const float *x, const float *shift, const
           for (int64_t c = 0; c < C; ++c) dshift[n * C + c] = (float)sdx[c];
       } else {
         for (int64_t c = 0; c < C; ++c) {
-          const float *row = xn + c * P, *dz = dxn + c * P, *add = addn ? addn + c * P : NULL;
-          float *out = !oan ? dxn + c * P : c < C1 ? oan + c * P : obn + (c - C1) * P;
+          const float *row = xn + c * P;
+          float *out = dxn + c * P;
           double t = 0.0;
           ROWBLOCKS(b0, b1, P) {
-            t += (double)dx_plane(dz + b0, row + b0, add ? add + b0 : NULL, pc[c], qc[c], kc[c],
-                                  out + b0, b1 - b0);
+            t += (double)dx_plane(out + b0, row + b0, pc[c], qc[c], kc[c], out + b0, b1 - b0);
           }
           if (dshift) dshift[n * C + c] = (float)t;
         }

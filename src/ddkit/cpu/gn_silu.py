@@ -123,9 +123,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         [ptr] * 4 + [i64] * 4 + [i32, f32, u64, u32, f32, i32] + [ptr] * 5
     )
     lib.gn_silu_backward.restype = None
-    lib.gn_silu_backward.argtypes = (
-        [ptr] * 8 + [i64] * 4 + [i32, f32, i32] + [ptr] * 6 + [i64] + [ptr] * 2
-    )
+    lib.gn_silu_backward.argtypes = [ptr] * 8 + [i64] * 4 + [i32, f32, i32] + [ptr] * 5
     lib.gn_silu_scratch_per_thread.restype = i64
     lib.gn_silu_scratch_per_thread.argtypes = [i64]
     return lib
@@ -249,11 +247,10 @@ class GroupNormSiLUFunction(torch.autograd.Function):
         dshift = None if shift is None else x.new_empty(n, c)
         threads = torch.get_num_threads()
         scratch = _scratch(lib, threads, c)
-        # no second consumer's gradient (NULL) and no split of dx (0, NULL, NULL)
         lib.gn_silu_backward(
             _p(dy), _p(x), _p(shift), _p(weight), _p(bias), _p(mean), _p(rstd), _p(keep), n, c,
             h * w, groups, int(nhwc), scale, threads, _p(scratch), _p(dx), _p(dgamma), _p(dbeta),
-            _p(dshift), None, 0, None, None,
+            _p(dshift),
         )  # fmt: skip
         return (dx, dshift, dgamma.sum(0), dbeta.sum(0)) + (None,) * 5
 

@@ -1,5 +1,6 @@
 """Tests for ddkit.diffusion.losses against closed forms: Gaussian KL, discretized likelihood, VLB
-terms, training losses with the exact (oracle) denoiser, and the unbiasedness of timestep samplers."""
+terms, training losses with the exact (oracle) denoiser, and the unbiasedness of timestep
+samplers."""
 
 import math
 
@@ -261,7 +262,7 @@ def test_importance_sampler_is_unbiased():
         t, _ = s.sample(16, g)
         s.update(t, true_loss[t] * (1 + 0.5 * torch.randn(16, generator=g, dtype=F64).sign()))
     p = s.probabilities()
-    second = s._losses.pow(2).mean(1).sqrt()
+    second = s.state_dict()["losses"].pow(2).mean(1).sqrt()
     torch.testing.assert_close(p, 0.95 * second / second.sum() + 0.05 / T)
     assert float(p.max() / p.min()) > 10  # far from uniform
     # exact: sum_t p_t w_t L_t = mean_t L_t
@@ -275,10 +276,12 @@ def test_importance_sampler_is_unbiased():
 def test_importance_sampler_history_and_validation():
     s = LossSecondMomentSampler(2, history=2)
     s.update(torch.tensor([0, 0, 0, 1, 1]), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
-    assert sorted(s._losses[0].tolist()) == [2.0, 3.0] and sorted(s._losses[1].tolist()) == [
-        4.0,
-        5.0,
-    ]
+    losses = s.state_dict()["losses"]
+    assert sorted(losses[0].tolist()) == [2.0, 3.0] and sorted(losses[1].tolist()) == [4.0, 5.0]
+    again = LossSecondMomentSampler(2, history=2)
+    again.load_state_dict(s.state_dict())
+    torch.testing.assert_close(again.probabilities(), s.probabilities())
+    assert UniformSampler(2).state_dict() == {}
     for kw, msg in [
         (dict(history=0), "history"),
         (dict(uniform_prob=0.0), "uniform_prob"),

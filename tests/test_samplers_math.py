@@ -338,8 +338,9 @@ def test_ddim_inversion_round_trip_error_shrinks_with_steps():
 
 def test_ddim_inversion_of_a_gaussian_is_the_standardization():
     """For data N(m, std^2 I) the probability-flow ODE keeps
-    (x_t - a_t m) / sqrt(a_t^2 std^2 + s_t^2) constant, so it maps x0 to a_T m + sqrt(a_T^2 std^2 + s_T^2) (x0 - m) / std; with 1000 steps
-    DDIM inversion is close to that affine map."""
+    (x_t - a_t m) / sqrt(a_t^2 std^2 + s_t^2) constant, so it maps x0 to
+    a_T m + sqrt(a_T^2 std^2 + s_T^2) (x0 - m) / std; with 1000 steps DDIM inversion is close to
+    that affine map."""
     m, std = np.array([0.3, -0.2]), 0.7
     gm = _gaussian(m, std)
     den = gm.denoiser(SCHED)

@@ -10,9 +10,7 @@ rename, fsync of the folder; a crash leaves either the old set of checkpoints or
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .paths import file_mode
+from .paths import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{8,})\.safetensors$")
@@ -31,29 +29,8 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint saved after ``step`` optimizer steps."""
     return f"ckpt-{step:08d}.safetensors"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), file_mode())  # mkstemp's 0600 -> what open() would give
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -116,12 +93,25 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
 
 
 def state_to_tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``'s tensors under the keys ``<prefix>/<name>``."""
     return {f"{prefix}/{k}": v for k, v in state.items()}
 
 
 def tensors_with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``<prefix>/``, with the prefix taken off their keys."""
     p = prefix + "/"
     return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def model_weights(tensors: dict[str, torch.Tensor], weights: str = "ema") -> dict:
+    """A model state_dict from a checkpoint's tensors: the online weights (buffers included),
+    with the EMA-averaged parameters in their place for ``weights="ema"``."""
+    if weights not in ("ema", "online"):
+        raise ValueError(f"weights={weights!r} is not allowed; allowed: ema, online")
+    state = tensors_with_prefix(tensors, "model")
+    if weights == "ema":
+        state |= tensors_with_prefix(tensors, "ema")
+    return state
 
 
 def optimizer_to_checkpoint(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

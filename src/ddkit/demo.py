@@ -48,6 +48,8 @@ DEMOS = {
 
 
 def demo_config(name: str, out: Path, steps_scale: float = 1.0, progress: bool = True):
+    """The config of demo ``name`` writing to ``out/<name>``, its steps scaled by
+    ``steps_scale``."""
     d = {k: dict(v) for k, v in DEMOS[name].items()}
     tr = d["train"]
     tr["max_steps"] = max(1, math.ceil(tr["max_steps"] * steps_scale))
@@ -108,9 +110,8 @@ def run_demo(out: Path, steps_scale: float = 1.0, progress: bool = True, log=Non
     for name in DEMOS:
         t0 = time.perf_counter()
         cfg = demo_config(name, out, steps_scale, progress)
-        log(
-            f"[demo] {name}: {cfg.train.max_steps} steps, batch {cfg.train.batch_size} -> {cfg.train.out_dir}"
-        )
+        tr = cfg.train
+        log(f"[demo] {name}: {tr.max_steps} steps, batch {tr.batch_size} -> {tr.out_dir}")
         trainer = Trainer(cfg, log=log)
         trainer.fit()
         trained = load_trained(trainer.last_checkpoint)
@@ -122,7 +123,6 @@ def run_demo(out: Path, steps_scale: float = 1.0, progress: bool = True, log=Non
         viz.save_samples(x, run / "samples.png", **extra)
         viz.save_trajectory(forward, reverse, run / "trajectory.png")
         times[name] = time.perf_counter() - t0
-        log(
-            f"[demo] {name}: done in {times[name]:.0f} s; see {run / 'samples.png'}, {run / 'trajectory.png'}, {run / 'loss.png'}"
-        )
+        pictures = ", ".join(str(run / f) for f in ("samples.png", "trajectory.png", "loss.png"))
+        log(f"[demo] {name}: done in {times[name]:.0f} s; see {pictures}")
     return times

@@ -1,9 +1,10 @@
-"""Where ddkit keeps what it builds once and reuses (feature networks, reference statistics,
-compiled CPU kernels)."""
+"""Files: where ddkit keeps what it builds once and reuses (feature networks, reference
+statistics, compiled CPU kernels), the permission bits of new files, and atomic writes."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -33,3 +34,25 @@ def file_mode(executable: bool = False) -> int:
         mask = os.umask(0o022)
         os.umask(mask)
     return (0o777 if executable else 0o666) & ~mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())  # mkstemp's 0600 -> what open() would give
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

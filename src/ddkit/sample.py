@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import viz
-from .checkpoint import atomic_write_bytes
+from .paths import atomic_write_bytes
 from .trained import SampleSpec, generate, load_trained
 
 

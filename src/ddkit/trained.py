@@ -7,6 +7,7 @@ checkpoint itself, so no training flags are needed.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,10 @@ SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {
 
 @dataclass(frozen=True)
 class Trained:
+    """A model with the config and schedule it was trained under: what :func:`generate` samples
+    from.  :func:`load_trained` reads one from a checkpoint; a training run builds one from its
+    in-memory model for its preview grids (``path`` is then the run folder)."""
+
     model: nn.Module
     config: Config
     schedule: NoiseSchedule
@@ -37,10 +42,12 @@ class Trained:
 
     @property
     def data_shape(self) -> tuple[int, ...]:
+        """The shape of one example, e.g. (C, H, W) or (dim,)."""
         return self.config.model.input_shape()
 
     @property
     def is_image(self) -> bool:
+        """Whether the examples are images (C, H, W)."""
         return len(self.data_shape) == 3
 
     def denoiser(self, clip_x0: str = "auto") -> Denoiser:
@@ -49,12 +56,11 @@ class Trained:
 
 
 def make_denoiser(
-    model: nn.Module, cfg: Config, schedule: NoiseSchedule, dataset=None, clip_x0: str = "auto"
+    model: nn.Module, cfg: Config, schedule: NoiseSchedule, clip_x0: str = "auto"
 ) -> Denoiser:
     """The sampling interface for a model of config ``cfg``: the prediction half of a
-    learned-variance output; x0 clipped to [-1, 1] for 8-bit image data (``clip_x0="auto"``: the
-    dataset's ``quantized`` flag, else whether the data are images), always ("on") or never
-    ("off")."""
+    learned-variance output; x0 clipped to [-1, 1] for image data (``clip_x0="auto"``), always
+    ("on") or never ("off")."""
     check_clip_x0(clip_x0)
     shape = cfg.model.input_shape()
     fn = model
@@ -64,8 +70,7 @@ def make_denoiser(
         def fn(x, t):
             return model(x, t)[:, :channels]
 
-    quantized = getattr(dataset, "quantized", len(shape) == 3)
-    clip = (-1.0, 1.0) if clip_x0 == "on" or (clip_x0 == "auto" and quantized) else None
+    clip = (-1.0, 1.0) if clip_x0 == "on" or (clip_x0 == "auto" and len(shape) == 3) else None
     return Denoiser(fn, schedule, cfg.diffusion.prediction, clip=clip)
 
 
@@ -77,11 +82,8 @@ def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") ->
     tensors, meta = ckpt.load_checkpoint(path)
     cfg = config_from_dict(meta["config"])
     model = cfg.model.build()
-    state = ckpt.tensors_with_prefix(tensors, "model")
-    if weights == "ema":
-        state = {**state, **ckpt.tensors_with_prefix(tensors, "ema")}
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(ckpt.model_weights(tensors, weights))
     except RuntimeError:
         raise ckpt.CheckpointError(
             f"{meta['path']!r}: its weights do not fit the architecture in its config"
@@ -124,6 +126,7 @@ class SampleSpec:
                 raise ValueError(f"{k}={v!r} is not allowed; allowed: {', '.join(choices)}")
 
     def timesteps(self, schedule: NoiseSchedule) -> list[int]:
+        """The decreasing timesteps of this spec on ``schedule`` (steps checked against T)."""
         if isinstance(self.steps, bool) or not isinstance(self.steps, int):
             raise ValueError(f"steps={self.steps!r} must be an integer")
         if not 1 <= self.steps <= schedule.T:
@@ -131,9 +134,11 @@ class SampleSpec:
         return schedule.timesteps(self.steps, self.spacing)
 
     def nfe(self) -> int:
+        """Model evaluations per sample."""
         return SAMPLERS[self.sampler].nfe(self.steps, **self.options)
 
     def as_dict(self) -> dict:
+        """The spec as a JSON-able dict."""
         return asdict(self)
 
 
@@ -147,11 +152,13 @@ def generate(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress=None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``num`` samples [num, *shape] (float32, CPU).  All initial noise x_T is drawn first from
     one generator seeded with ``seed``, so deterministic samplers (DDIM eta=0, Heun, DPM-Solver++)
     give the same samples whatever the batch size; the noise stochastic samplers add inside is
-    drawn from a generator seeded by (seed, batch index)."""
+    drawn from a generator seeded by (seed, batch index).  ``autocast``: a lower-precision dtype
+    (e.g. torch.bfloat16) for the model calls, as in training; None runs them as they are."""
     if num < 1 or batch_size < 1:
         raise ValueError(f"num={num} and batch_size={batch_size} must be >= 1")
     ts = spec.timesteps(trained.schedule)
@@ -159,11 +166,18 @@ def generate(
     den = trained.denoiser(spec.clip_x0)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn((num, *trained.data_shape), generator=g)
+    device_type = torch.device(device).type
     out = []
     for b, start in enumerate(range(0, num, batch_size)):
         gb = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b + 1)
         x = x_T[start : start + batch_size].to(device)
-        out.append(sampler(den, x, ts, generator=gb, **spec.options).float().cpu())
+        with (
+            torch.autocast(device_type, dtype=autocast)
+            if autocast is not None
+            else contextlib.nullcontext()
+        ):
+            x = sampler(den, x, ts, generator=gb, **spec.options)
+        out.append(x.float().cpu())
         if progress is not None:
             progress(len(out[-1]))
     return torch.cat(out)

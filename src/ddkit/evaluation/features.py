@@ -198,7 +198,7 @@ def save_classifier(
     :func:`feature_scale`); ``info`` is stored beside them."""
     from safetensors.torch import save as st_save
 
-    from ..checkpoint import atomic_write_bytes
+    from ..paths import atomic_write_bytes
 
     meta = {
         "kind": CLASSIFIER_KIND,

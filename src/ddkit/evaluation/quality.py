@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_bytes
 from ..data import DataConfig, load_dataset
-from ..paths import default_cache_dir
+from ..paths import atomic_write_bytes, default_cache_dir
 from ..trained import SampleSpec, Trained, generate
 from .features import (
     ClassifierFeatures,

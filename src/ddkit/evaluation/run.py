@@ -15,8 +15,8 @@ from functools import partial
 from pathlib import Path
 
 from .. import viz
-from ..checkpoint import atomic_write_bytes
 from ..data import load_dataset
+from ..paths import atomic_write_bytes
 from ..trained import SampleSpec, Trained, load_trained
 from .bpd import bits_per_dim_ode, bits_per_dim_vlb
 from .fid import FIDWarning

@@ -9,8 +9,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes
 from ..diffusion.schedule import max_steps
+from ..paths import atomic_write_bytes
 from ..trained import SampleSpec, Trained
 from .quality import QualityResult
 

@@ -24,18 +24,20 @@ class EMA:
         self.shadow = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     def current_decay(self) -> float:
+        """The decay the next :meth:`update` applies."""
         if not self.warmup:
             return self.decay
         return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Move the averages towards ``model``'s parameters (after an optimizer step)."""
         d = self.current_decay()
-        names, params = zip(*model.named_parameters())
+        names, params = zip(*model.named_parameters(), strict=True)
         if list(names) != list(self.shadow):
             raise ValueError("the model's parameters are not those the EMA was made from")
-        shadow = [self.shadow[n] for n in names]
-        torch._foreach_lerp_(shadow, [p.detach() for p in params], 1.0 - d)
+        for name, p in zip(names, params, strict=True):
+            self.shadow[name].lerp_(p.detach(), 1.0 - d)
         self.updates += 1
 
     @torch.no_grad()
@@ -45,15 +47,18 @@ class EMA:
             p.copy_(self.shadow[n])
 
     def averaged_model(self, model: nn.Module) -> nn.Module:
-        """A deep copy of ``model`` (buffers included, as they are) holding the averaged parameters."""
+        """A deep copy of ``model`` (buffers included, as they are) holding the averaged
+        parameters."""
         ema_model = copy.deepcopy(model)
         self.copy_to(ema_model)
         return ema_model
 
     def state_dict(self) -> dict:
+        """Decay, warm-up and update count, JSON-able (the averages are :attr:`shadow`)."""
         return {"decay": self.decay, "warmup": self.warmup, "updates": self.updates}
 
     def load_state_dict(self, state: dict, shadow: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`'s settings and the averaged parameters ``shadow``."""
         if set(shadow) != set(self.shadow):
             missing = sorted(set(self.shadow) ^ set(shadow))
             raise ValueError(f"EMA weights do not match the model (first difference: {missing[0]})")

@@ -1,6 +1,9 @@
 """The training loop (DDPM Algorithm 1 and its variational-bound / hybrid variants), kept thin:
-the loss is :func:`ddkit.losses.training_losses`, the model comes from its config, EMA and
-checkpoints are their own modules.  What lives here is the order of operations per step:
+the loss is :func:`ddkit.diffusion.losses.training_losses`, the model comes from its config; the
+EMA (:mod:`.ema`), optimizer and learning-rate schedule (:mod:`.optim`), data order and RNG
+streams (:mod:`.state`), run log (:mod:`.runlog`) and preview sampling
+(:func:`ddkit.trained.generate`) live elsewhere.  What lives here is the order of operations
+per step:
 
     indices -> x0 (+ flips) -> t, weights, noise -> per-example loss -> backward (accumulated,
     DDP-averaged) -> clip -> optimizer step at the warm-up learning rate -> EMA -> logs
@@ -17,12 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,49 +31,22 @@ from .. import viz
 from ..config import Config, config_from_dict, config_to_dict
 from ..diffusion.losses import training_losses
 from ..diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
-from ..samplers import get_sampler
-from ..trained import make_denoiser
+from ..paths import atomic_write_bytes
+from ..trained import SampleSpec, Trained, generate
 from . import distributed as D
+from . import state
 from .ema import EMA
-
-N_BUCKETS = 10  # loss-by-timestep buckets in the logs
+from .optim import lr_at, lr_schedule_meta, make_optimizer
+from .runlog import RunLog, progress_bar
+from .state import EpochBatches
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; names the step, the timesteps and the last checkpoint."""
 
 
-class EpochBatches:
-    """Indices of successive batches over a data set of size n: each epoch is a permutation drawn
-    from (seed, epoch), so the position (epoch, pos) is the whole state."""
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, pos: int = 0):
-        if n < 1:
-            raise ValueError("the data set is empty")
-        self.n, self.seed, self.epoch, self.pos = n, seed, epoch, pos
-        self._perm = self._permutation(epoch)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=g)
-
-    def next(self, size: int) -> torch.Tensor:
-        parts, need = [], size
-        while need:
-            take = min(need, self.n - self.pos)
-            parts.append(self._perm[self.pos : self.pos + take])
-            self.pos += take
-            need -= take
-            if self.pos == self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._perm = self._permutation(self.epoch)
-        return torch.cat(parts)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "pos": self.pos, "n": self.n}
-
-
 def pick_device(name: str) -> torch.device:
+    """The torch device for ``train.device`` (auto: CUDA if available, else CPU)."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device='cuda' but no CUDA device is available; allowed: auto, cpu")
     if name == "auto":
@@ -82,6 +55,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_model_fits_data(cfg: Config, shape: tuple[int, ...]) -> None:
+    """ValueError unless examples of ``shape`` are what ``cfg``'s model takes."""
     want = cfg.model.input_shape()
     if tuple(shape) != want:
         raise ValueError(
@@ -116,7 +90,7 @@ class Trainer:
         torch.manual_seed(tr.seed + self.dist.rank)  # dropout: per-rank global RNG, checkpointed
         self.model = cfg.model.build()
         if tr.init_from and init:
-            init_weights(self.model, tr.init_from, log=log if self.dist.is_main else None)
+            state.init_weights(self.model, tr.init_from, log=log if self.dist.is_main else None)
         self.model = self.model.to(self.device)
         self.ddp = self.model
         if self.dist.enabled:
@@ -126,16 +100,11 @@ class Trainer:
         self.net = torch.compile(self.ddp) if tr.compile else self.ddp
         if tr.compile and self.device.type == "cpu" and self.dist.is_main:
             log(
-                "note: on a 2-core CPU, train.compile trained ddkit's U-Nets no faster than eager "
-                "mode (0.73x to 1.0x, BENCHMARKS.md); it is meant for GPUs"
+                "note: train.compile is meant for GPUs; on CPU it trains ddkit's U-Nets no "
+                "faster than eager mode (BENCHMARKS.md)"
             )
         o = cfg.optim
-        opt_cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
-        kw = dict(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        try:  # one fused kernel for all parameters (CPU and CUDA, torch >= 2.4)
-            self.optimizer = opt_cls(self.model.parameters(), fused=True, **kw)
-        except (RuntimeError, TypeError):
-            self.optimizer = opt_cls(self.model.parameters(), **kw)
+        self.optimizer = make_optimizer(self.model, o)
         self.ema = EMA(self.model, o.ema_decay, warmup=o.ema_warmup) if self.dist.is_main else None
         self.batches = EpochBatches(len(self.dataset), tr.seed)
         self.gen = torch.Generator().manual_seed(tr.seed + 7_919)  # t, noise, flips
@@ -149,29 +118,8 @@ class Trainer:
         self.out = Path(tr.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.last_checkpoint: Path | None = None
-        self.amp_dtype = self._amp_dtype()
-        self._reset_log_window()
-        self._tb = None
-
-    # ---- set-up helpers -------------------------------------------------------------------
-    def _amp_dtype(self):
-        p = self.cfg.train.precision
-        if p == "bf16" or (
-            p == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        ):
-            return torch.bfloat16
-        return None
-
-    def _reset_log_window(self):
-        self._win = {
-            "loss": 0.0,
-            "n": 0,
-            "grad_norm": 0.0,
-            "steps": 0,
-            "t0": time.perf_counter(),
-            "bucket_sum": torch.zeros(N_BUCKETS, dtype=torch.float64),
-            "bucket_n": torch.zeros(N_BUCKETS, dtype=torch.float64),
-        }
+        self.amp_dtype = autocast_dtype(tr.precision, self.device)
+        self.runlog = RunLog(self.out, T, writes=self.dist.is_main)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up from 0 over ``warmup_steps`` optimizer steps; then constant, or a
@@ -180,6 +128,7 @@ class Trainer:
 
     # ---- one optimizer step ---------------------------------------------------------------
     def train_step(self) -> dict:
+        """One optimizer step on the next global batch; returns {"loss": its mean loss}."""
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world_size
         B = cfg.train.batch_size
         idx = self.batches.next(B)
@@ -245,14 +194,7 @@ class Trainer:
             )
         if isinstance(self.t_sampler, LossSecondMomentSampler):
             self.t_sampler.update(t, all_losses)
-        win = self._win
-        win["loss"] += float(total)
-        win["n"] += B
-        win["grad_norm"] += float(gnorm)
-        win["steps"] += 1
-        bucket = (t * N_BUCKETS) // self.schedule.T
-        win["bucket_sum"].index_add_(0, bucket, all_losses)
-        win["bucket_n"].index_add_(0, bucket, torch.ones_like(all_losses))
+        self.runlog.add(float(total), float(gnorm), t, all_losses)
         return {"loss": float(total) / B}
 
     # ---- the loop -------------------------------------------------------------------------
@@ -264,12 +206,11 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_bytes(
+            atomic_write_bytes(
                 self.out / "config.json", json.dumps(config_to_dict(self.cfg), indent=2).encode()
             )
-            self._truncate_metrics()
-            self._open_tensorboard()
-        bar = self._progress(end) if main else None
+        self.runlog.start(self.step, tr.tensorboard)
+        bar = progress_bar(end, self.step, tr.progress) if main else None
         try:
             while self.step < end:
                 out = self.train_step()
@@ -277,7 +218,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
                 if self.step % tr.log_every == 0 or self.step == tr.max_steps:
-                    self._write_log()
+                    ema_decay = self.ema.current_decay() if self.ema else None
+                    self.runlog.record(self.step, self.lr_at(self.step - 1), ema_decay)
                 if tr.sample_every and (
                     self.step % tr.sample_every == 0 or self.step == tr.max_steps
                 ):
@@ -287,111 +229,58 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            if self._tb is not None:
-                self._tb.flush()
-        if main and self.step == tr.max_steps:
-            records = read_metrics(self.out / "metrics.jsonl")
-            if records:
-                viz.save_loss_curve(records, self.out / "loss.png")
-
-    def _progress(self, end: int):
-        if not self.cfg.train.progress:
-            return None
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return None
-        return tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-
-    def _open_tensorboard(self):
-        if not self.cfg.train.tensorboard or self._tb is not None:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard not installed: JSONL only
-            return
-        self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.step + 1)
-
-    # ---- logs -------------------------------------------------------------------------------
-    def _truncate_metrics(self):
-        """On resume, drop records past the checkpoint's step (an interrupted run wrote them)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [r for r in read_metrics(path) if r.get("step", 0) <= self.step]
-        ckpt.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
-
-    def _write_log(self):
-        win = self._win
-        bn = win["bucket_n"]  # from the gathered (global) losses: already summed over ranks
-        T = self.schedule.T
-        buckets = {}
-        for b in range(N_BUCKETS):
-            if bn[b] > 0:
-                lo, hi = b * T // N_BUCKETS, (b + 1) * T // N_BUCKETS - 1
-                buckets[f"{lo}-{hi}"] = float(win["bucket_sum"][b] / bn[b])
-        dt = time.perf_counter() - win["t0"]
-        rec = {
-            "step": self.step,
-            "loss": win["loss"] / max(win["n"], 1),
-            "lr": self.lr_at(self.step - 1),
-            "grad_norm": win["grad_norm"] / max(win["steps"], 1),
-            "ema_decay": self.ema.current_decay() if self.ema else None,
-            "steps_per_s": win["steps"] / dt if dt > 0 else None,
-            "images_per_s": win["n"] / dt if dt > 0 else None,
-            "loss_by_t": buckets,
-        }
-        if self.dist.is_main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if self._tb is not None:
-                for k in ("loss", "lr", "grad_norm", "images_per_s"):
-                    if rec[k] is not None:
-                        self._tb.add_scalar(f"train/{k}", rec[k], self.step)
-                for k, v in buckets.items():
-                    self._tb.add_scalar(f"loss_by_t/{k}", v, self.step)
-        self._reset_log_window()
+            self.runlog.flush()
+        if self.step == tr.max_steps:
+            self.runlog.save_loss_curve()
 
     # ---- samples ------------------------------------------------------------------------------
-    def sample(self, model: nn.Module, num: int, seed: int) -> torch.Tensor:
-        """``num`` samples from ``model`` with the configured preview sampler, from a fixed seed."""
-        tr = self.cfg.train
-        g = torch.Generator().manual_seed(seed)
-        x_T = torch.randn((num, *self.dataset.shape), generator=g).to(self.device)
-        steps = min(tr.sample_steps or self.schedule.T, self.schedule.T)
-        ts = self.schedule.timesteps(steps, "trailing" if steps < self.schedule.T else "leading")
-        den = make_denoiser(model, self.cfg, self.schedule, self.dataset)
+    def sample(
+        self, model: nn.Module, num: int, seed: int, weights: str = "online"
+    ) -> torch.Tensor:
+        """``num`` samples from ``model`` with the configured preview sampler, through
+        :func:`ddkit.trained.generate`: what ``ddkit sample`` gives for the same sampler,
+        steps, spacing and seed (in one batch, under the training precision); x0 is clipped
+        for quantized data."""
+        tr, T = self.cfg.train, self.schedule.T
+        steps = min(tr.sample_steps or T, T)
+        quantized = getattr(self.dataset, "quantized", len(self.dataset.shape) == 3)
+        spec = SampleSpec(
+            tr.sample_sampler,
+            steps,
+            "trailing" if steps < T else "leading",
+            clip_x0="on" if quantized else "off",
+        )
         model.eval()
-        with (
-            torch.no_grad(),
-            torch.autocast(
-                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-            ),
-        ):
-            x = get_sampler(tr.sample_sampler)(den, x_T, ts, generator=g)
-        return x.float().cpu()
+        trained = Trained(model, self.cfg, self.schedule, self.step, str(self.out), weights)
+        return generate(
+            trained,
+            spec,
+            num,
+            seed=seed,
+            batch_size=num,
+            device=self.device,
+            autocast=self.amp_dtype,
+        )
 
-    def save_sample_grids(self):
+    def save_sample_grids(self) -> None:
+        """``samples/step-<step>-{ema,online}.png`` in the run folder (main process only)."""
         if not self.dist.is_main or not self.cfg.train.sample_num:
             return
         folder = self.out / "samples"
         ref = self._reference() if len(self.dataset.shape) == 1 else None
         extra = {"reference": ref} if ref is not None else {}
         for name, model in (("ema", self.ema.averaged_model(self.model)), ("online", self.model)):
-            x = self.sample(model, self.cfg.train.sample_num, seed=self.cfg.train.seed)
+            x = self.sample(model, self.cfg.train.sample_num, self.cfg.train.seed, name)
             viz.save_samples(x, folder / f"step-{self.step:08d}-{name}.png", **extra)
 
     def _reference(self) -> torch.Tensor:
-        n = min(len(self.dataset), 2000)
-        return self.dataset.get_batch(torch.arange(n))
+        return self.dataset.get_batch(torch.arange(min(len(self.dataset), 2000)))
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
-        rng = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-        states = D.all_gather_objects(rng, self.dist)
+        """Save everything a bit-exact resume needs (all ranks' RNG states gathered) and prune
+        old checkpoints; returns the checkpoint's path."""
+        states = D.all_gather_objects(state.torch_rng_state(), self.dist)
         path = self.ckpt_dir / ckpt.checkpoint_name(self.step)
         if self.dist.is_main:
             tensors = ckpt.state_to_tensors("model", self.model.state_dict())
@@ -399,14 +288,9 @@ class Trainer:
             opt_tensors, opt_meta = ckpt.optimizer_to_checkpoint(self.optimizer)
             tensors |= opt_tensors
             tensors["gen/train"] = self.gen.get_state()
-            for r, st in enumerate(states):
-                tensors[f"rng/torch/{r}"] = st["torch"]
-                for d, s in enumerate(st["cuda"]):
-                    tensors[f"rng/cuda/{r}/{d}"] = s
-            if isinstance(self.t_sampler, LossSecondMomentSampler):
-                tensors["tsampler/losses"] = self.t_sampler._losses
-                tensors["tsampler/count"] = self.t_sampler._count
-            np_state = np.random.get_state()  # noqa: NPY002 (legacy global state, saved as issued)
+            tensors |= state.rng_tensors(states)
+            tensors |= ckpt.state_to_tensors("tsampler", self.t_sampler.state_dict())
+            o, max_steps = self.cfg.optim, self.cfg.train.max_steps
             meta = {
                 "config": config_to_dict(self.cfg),
                 "step": self.step,
@@ -414,17 +298,9 @@ class Trainer:
                 "data_position": self.batches.state_dict(),
                 "data_shape": list(self.dataset.shape),
                 "optimizer": opt_meta,
-                "lr_schedule": {
-                    "kind": f"linear_warmup+{self.cfg.optim.lr_schedule}",
-                    "lr": self.cfg.optim.lr,
-                    "min_lr": self.cfg.optim.min_lr,
-                    "warmup_steps": self.cfg.optim.warmup_steps,
-                    "decay_end": self.cfg.train.max_steps,
-                    "current_lr": self.lr_at(self.step - 1),
-                },
+                "lr_schedule": lr_schedule_meta(o, max_steps, self.step),
                 "ema": self.ema.state_dict(),
-                "rng_python": _jsonable(random.getstate()),
-                "rng_numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+                **state.host_rng_meta(),
             }
             ckpt.save_checkpoint(path, tensors, meta)
             ckpt.prune_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
@@ -451,24 +327,17 @@ class Trainer:
                 f"{len(self.dataset)}"
             )
         self.batches = EpochBatches(pos["n"], pos["seed"], pos["epoch"], pos["pos"])
-        if isinstance(self.t_sampler, LossSecondMomentSampler):
-            self.t_sampler._losses.copy_(tensors["tsampler/losses"])
-            self.t_sampler._count.copy_(tensors["tsampler/count"])
+        self.t_sampler.load_state_dict(ckpt.tensors_with_prefix(tensors, "tsampler"))
         r = self.dist.rank
         if meta["world_size"] == self.dist.world_size:
-            torch.set_rng_state(tensors[f"rng/torch/{r}"])
-            cuda = [v for k, v in sorted(tensors.items()) if k.startswith(f"rng/cuda/{r}/")]
-            if cuda and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(cuda)
+            state.restore_torch_rng(tensors, r)
         else:  # a different number of processes: dropout streams cannot continue exactly
             torch.manual_seed(self.cfg.train.seed + 104_729 * meta["step"] + r)
             self.log(
                 f"note: resumed on {self.dist.world_size} processes from a checkpoint of "
                 f"{meta['world_size']}; dropout noise is reseeded (not bit-identical)"
             )
-        random.setstate(_tuplify(meta["rng_python"]))
-        s = meta["rng_numpy"]
-        np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))  # noqa: NPY002
+        state.restore_host_rng(meta)
         self.step = int(meta["step"])
         self.last_checkpoint = Path(meta["path"])
 
@@ -515,52 +384,11 @@ RESUMABLE_TRAIN_KEYS = (
 )
 
 
-def lr_at(o, max_steps: int, step: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based) under :class:`OptimConfig` ``o``."""
-    w = o.warmup_steps
-    if step < w:
-        return o.lr * (step + 1) / w
-    if o.lr_schedule == "constant":
-        return o.lr
-    p = min(1.0, (step - w + 1) / (max_steps - w))  # reaches 1 at the last step
-    shape = 0.5 * (1.0 + math.cos(math.pi * p)) if o.lr_schedule == "cosine" else 1.0 - p
-    return o.min_lr + (o.lr - o.min_lr) * shape
-
-
-def init_weights(model: nn.Module, path: str | Path, log=None) -> None:
-    """Start ``model`` from the EMA weights of a checkpoint (a file or a run folder: its
-    newest) of the same architecture -- fine-tuning, or a new training phase with other
-    optimizer settings.  Only the weights are taken: step, optimizer and RNG start fresh."""
-    tensors, meta = ckpt.load_checkpoint(path)
-    state = {
-        **ckpt.tensors_with_prefix(tensors, "model"),
-        **ckpt.tensors_with_prefix(tensors, "ema"),
-    }
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise ckpt.CheckpointError(
-            f"train.init_from={str(path)!r}: its weights do not fit this config's model "
-            "(another architecture)"
-        ) from None
-    if log is not None:
-        log(f"model initialised from the EMA weights of {meta['path']} (step {meta['step']})")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not Path(path).exists():
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _jsonable(obj):
-    if isinstance(obj, tuple):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-def _tuplify(obj):
-    if isinstance(obj, list):
-        return tuple(_tuplify(v) for v in obj)
-    return obj
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.precision`` on ``device``: bf16 if asked for, or on
+    ``auto`` with a CUDA device that supports it; else None (fp32)."""
+    if precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    ):
+        return torch.bfloat16
+    return None

@@ -561,6 +561,7 @@ def test_eval_cli_fid_of_a_2d_model_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_eval_cli_with_inception_features_warns_in_one_line(run, cache, tmp_path, capsys):
     """Random Inception weights stand in for the reference file (which cannot be downloaded
     here): the whole --inception path runs, and both warnings are one line each."""

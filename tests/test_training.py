@@ -205,6 +205,7 @@ def test_resume_image_hybrid_grad_accum_flips_is_bit_identical(tmp_path):
     assert_identical(state_of(full), state_of(resumed))
 
 
+@pytest.mark.slow
 def test_bf16_autocast_on_cpu_trains_and_resumes_bit_identically(tmp_path):
     """train.precision = "bf16" on CPU (fast where oneDNN has AMX / AVX512-BF16): convolutions run
     in bf16, while weights, gradients, EMA and Adam state stay fp32; a 16x16 U-Net (channels_last
@@ -237,6 +238,7 @@ def test_bf16_autocast_on_cpu_trains_and_resumes_bit_identically(tmp_path):
     not any(map(shutil.which, ("cc", "gcc", "g++", "clang"))),
     reason="torch.compile on CPU needs a C++ compiler (apt-get install g++)",
 )
+@pytest.mark.slow
 def test_compile_trains_the_same_function_and_saves_plain_weights(tmp_path):
     """train.compile = true: the loss goes through torch.compile(model), with no graph break in
     the U-Net (its CPU-specific Winograd / channels_last / dropout-mask paths step aside while

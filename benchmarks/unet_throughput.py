@@ -428,6 +428,9 @@ def report(result: dict) -> str:
         if name != "diffusers" and not name.startswith("ours without"):
             lines.append(f"- {name}: " + speedup_line(times, name, "diffusers"))
     for name in times:
+        if name.startswith("ddkit at "):
+            lines.append(f"- ours against {name}: " + speedup_line(times, "ours", name))
+    for name in times:
         if name.startswith("ours without"):
             lines.append(f"- share of {name[len('ours without ') :]}: " + share_line(times, name))
     lines.append("")

@@ -1,7 +1,7 @@
 /* GroupNorm + SiLU (+ a per-channel shift before the norm, + inverted dropout after the SiLU),
  * forward and backward in two passes over the activations each, fp32, for the CPU.
  *
- * Compiled on first use by ddkit/models/cpu_kernels.py (cc -O3 -march=native -fopenmp
+ * Compiled on first use by ddkit/cpu/gn_silu.py (cc -O3 -march=native -fopenmp
  * -fno-trapping-math -fno-math-errno, which let the loops vectorise) and
  * called through ctypes; the Python side checks shapes, dtypes, layouts and contiguity.
  *
@@ -35,9 +35,7 @@
  * else 0.  The hash is Wellons' 32-bit "triple32" (three xorshift-multiply rounds) keyed by the
  * seed: its low half enters before the first round, its high half after the second
  * multiplication.  (One keyed round of "lowbias32" is cheaper but leaves draws correlated at
- * power-of-two index lags: 6.5 standard errors root-mean-square over seeds at lag 1024, over 2^24
- * draws; lowbias32 applied twice and this keyed triple32 stay within noise, the latter with 3
- * multiplications instead of 4.) */
+ * power-of-two index lags; tests/test_cpu.py checks this hash for such correlations.) */
 static inline float keep_scale(uint32_t s0, uint32_t s1, uint32_t i, uint32_t threshold,
                                float scale) {
   uint32_t h = i ^ s0;

@@ -34,8 +34,8 @@ _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 @functools.cache
 def cpu_favours_winograd() -> bool:
     """Whether this CPU is one where F(2x2, 3x3) beats oneDNN's direct convolution: torch's CPU
-    capability "AVX2" (without AVX-512).  With AVX-512, oneDNN's direct convolutions are several
-    times faster per core and the memory-bound tile transforms lose (BENCHMARKS.md)."""
+    capability "AVX2" (without AVX-512).  With AVX-512, oneDNN's direct convolutions are fast
+    enough that the memory-bound tile transforms lose."""
     return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 

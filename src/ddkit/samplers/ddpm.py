@@ -23,7 +23,7 @@ the same single JVP (see :func:`_jacobian_shaped_noise`), and is then right per 
 Cost per step besides the model (fixed variances): the posterior mean is a fixed combination of
 x_t and x0_hat, hence of x_t and the raw model output, and is accumulated in two passes into the
 noise, which is drawn at its scale sigma (``Estimate.combine``); x0_hat itself is only formed for
-a callback.  On a CPU the seeded Gaussian draw is then ~85% of the step.
+a callback.  On a CPU the seeded Gaussian draw is then most of the step's cost.
 """
 
 from __future__ import annotations

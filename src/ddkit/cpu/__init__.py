@@ -30,6 +30,10 @@ from collections.abc import Iterator
 import torch
 from torch.autograd import forward_ad
 
+from .gn_silu import group_norm_silu, kernel_applies
+from .upsample import subpixel_pays, upsample_conv
+from .winograd import winograd_conv3x3, winograd_pays
+
 FAST_PATHS = ("gn_silu", "subpixel", "winograd")
 
 _off: set[str] = set(FAST_PATHS) if os.environ.get("DDKIT_CPU_FAST_PATHS") == "0" else set()
@@ -83,10 +87,6 @@ def fast_path(name: str, *tensors: torch.Tensor | None) -> bool:
         for t in tensors
     )
 
-
-from .gn_silu import group_norm_silu, kernel_applies  # noqa: E402
-from .upsample import subpixel_pays, upsample_conv  # noqa: E402
-from .winograd import winograd_conv3x3, winograd_pays  # noqa: E402
 
 __all__ = [
     "FAST_PATHS",

@@ -20,6 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ddkit"
 # package or from a lower layer
 LAYERS = {
     "paths": 0,
+    "resources": 0,
     "diffusion": 1,
     "samplers": 2,
     "cpu": 3,
@@ -27,6 +28,7 @@ LAYERS = {
     "data": 4,
     "checkpoint": 5,
     "config": 5,
+    "memory": 5,
     "viz": 5,
     "trained": 6,
     "training": 7,
@@ -34,6 +36,7 @@ LAYERS = {
     "evaluation": 8,
     "verify": 8,
     "demo": 9,
+    "cli_checks": 9,
     "cli": 10,
 }
 

@@ -82,7 +82,9 @@ def test_atomic_write_gives_the_mode_open_would(tmp_path, umask):
 def test_checkpoint_round_trip_prune_and_errors(tmp_path):
     for step in (1, 2, 3, 4):
         ckpt.save_checkpoint(
-            tmp_path / ckpt.checkpoint_name(step), {"a": torch.ones(2) * step}, {"step": step}
+            tmp_path / ckpt.checkpoint_name(step),
+            {"a": torch.ones(2) * step},
+            {"step": step, "config": {}},
         )
     ckpt.prune_checkpoints(tmp_path, 2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [

@@ -320,11 +320,12 @@ def test_checkpoint_from_another_architecture_is_refused(tmp_path):
     meta["config"]["model"]["hidden"] = 64  # weights of a 32-wide model under a 64-wide config
     del meta["path"]
     ckpt.save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "schema_version"})
-    with pytest.raises(ckpt.CheckpointError, match="do not fit the architecture"):
+    wrong = r"entry 'model/in_proj.weight' is float32 \[32, 2\]; expected float32 \[64, 2\]"
+    with pytest.raises(ckpt.CheckpointError, match=wrong):
         Trainer.from_checkpoint(path, dataset=points())
     from ddkit.trained import load_trained
 
-    with pytest.raises(ckpt.CheckpointError, match="do not fit the architecture"):
+    with pytest.raises(ckpt.CheckpointError, match=wrong):
         load_trained(path)
 
 

@@ -2,15 +2,21 @@
 
 Tensors (model, EMA, optimizer state, RNG states) are stored as safetensors; everything else
 (config, schema version, step, optimizer hyper-parameters, data-loader position, Python and
-numpy RNG states) is JSON in the file's metadata under the key ``ddkit``.  Nothing is
-unpickled on load.  Files are written atomically: a temporary file in the same folder, fsync,
-rename, fsync of the folder; a crash leaves either the old set of checkpoints or the new one.
+numpy RNG states, the run's ID) is JSON in the file's metadata under the key ``ddkit``, with
+``tensors_sha256``: a hash of every tensor, checked on load, so that a flipped bit or an edited
+tensor is refused rather than sampled from.  Nothing is unpickled on load, and the metadata is
+checked for form before any of it is used.  Files are written atomically: a temporary file in
+the same folder, fsync, rename, fsync of the folder; a crash leaves either the old set of
+checkpoints or the new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import torch
@@ -19,8 +25,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .paths import atomic_write_bytes
+from .resources import available_memory, file_kind, format_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tensors_sha256 and run_id in the metadata
+READABLE_VERSIONS = (1, 2)
+MAX_HEADER = 100 * 2**20  # what the safetensors format itself allows
 _NAME = re.compile(r"^ckpt-(\d{8,})\.safetensors$")
 
 
@@ -33,40 +42,124 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:08d}.safetensors"
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes (in name order): the integrity
+    hash stored in a checkpoint's metadata and checked on load."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode() + b"\0")
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Atomically write ``tensors`` and the JSON-able ``meta`` (schema version added)."""
+    """Atomically write ``tensors`` and the JSON-able ``meta`` (schema version and the
+    integrity hash of the tensors added)."""
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    header = {"ddkit": json.dumps({"schema_version": SCHEMA_VERSION, **meta})}
-    atomic_write_bytes(Path(path), st_save(plain, metadata=header))
+    meta = {**meta, "schema_version": SCHEMA_VERSION, "tensors_sha256": tensors_digest(plain)}
+    atomic_write_bytes(Path(path), st_save(plain, metadata={"ddkit": json.dumps(meta)}))
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, meta) of a checkpoint file, or CheckpointError naming the file."""
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's newest checkpoint."""
     path = Path(path)
     if path.is_dir():
         latest = latest_checkpoint(path)
         if latest is None:
             raise CheckpointError(f"no checkpoint (ckpt-*.safetensors) in folder {str(path)!r}")
         path = latest
+    return path
+
+
+def _read(path: Path, header_only: bool) -> bytes:
+    """The file's bytes (or its 8-byte length and header), refusing anything but a regular file
+    before reading it (a FIFO or device would block or never end) and what cannot fit memory."""
+    name = str(path)
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
+        raise CheckpointError(f"checkpoint {name!r} does not exist") from None
     except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e.strerror}") from None
+        raise CheckpointError(f"cannot read checkpoint {name!r}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CheckpointError(f"checkpoint {name!r} is {file_kind(st.st_mode)}, not a file")
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER, st.st_size - 8):
+            raise CheckpointError(f"{name!r} is not a ddkit checkpoint (no safetensors header)")
+        if header_only:
+            return head + f.read(n)
+        avail = available_memory("cpu")
+        if avail is not None and st.st_size > avail[0]:
+            raise CheckpointError(
+                f"checkpoint {name!r} is {format_bytes(st.st_size)}, more than the "
+                f"{format_bytes(avail[0])} of memory available ({avail[1]})"
+            )
+        try:
+            return head + f.read()
+        except OSError as e:
+            raise CheckpointError(f"cannot read checkpoint {name!r}: {e.strerror}") from None
+
+
+def _metadata(path: Path, data: bytes) -> dict:
+    n = int.from_bytes(data[:8], "little")
     try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8 : 8 + header_len]).get("__metadata__", {})["ddkit"])
-    except (SafetensorError, KeyError, ValueError, TypeError):
+        header = json.loads(data[8 : 8 + n])
+        meta = json.loads(header["__metadata__"]["ddkit"])
+    except (KeyError, ValueError, TypeError, RecursionError):
         raise CheckpointError(f"{str(path)!r} is not a ddkit checkpoint") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{str(path)!r}: its ddkit metadata is a JSON {type(meta).__name__}, not an object"
+        )
     version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{str(path)!r} has checkpoint schema version {version!r}; this ddkit reads "
-            f"version {SCHEMA_VERSION}"
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{str(path)!r}: entry 'step' is {step!r}, not an integer >= 0")
+    if not isinstance(meta.get("config"), dict):
+        got = "missing" if "config" not in meta else type(meta["config"]).__name__
+        raise CheckpointError(f"{str(path)!r}: entry 'config' is {got}, not an object")
+    run_id = meta.get("run_id")
+    if run_id is not None and not (
+        isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{32}", run_id)
+    ):
+        raise CheckpointError(f"{str(path)!r}: entry 'run_id' is {run_id!r}, not 32 hex digits")
     meta["path"] = str(path)
+    return meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The checkpoint's JSON metadata alone (its tensors are not read)."""
+    path = resolve(path)
+    return _metadata(path, _read(path, header_only=True))
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, meta) of a checkpoint file (or a run folder's newest), or CheckpointError
+    naming the file: not a regular file, not a checkpoint, metadata of the wrong form, or
+    tensors that do not match the integrity hash written with them."""
+    path = resolve(path)
+    data = _read(path, header_only=False)
+    meta = _metadata(path, data)
+    try:
+        tensors = st_load(data)
+    except (SafetensorError, ValueError, RuntimeError):
+        raise CheckpointError(f"{str(path)!r} is not a ddkit checkpoint (bad tensors)") from None
+    want = meta.get("tensors_sha256")
+    if meta["schema_version"] >= 2 and want != tensors_digest(tensors):
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt: its tensors do not match the integrity hash "
+            "stored with them (tensors_sha256)"
+        )
     return tensors, meta
 
 
@@ -144,3 +237,36 @@ def optimizer_from_checkpoint(tensors: dict[str, torch.Tensor], meta: dict) -> d
         {k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
+
+
+def entry_error(meta: dict, entry: str, problem: str) -> CheckpointError:
+    """The one-line error for a bad metadata entry or tensor of the checkpoint ``meta``."""
+    return CheckpointError(f"{meta['path']!r}: entry {entry!r} {problem}")
+
+
+def describe(t: torch.Tensor) -> str:
+    """'float32 [3, 3]'."""
+    return f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
+
+
+def check_tensors(meta: dict, got: dict, expected: dict, prefix: str) -> None:
+    """CheckpointError unless ``got`` (the checkpoint's tensors under ``prefix/``) has exactly
+    the names of ``expected`` with the same dtypes and shapes."""
+    for name, want in expected.items():
+        entry = f"{prefix}/{name}"
+        if name not in got:
+            raise entry_error(meta, entry, "is missing")
+        if got[name].dtype != want.dtype or got[name].shape != want.shape:
+            raise entry_error(meta, entry, f"is {describe(got[name])}; expected {describe(want)}")
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        raise entry_error(meta, f"{prefix}/{extra[0]}", "is not expected (no such tensor here)")
+
+
+def check_model_tensors(meta: dict, tensors: dict, model: torch.nn.Module, weights: str) -> None:
+    """The model's tensors (``model/``) and, for ``weights="ema"``, the averaged parameters
+    (``ema/``) have exactly the names, dtypes and shapes of ``model``'s."""
+    check_tensors(meta, tensors_with_prefix(tensors, "model"), model.state_dict(), "model")
+    if weights == "ema":
+        params = {n: p.detach() for n, p in model.named_parameters()}
+        check_tensors(meta, tensors_with_prefix(tensors, "ema"), params, "ema")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+
+from .cli_checks import MAX_DEMO_SCALE, finite_float, one_line, positive_int, random_seed
 
 # OpenMP's default spin-waiting makes every parallel op wait a scheduler tick for a descheduled
 # worker thread when the machine has more runnable threads than cores (any shared machine): a
@@ -20,16 +21,6 @@ from pathlib import Path
 # set before torch loads OpenMP, so torch is imported only inside the commands.  OMP_WAIT_POLICY
 # in the environment takes precedence.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
 
 
 # names only: the sweep's samplers (ddkit.evaluation.sweep) without importing torch at parse time
@@ -51,8 +42,10 @@ _CLIP_X0_HELP = (
 
 
 def _cmd_verify(args) -> int:
+    from .cli_checks import check_verify
     from .verify.runner import run_to_folder
 
+    check_verify(args)
     run_to_folder(
         args.out,
         samplers=args.sampler,
@@ -68,8 +61,10 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from .cli_checks import check_resume_overrides, check_train
     from .config import load_config
-    from .training.trainer import RESUMABLE_TRAIN_KEYS, Trainer
+    from .training.trainer import Trainer
+    from .training.validate import RESUMABLE_TRAIN_KEYS
 
     if args.resume:
         if args.config:
@@ -85,11 +80,14 @@ def _cmd_train(args) -> int:
                     + ", ".join(f"train.{k}" for k in RESUMABLE_TRAIN_KEYS)
                 )
             overrides[key] = value
+        check_resume_overrides(overrides)
         trainer = Trainer.from_checkpoint(args.resume, train_overrides=overrides)
     else:
         if not args.config and not args.set:
             raise ValueError("give a config file (see configs/) and/or --set section.key=value")
-        trainer = Trainer(load_config(args.config, args.set or []))
+        cfg = load_config(args.config, args.set or [])
+        check_train(cfg)
+        trainer = Trainer(cfg, overwrite=args.overwrite)
     if args.dry_run:
         print(f"ddkit train: config valid; {trainer.cfg.train.max_steps} steps to {trainer.out}")
         return 0
@@ -123,7 +121,7 @@ def _cmd_sample(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), steps_scale=args.scale, progress=not args.quiet)
+    run_demo(args.out, steps_scale=args.scale, progress=not args.quiet)
     return 0
 
 
@@ -194,7 +192,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump), exit status 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, one_line(f"{self.prog}: error: {message} (see --help)") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--quick", action="store_true", help="small sample sizes and NFE 10, 20, 100")
     v.add_argument("--out", default="verify-out", help="folder for verify.json and the PNG plot")
-    v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--nfe", type=_positive_int, nargs="+", default=[10, 20, 50, 100, 1000])
-    v.add_argument("--n-2d", type=_positive_int, default=10_000, help="samples on the 2-D mixture")
-    v.add_argument("--n-64d", type=_positive_int, default=4_000, help="samples on the 64-D mixture")
-    v.add_argument("--floor-reps", type=_positive_int, default=8)
+    v.add_argument("--seed", type=random_seed, default=0)
+    v.add_argument("--nfe", type=positive_int, nargs="+", default=[10, 20, 50, 100, 1000])
+    v.add_argument("--n-2d", type=positive_int, default=10_000, help="samples on the 2-D mixture")
+    v.add_argument("--n-64d", type=positive_int, default=4_000, help="samples on the 64-D mixture")
+    v.add_argument("--floor-reps", type=positive_int, default=8)
     v.add_argument("--sampler", action="append", help="only this sampler (repeatable)")
     v.add_argument(
         "--config", action="append", help="only this configuration, by label (repeatable)"
@@ -220,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="*", help="TOML config files, merged in order")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key")
     t.add_argument("--resume", metavar="CHECKPOINT", help="a checkpoint file or run folder")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder that holds another run (its checkpoints are deleted)",
+    )
     t.add_argument("--dry-run", action="store_true", help="validate the config and data, then stop")
     t.set_defaults(func=_cmd_train)
 
@@ -230,22 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="ddim",
         help="ddpm, ddim, euler_maruyama, pc, heun, dpmpp_2m, dpmpp_3m, adams3",
     )
-    s.add_argument("--steps", type=_positive_int, default=50, help="number of timesteps")
+    s.add_argument("--steps", type=positive_int, default=50, help="number of timesteps")
     s.add_argument(
         "--spacing",
         default="trailing",
         help="leading, trailing, linspace, quadratic, ddim_quadratic (DDIM's code: to 0.8 T), "
         "log_snr",
     )
-    s.add_argument("--eta", type=float, help="DDIM eta (>= 0; 0 is deterministic)")
+    s.add_argument("--eta", type=finite_float(), help="DDIM eta (>= 0; 0 is deterministic)")
     s.add_argument(
         "--variance", help="DDPM variance: fixed_small, fixed_large, tweedie, tweedie_jacobian"
     )
     s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num", type=_positive_int, default=64)
-    s.add_argument("--batch-size", type=_positive_int, default=256)
-    s.add_argument("--grid", type=_positive_int, default=64, help="samples drawn in samples.png")
+    s.add_argument("--seed", type=random_seed, default=0)
+    s.add_argument("--num", type=positive_int, default=64)
+    s.add_argument("--batch-size", type=positive_int, default=256)
+    s.add_argument("--grid", type=positive_int, default=64, help="samples drawn in samples.png")
     s.add_argument("--weights", default="ema", help="ema or online")
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", default="samples", help="folder for samples.png, .npz and sampler.json")
@@ -261,20 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="eval-out", help="folder for eval.json, tables and PNGs")
     e.add_argument("--weights", default="ema", help="ema or online")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=random_seed, default=0)
     e.add_argument("--split", default="test", help="held-out split for --bpd and --inversion")
-    e.add_argument("--bpd-num", type=_positive_int, default=1000, help="images for the VLB")
+    e.add_argument("--bpd-num", type=positive_int, default=1000, help="images for the VLB")
     e.add_argument("--bpd-methods", nargs="+", default=["vlb", "ode"], choices=["vlb", "ode"])
-    e.add_argument("--ode-num", type=_positive_int, default=100, help="images for the PF-ODE")
-    e.add_argument("--ode-steps", type=_positive_int, default=100, help="Heun intervals")
-    e.add_argument("--probes", type=_positive_int, default=1, help="Hutchinson probes per image")
+    e.add_argument("--ode-num", type=positive_int, default=100, help="images for the PF-ODE")
+    e.add_argument("--ode-steps", type=positive_int, default=100, help="Heun intervals")
+    e.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probes per image")
     e.add_argument(
         "--num",
-        type=_positive_int,
+        type=positive_int,
         default=10_000,
         help="samples for FID (10,000; 50,000 for paper-comparable numbers)",
     )
-    e.add_argument("--ref-num", type=_positive_int, default=10_000, help="real images for FID")
+    e.add_argument("--ref-num", type=positive_int, default=10_000, help="real images for FID")
     e.add_argument("--ref-split", default="train", help="split of the reference images")
     e.add_argument(
         "--inception",
@@ -288,15 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--cache", help="cache folder (default $DDKIT_CACHE or ~/.cache/ddkit)")
     e.add_argument("--sampler", default="ddim", help="sampler for --fid")
-    e.add_argument(
-        "--steps", type=_positive_int, default=50, help="steps for --fid/--interpolation"
-    )
+    e.add_argument("--steps", type=positive_int, default=50, help="steps for --fid/--interpolation")
     e.add_argument("--spacing", default="trailing", help="spacing for --fid")
-    e.add_argument("--eta", type=float, help="DDIM eta for --fid")
+    e.add_argument("--eta", type=finite_float(), help="DDIM eta for --fid")
     e.add_argument("--variance", help="DDPM variance for --fid")
     e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP + "; for --fid and --sweep")
-    e.add_argument("--batch-size", type=_positive_int, default=250)
-    e.add_argument("--nfe", type=_positive_int, nargs="+", default=[5, 10, 20, 50, 100, 1000])
+    e.add_argument("--batch-size", type=positive_int, default=250)
+    e.add_argument("--nfe", type=positive_int, nargs="+", default=[5, 10, 20, 50, 100, 1000])
     e.add_argument(
         "--families",
         nargs="+",
@@ -305,11 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--inversion-steps",
-        type=_positive_int,
+        type=positive_int,
         nargs="+",
         default=[10, 20, 50, 100, 200, 500, 1000],
     )
-    e.add_argument("--inversion-num", type=_positive_int, default=100)
+    e.add_argument("--inversion-num", type=positive_int, default=100)
     e.set_defaults(func=_cmd_eval)
 
     f = sub.add_parser(
@@ -317,29 +318,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--data", required=True, help="digits, mnist5k or fashion_mnist")
     f.add_argument("--path", help="folder of the data set's files, where it has one")
-    f.add_argument("--epochs", type=_positive_int, default=4)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--epochs", type=positive_int, default=4)
+    f.add_argument("--seed", type=random_seed, default=0)
     f.add_argument("--retrain", action="store_true", help="replace a cached network")
     f.add_argument("--cache", help="cache folder (default $DDKIT_CACHE or ~/.cache/ddkit)")
     f.set_defaults(func=_cmd_features)
 
     d = sub.add_parser("demo", help="train on bundled data (2-D spiral, 8x8 digits) and sample")
     d.add_argument("--out", default="demo-out")
-    d.add_argument("--scale", type=float, default=1.0, help="multiply the training steps")
+    d.add_argument(
+        "--scale",
+        type=finite_float(0.0, MAX_DEMO_SCALE, low_open=True),
+        default=1.0,
+        help=f"multiply the training steps (> 0, <= {MAX_DEMO_SCALE:g})",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in ``argv`` (default: sys.argv[1:]); returns the exit status: 0, 2 for
+    input that is not allowed (one line on stderr, nothing written), 1 for a run that failed
+    (non-finite loss or samples, a full disk).  Arguments argparse refuses raise SystemExit(2)
+    after their one line, as ``--help`` raises SystemExit(0)."""
     import warnings
 
     parser = build_parser()
     args = parser.parse_args(argv)
 
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
-        print(f"ddkit {args.command}: warning: {message}", file=sys.stderr)
+        print(one_line(f"ddkit {args.command}: warning: {message}"), file=sys.stderr)
 
+    from .paths import DiskFullError
+    from .trained import NonFiniteSamplesError
     from .training.trainer import NonFiniteLossError
 
     try:
@@ -347,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = one_line_warning
             return args.func(args)
     except ValueError as e:  # what the user asked for is not allowed: nothing was written
-        print(f"ddkit {args.command}: error: {e}", file=sys.stderr)
+        print(one_line(f"ddkit {args.command}: error: {e}"), file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
-        print(f"ddkit {args.command}: error: {e}", file=sys.stderr)
+    except (NonFiniteLossError, NonFiniteSamplesError, DiskFullError) as e:
+        print(one_line(f"ddkit {args.command}: error: {e}"), file=sys.stderr)
         return 1
 
 

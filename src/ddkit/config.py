@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,28 +34,48 @@ except ModuleNotFoundError:  # Python 3.10
 from .data import DataConfig
 from .diffusion.losses import LossType, VarianceType
 from .diffusion.parameterization import Prediction
-from .models import model_config_from_dict, model_config_to_dict, preset
+from .models import MLPConfig, UNetConfig, model_config_from_dict, model_config_to_dict, preset
+from .resources import MAX_SEED, check_regular_file
 
 SCHEMA_VERSION = 1
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; larger ones are refused
+MAX_KEY_DEPTH = 32  # dotted keys / table headers with more parts are refused before parsing
+_INT64 = 2**63
+_DEEP_KEY = re.compile(
+    r"(?:(?:[A-Za-z0-9_-]+|\"[^\"\n]*\"|'[^'\n]*')[ \t]*\.[ \t]*){" + str(MAX_KEY_DEPTH) + ",}"
+)
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 3, 60, 60
 
 
 class ConfigError(ValueError):
     """A configuration value that is not allowed (one line, naming the key)."""
 
 
+class _NotToml(ConfigError):
+    """Text that is not valid TOML."""
+
+
+def short(value) -> str:
+    """``repr(value)`` cut to a short line (deeply nested or long values are abbreviated)."""
+    return _SHORT.repr(value)
+
+
 def _choice(key: str, value, allowed) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ConfigError(
-            f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+            f"{key}={short(value)} is not allowed; allowed: {', '.join(map(str, allowed))}"
         )
 
 
 def _positive(key: str, value, *, integer: bool = False, zero_ok: bool = False) -> None:
     if integer and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}={value!r} must be an integer")
+        raise ConfigError(f"{key}={short(value)} must be an integer")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not zero_ok):
-        raise ConfigError(f"{key}={value!r} must be a finite number {'>= 0' if zero_ok else '> 0'}")
+        raise ConfigError(
+            f"{key}={short(value)} must be a finite number {'>= 0' if zero_ok else '> 0'}"
+        )
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,14 @@ class TrainSection:
             _positive(f"train.{name}", getattr(self, name), integer=True)
         for name in ("sample_every", "sample_num", "sample_steps", "seed"):
             _positive(f"train.{name}", getattr(self, name), integer=True, zero_ok=True)
+        if self.seed > MAX_SEED:
+            raise ConfigError(f"train.seed={self.seed} must lie in 0..{MAX_SEED} (2**63 - 1)")
+        for name in ("out_dir", "init_from"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or "\0" in value:
+                raise ConfigError(f"train.{name}={short(value)} must be a path (a string)")
+        if not self.out_dir:
+            raise ConfigError("train.out_dir must name a folder")
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"train.batch_size={self.batch_size} must be divisible by "
@@ -187,10 +217,12 @@ class Config:
 
 _SECTIONS = {"data": DataConfig, "diffusion": DiffusionConfig, "optim": OptimConfig}
 _SECTIONS["train"] = TrainSection
+_MODEL_ARCHS = {"unet": UNetConfig, "mlp": MLPConfig}
 
 
 def _coerce(key: str, hint, value):
-    """``value`` (from TOML / JSON) as the dataclass field type ``hint``, or ConfigError."""
+    """``value`` (from TOML / JSON) as the dataclass field type ``hint``, or ConfigError.
+    Integers must fit in 64 bits and floats must be finite."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -199,16 +231,22 @@ def _coerce(key: str, hint, value):
         return _coerce(key, args[0], value)
     if origin is tuple or hint is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} must be a list")
+            raise ConfigError(f"{key}={short(value)} must be a list")
         args = typing.get_args(hint)
         inner = args[0] if args else object
         return tuple(_coerce(key, inner, v) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= _INT64:
+            raise ConfigError(f"{key}={value} is out of range")
         return float(value)
     if hint in (int, float, str, bool) and (
         not isinstance(value, hint) or (hint is not bool and isinstance(value, bool))
     ):
-        raise ConfigError(f"{key}={value!r} must be a {hint.__name__}")
+        raise ConfigError(f"{key}={short(value)} must be a {hint.__name__}")
+    if hint is int and not -_INT64 <= value < _INT64:
+        raise ConfigError(f"{key}={value} is out of range (a 64-bit integer: below 2**63)")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
     return value
 
 
@@ -235,9 +273,17 @@ def _model(values: dict):
             raise ConfigError("model needs 'preset' or 'arch' (unet | mlp) and its fields")
         base = {}
     else:
+        if not isinstance(name, str):
+            raise ConfigError(f"model.preset={short(name)} must be a str")
         base = model_config_to_dict(preset(name))
         if "arch" in values and values["arch"] != base["arch"]:
-            raise ConfigError(f"model.arch={values['arch']!r} contradicts preset {name!r}")
+            raise ConfigError(f"model.arch={short(values['arch'])} contradicts preset {name!r}")
+    cls = _MODEL_ARCHS.get(values.get("arch", base.get("arch")))
+    if cls is not None:  # field types checked here, so that model errors show short values
+        hints = typing.get_type_hints(cls)
+        for k, v in values.items():
+            if k in hints:
+                values[k] = _coerce(f"model.{k}", hints[k], v)
     try:
         return model_config_from_dict({**base, **values})
     except ConfigError:
@@ -257,7 +303,7 @@ def config_from_dict(d: dict) -> Config:
             raise ConfigError(f"the config needs a [{name}] section")
     for name, v in d.items():
         if name != "schema_version" and not isinstance(v, dict):
-            raise ConfigError(f"[{name}] must be a table of keys, got {v!r}")
+            raise ConfigError(f"[{name}] must be a table of keys, got {short(v)}")
     sections = {name: _section(cls, name, d.get(name, {})) for name, cls in _SECTIONS.items()}
     try:
         return Config(model=_model(d["model"]), **sections)
@@ -281,35 +327,64 @@ def config_to_dict(cfg: Config) -> dict:
     return out
 
 
+def _parse_toml(text: str, where: str) -> dict:
+    """The TOML document ``text``; ConfigError naming ``where`` for invalid TOML, and for keys
+    nested more than ``MAX_KEY_DEPTH`` deep or values nested too deep to parse."""
+    if _DEEP_KEY.search(text):
+        raise ConfigError(f"{where}: a key is nested more than {MAX_KEY_DEPTH} levels deep")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _NotToml(f"{where} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: a value is nested too deeply") from None
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     """``'optim.lr=1e-4'`` -> (['optim', 'lr'], 1e-4).  The value is read as a TOML value
     (numbers, booleans, quoted strings, [lists]); anything else is taken as a bare string."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {short(text)} must look like section.key=value")
     key, raw = text.split("=", 1)
-    path = key.strip().split(".")
+    path, raw = key.strip().split("."), raw.strip()
     if len(path) != 2 or not all(path):
-        raise ConfigError(f"override key {key!r} must be section.key (e.g. optim.lr)")
+        raise ConfigError(f"override key {short(key)} must be section.key (e.g. optim.lr)")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        value = _parse_toml(f"v = {raw}", f"override {key.strip()}")["v"]
+    except _NotToml:
+        value = raw
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{key}={raw.strip()} is not a finite number")
+        raise ConfigError(f"{key}={raw} is not a finite number")
     return path, value
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The TOML document in the file ``path``; ConfigError naming the file when it is missing,
+    not a regular file, larger than ``MAX_CONFIG_BYTES``, not UTF-8 or not valid TOML."""
+    path = Path(path)
+    try:
+        check_regular_file(path, "config file")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r}: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is over {MAX_CONFIG_BYTES >> 10} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 (byte {e.start})") from None
+    return _parse_toml(text, f"config file {str(path)!r}")
 
 
 def load_config(files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
     """Merge TOML ``files`` in order, then ``section.key=value`` ``overrides``."""
     merged: dict = {}
     for f in files:
-        path = Path(f)
-        try:
-            doc = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        doc = read_config_file(f)
         for name, table in doc.items():
             if isinstance(table, dict) and isinstance(merged.get(name), dict):
                 merged[name] = {**merged[name], **table}

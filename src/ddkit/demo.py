@@ -20,6 +20,7 @@ import torch
 from . import viz
 from .config import config_from_dict
 from .diffusion.process import q_sample
+from .resources import check_output_folder
 from .samplers import sample_ddpm
 from .trained import load_trained
 from .training.trainer import Trainer
@@ -99,8 +100,19 @@ def trajectory(trained, x0: torch.Tensor, num: int, seed: int = 0):
     return forward, reverse, x
 
 
-def run_demo(out: Path, steps_scale: float = 1.0, progress: bool = True, log=None) -> dict:
-    """Train both demos and write their pictures; returns {name: wall seconds}."""
+MAX_SCALE = 1000.0
+
+
+def run_demo(out: str | Path, steps_scale: float = 1.0, progress: bool = True, log=None) -> dict:
+    """Train both demos and write their pictures; returns {name: wall seconds}.  ValueError,
+    with nothing written, when ``steps_scale`` is not a finite number in (0, ``MAX_SCALE``] or
+    ``out`` (or a run folder in it) cannot be a folder."""
+    scale_ok = isinstance(steps_scale, (int, float)) and not isinstance(steps_scale, bool)
+    if not scale_ok or not math.isfinite(steps_scale) or not 0 < steps_scale <= MAX_SCALE:
+        raise ValueError(f"--scale {steps_scale!r} must be a finite number in (0, {MAX_SCALE:g}]")
+    out = check_output_folder(out, "--out")
+    for name in DEMOS:
+        check_output_folder(out / name, "--out")
     if log is None:
 
         def log(msg):

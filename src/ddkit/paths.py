@@ -3,9 +3,27 @@ statistics, compiled CPU kernels), the permission bits of new files, and atomic 
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (or quota); one line naming the file and the free space.  The
+    file it was replacing is kept, and the partial temporary file is removed."""
+
+
+def disk_full_error(path: Path) -> DiskFullError:
+    """The :class:`DiskFullError` for a failed write to ``path``."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    err = DiskFullError(f"no space left on the device writing {str(path)!r} ({free})")
+    err.errno = errno.ENOSPC
+    return err
 
 
 def default_cache_dir() -> Path:
@@ -48,11 +66,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(path) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (a log); a full disk is a :class:`DiskFullError` naming the
+    file, and a partial line it left is dropped by the log's reader as a torn last line."""
+    try:
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(path) from None
+        raise

@@ -15,7 +15,15 @@ import numpy as np
 
 from . import viz
 from .paths import atomic_write_bytes
+from .resources import check_device, check_output_files, check_output_folder, check_seed
 from .trained import SampleSpec, generate, load_trained
+
+OUTPUT_FILES = ("samples.npz", "samples.png", "sampler.json")
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
 
 
 def sample_to_folder(
@@ -40,24 +48,27 @@ def sample_to_folder(
     in :class:`~ddkit.trained.SampleSpec`) and write to the folder ``out``: ``samples.npz``
     (``x``, and ``images`` as uint8 for image models), ``samples.png`` (the first ``grid``) and
     ``sampler.json``, the settings, which are returned.  ValueError, before any model call and
-    with nothing written, when an input is not allowed."""
+    with nothing written, when an input is not allowed (the output folder, device and seed are
+    checked before the checkpoint is read) or the samples would not fit in memory;
+    :class:`~ddkit.trained.NonFiniteSamplesError`, with nothing written, when a sample is NaN
+    or infinite."""
+    out = check_output_folder(out, "--out")
+    check_output_files(out, OUTPUT_FILES)
+    check_device(device, "--device")
+    check_seed(seed, "--seed")
+    for name, value in (("num", num), ("batch_size", batch_size), ("grid", grid)):
+        _check_count(name, value)
     spec = SampleSpec(sampler, steps, spacing, sampler_options or {}, clip_x0)
     trained = load_trained(checkpoint, weights, device)
     spec.timesteps(trained.schedule)  # validate steps against the model's T before any work
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
     t0 = time.perf_counter()
     x = generate(trained, spec, num, seed=seed, batch_size=batch_size, device=device)
     wall = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
     arrays = {"x": x.numpy()}
     if trained.is_image:
         arrays["images"] = viz.to_uint8(x)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(out / "samples.npz", buf.getvalue())
-    viz.save_samples(x[:grid], out / "samples.png")
     settings = {
         "checkpoint": trained.path,
         "step": trained.step,
@@ -71,6 +82,9 @@ def sample_to_folder(
         "device": device,
         "wall_seconds": round(wall, 3),
     }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "samples.npz", buf.getvalue())
+    viz.save_samples(x[:grid], out / "samples.png")
     atomic_write_bytes(out / "sampler.json", json.dumps(settings, indent=2).encode())
     log(f"wrote {num} samples to {out} ({wall:.1f} s, {spec.nfe()} model calls each)")
     return settings

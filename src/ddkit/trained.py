@@ -18,6 +18,7 @@ from . import checkpoint as ckpt
 from .config import Config, config_from_dict
 from .diffusion.denoiser import Denoiser, check_clip_x0
 from .diffusion.schedule import SPACINGS, NoiseSchedule
+from .memory import check_memory, model_size, schedule_memory
 from .samplers import SAMPLERS, get_sampler
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
@@ -25,6 +26,11 @@ SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {
     "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
     "ddim": {"eta": None},
 }
+
+
+class NonFiniteSamplesError(RuntimeError):
+    """Sampling produced NaN or infinite values (broken weights, or a sampler setting that
+    diverges); nothing is written."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +80,33 @@ def make_denoiser(
     return Denoiser(fn, schedule, cfg.diffusion.prediction, clip=clip)
 
 
+def checkpoint_config(meta: dict) -> Config:
+    """The config saved in a checkpoint's metadata, checked as a config file would be, and
+    refused (naming the file) when its model would not fit memory, before anything is built."""
+    try:
+        cfg = config_from_dict(meta["config"])
+    except ValueError as e:
+        raise ckpt.CheckpointError(f"{meta['path']!r}: entry 'config': {e}") from None
+    params = model_size(cfg.model)[0]
+    check_memory(
+        {"model": 4 * params, "schedule": schedule_memory(cfg.diffusion.T)},
+        "cpu",
+        f"the model of checkpoint {meta['path']!r}",
+        "the checkpoint's config is not one this machine can hold",
+    )
+    return cfg
+
+
 def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") -> Trained:
     """The model of a checkpoint file (or the newest in a run folder) with its EMA or online
     weights, in eval mode."""
     if weights not in ("ema", "online"):
         raise ValueError(f"weights={weights!r} is not allowed; allowed: ema, online")
     tensors, meta = ckpt.load_checkpoint(path)
-    cfg = config_from_dict(meta["config"])
+    cfg = checkpoint_config(meta)
     model = cfg.model.build()
-    try:
-        model.load_state_dict(ckpt.model_weights(tensors, weights))
-    except RuntimeError:
-        raise ckpt.CheckpointError(
-            f"{meta['path']!r}: its weights do not fit the architecture in its config"
-        ) from None
+    ckpt.check_model_tensors(meta, tensors, model, weights)
+    model.load_state_dict(ckpt.model_weights(tensors, weights))
     model.to(device).eval()
     return Trained(
         model, cfg, cfg.diffusion.make_schedule(), int(meta["step"]), meta["path"], weights
@@ -158,9 +177,28 @@ def generate(
     one generator seeded with ``seed``, so deterministic samplers (DDIM eta=0, Heun, DPM-Solver++)
     give the same samples whatever the batch size; the noise stochastic samplers add inside is
     drawn from a generator seeded by (seed, batch index).  ``autocast``: a lower-precision dtype
-    (e.g. torch.bfloat16) for the model calls, as in training; None runs them as they are."""
-    if num < 1 or batch_size < 1:
-        raise ValueError(f"num={num} and batch_size={batch_size} must be >= 1")
+    (e.g. torch.bfloat16) for the model calls, as in training; None runs them as they are.
+
+    ValueError before any model call when an input is not allowed (``seed`` outside
+    0..2**63-1, a non-finite option) or when the samples would not fit in the device's memory;
+    :class:`NonFiniteSamplesError` as soon as a batch holds a NaN or infinite sample."""
+    import math
+
+    from .memory import check_memory, sampling_memory, timesteps_memory
+    from .resources import check_seed
+
+    for name, v in (("num", num), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r} must be an integer >= 1")
+    check_seed(seed, "seed")
+    for k, v in spec.options.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{k}={v!r} must be a finite number")
+    T = trained.schedule.T
+    parts = sampling_memory(trained.config.model, num, batch_size, T)
+    parts["timesteps"] = timesteps_memory(T, spec.steps, spec.spacing)
+    what = f"sampling {num} x {list(trained.data_shape)} in batches of {batch_size}"
+    check_memory(parts, device, what, "lower the number of samples (--num) or --batch-size")
     ts = spec.timesteps(trained.schedule)
     sampler = get_sampler(spec.sampler)
     den = trained.denoiser(spec.clip_x0)
@@ -168,8 +206,9 @@ def generate(
     x_T = torch.randn((num, *trained.data_shape), generator=g)
     device_type = torch.device(device).type
     out = []
-    for b, start in enumerate(range(0, num, batch_size)):
-        gb = torch.Generator(device=device).manual_seed(seed * 1_000_003 + b + 1)
+    batches = range(0, num, batch_size)
+    for b, start in enumerate(batches):
+        gb = torch.Generator(device=device).manual_seed((seed * 1_000_003 + b + 1) % 2**64)
         x = x_T[start : start + batch_size].to(device)
         with (
             torch.autocast(device_type, dtype=autocast)
@@ -177,6 +216,14 @@ def generate(
             else contextlib.nullcontext()
         ):
             x = sampler(den, x, ts, generator=gb, **spec.options)
+        bad = int((~torch.isfinite(x).flatten(1).all(1)).sum())
+        if bad:
+            raise NonFiniteSamplesError(
+                f"{bad} of {len(x)} samples (batch {b + 1} of {len(batches)}) are NaN or "
+                f"infinite with sampler {spec.sampler}, {spec.steps} {spec.spacing} steps, "
+                f"options {spec.options}, clip_x0 {spec.clip_x0}: the weights are broken (NaN "
+                "or huge values) or the sampler diverges with these settings"
+            )
         out.append(x.float().cpu())
         if progress is not None:
             progress(len(out[-1]))

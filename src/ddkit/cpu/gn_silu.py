@@ -12,8 +12,12 @@ per element (half the activations' size), which costs less than hashing again in
 The C file is compiled on first use with the system's C compiler (``cc -O3 -march=native
 -fopenmp``) into ``$DDKIT_CACHE/kernels`` (default ``~/.cache/ddkit/kernels``), keyed by the
 source, compiler and CPU, and called through ctypes; it shares torch's OpenMP runtime and thread
-count.  Without a compiler :func:`library` is None and the U-Net runs the same function as PyTorch
-ops (``ddkit.models.layers.GroupNormSiLU``).
+count.  The cache is trusted only when the folder and files are the user's own, writable by nobody
+else and not symbolic links, and a library is loaded only when its bytes match the SHA-256 stored
+beside it when it was built (``kernel_cache.py``); otherwise it is rebuilt or, for a folder or
+file someone else could write, refused with a warning.  Without a compiler, or with a refused
+cache, :func:`library` is None and the U-Net runs the same function as PyTorch ops
+(``ddkit.models.layers.GroupNormSiLU``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..paths import default_cache_dir, file_mode
+from ..paths import default_cache_dir
+from .kernel_cache import UntrustedCacheError, load_library
 
 SOURCE = Path(__file__).with_name("gn_silu.c")
 # -fno-trapping-math -fno-math-errno let GCC vectorise the loops (rounding and selects); no
@@ -47,6 +52,7 @@ FLAGS = [
     "-fPIC",
     "-std=gnu11",
 ]
+SYMBOLS = ("gn_silu_forward", "gn_silu_backward", "gn_silu_scratch_per_thread")
 DROP_BITS = 24  # the kernel's dropout draws 24 bits per element: p is rounded to 2**-24
 # /proc/cpuinfo fields that say which instructions -march=native may use (x86 and Arm)
 CPU_FIELDS = (
@@ -77,23 +83,24 @@ def _cpu_signature() -> str:
     return "\n".join([platform.machine(), platform.processor(), *sorted(fields)])
 
 
-def _compile(compiler: str) -> Path:
+def _key(compiler: str) -> str:
+    """The build's cache key: a hash of the source, the compiler's version, the flags and the
+    CPU."""
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, timeout=60
     ).stdout.splitlines()[:1]
-    key = hashlib.sha256(
+    return hashlib.sha256(
         "\0".join([SOURCE.read_text(), *version, *FLAGS, _cpu_signature()]).encode()
     ).hexdigest()[:16]
-    target = default_cache_dir() / "kernels" / f"gn_silu-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # build beside the target and rename: concurrent processes (torchrun) never see a partial file
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
+
+
+def _compile(compiler: str) -> bytes:
+    """The kernel built by ``compiler``, as the bytes of a shared library.  The compiler writes
+    into a private temporary folder; :func:`kernel_cache.load_library` publishes the bytes."""
+    with tempfile.TemporaryDirectory(prefix="ddkit-build-") as tmp:
+        out = Path(tmp) / "gn_silu.so"
         done = subprocess.run(
-            [compiler, *FLAGS, "-o", tmp, str(SOURCE), "-lm"],
+            [compiler, *FLAGS, "-o", str(out), str(SOURCE), "-lm"],
             capture_output=True,
             text=True,
             timeout=300,
@@ -101,12 +108,7 @@ def _compile(compiler: str) -> Path:
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines()
             raise RuntimeError(lines[-1] if lines else f"{compiler} exited with {done.returncode}")
-        os.chmod(tmp, file_mode(executable=True))  # mkstemp's 0600 would keep others out
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+        return out.read_bytes()
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -131,7 +133,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, or None (no C compiler, or a failed build: then a warning says why,
+    """The compiled kernel, or None (no C compiler, a failed build or load, or a cache folder or
+    file that breaks the trust rules of ``kernel_cache.py``: then a one-line warning says why,
     once, and the U-Net uses PyTorch ops)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
@@ -143,7 +146,21 @@ def library() -> ctypes.CDLL | None:
         )
         return None
     try:
-        return _declare(ctypes.CDLL(str(_compile(compiler))))
+        path = default_cache_dir() / "kernels" / f"gn_silu-{_key(compiler)}.so"
+        lib = load_library(path.parent, path.name, functools.partial(_compile, compiler))
+        missing = [name for name in SYMBOLS if not hasattr(lib, name)]
+        if missing:
+            raise RuntimeError(f"{path} lacks {', '.join(missing)}")
+        return _declare(lib)
+    except UntrustedCacheError as err:
+        warnings.warn(
+            f"ddkit: not loading the fused GroupNorm + SiLU CPU kernel: {err} (remove it, or set "
+            "DDKIT_CACHE to a folder of this user's); the U-Net uses PyTorch ops (slower on CPU, "
+            "same function)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         warnings.warn(
             f"ddkit: could not build the fused GroupNorm + SiLU CPU kernel ({err}); the U-Net "

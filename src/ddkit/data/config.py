@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..resources import MAX_SEED
 from .base import DataError
 
 __all__ = [
@@ -68,6 +69,8 @@ class DataConfig:
             if not isinstance(self.path, str | os.PathLike):
                 raise DataError(f"data path must be a string, got {type(self.path).__name__}")
             object.__setattr__(self, "path", os.fspath(self.path))
+            if not isinstance(self.path, str) or not self.path or "\0" in self.path:
+                raise DataError(f"data path {self.path!r} is not a usable path")
             if self.name not in _PATH_ALLOWED:
                 raise DataError(
                     f"data path is not used by {self.name!r}; only {', '.join(_PATH_ALLOWED)} "
@@ -96,8 +99,8 @@ class DataConfig:
             raise DataError(f"on_corrupt {self.on_corrupt!r} is not one of {', '.join(ON_CORRUPT)}")
         if not _is_int(self.num_samples) or self.num_samples < 1:
             raise DataError(f"num_samples must be a positive integer, got {self.num_samples!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise DataError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise DataError(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
 
     @property
     def is_toy(self) -> bool:

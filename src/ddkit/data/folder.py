@@ -5,7 +5,10 @@ the order is the same on every machine).  A file counts as an image when its ext
 ``RASTER_EXTENSIONS`` (.png .jpg .jpeg .jpe .jfif .bmp .dib .gif .tif .tiff .webp .ppm .pgm .pbm
 .pnm .tga .qoi .avif .jp2 .j2k .pcx .ico) and this PIL build has a reader for it (PIL's stub
 formats such as .h5, .eps or .fits are not images here); other files, and hidden files or
-folders (name starting with '.'), are ignored.  The folder has no labels.
+folders (name starting with '.'), are ignored.  The folder has no labels.  A listed name that
+is not a regular file (a FIFO, socket or device, or a symlink to one) is never opened: it counts
+as unreadable (``on_corrupt``), as do empty, truncated and non-image files and images of more
+than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels.
 
 The 'test' split is the fixed 10% held out by ``held_out_indices`` over the sorted list of all
 image files (decided before unreadable files are skipped, so skipping never moves a file to the
@@ -19,7 +22,7 @@ import os
 from PIL import Image
 
 from .base import DataError, held_out_indices
-from .images import CACHE_BYTES, ImageFileDataset
+from .images import CACHE_BYTES, ImageFileDataset, open_image_file
 
 __all__ = [
     "RASTER_EXTENSIONS",
@@ -84,7 +87,7 @@ class FolderSource:
         return len(self.files)
 
     def open(self, i: int) -> Image.Image:
-        return Image.open(self.files[i])
+        return open_image_file(self.files[i])
 
     def item_name(self, i: int) -> str:
         return self.files[i]

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .base import DataError, held_out_indices
-from .images import CACHE_BYTES, ImageFileDataset
+from .images import CACHE_BYTES, ImageFileDataset, open_image_file
 
 __all__ = ["HFSource", "load_hf"]
 
@@ -65,7 +65,7 @@ class HFSource:
         if cell.get("bytes") is not None:
             return Image.open(io.BytesIO(cell["bytes"]))
         if cell.get("path"):
-            return Image.open(cell["path"])
+            return open_image_file(cell["path"])
         raise ValueError("image cell has neither bytes nor a path")
 
     def item_name(self, i: int) -> str:

@@ -8,12 +8,15 @@ ends in ``.gz`` (or whose content starts with the gzip signature) is decompresse
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
+import stat
 import zlib
 
 import numpy as np
 
+from ..resources import available_memory, file_kind, format_bytes
 from .base import DataError
 
 __all__ = [
@@ -39,8 +42,31 @@ IDX_DTYPES = {
 _GZIP_SIGNATURE = b"\x1f\x8b"
 
 
+def _gunzip(path: str, raw: bytes) -> bytes:
+    """The decompressed ``raw``; DataError when it is corrupt or would not fit in memory."""
+    found = available_memory("cpu")
+    limit = found[0] // 2 if found else 1 << 34
+    out, size = [], 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while chunk := f.read(1 << 24):
+                size += len(chunk)
+                if size > limit:
+                    raise DataError(
+                        f"{path}: decompresses to more than {format_bytes(limit)} (half the "
+                        "memory available); not an IDX file of this machine's size"
+                    )
+                out.append(chunk)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
+    return b"".join(out)
+
+
 def _read_bytes(path: str) -> bytes:
     try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+            raise DataError(f"{path}: {file_kind(mode)}, not a regular IDX file")
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
@@ -48,10 +74,7 @@ def _read_bytes(path: str) -> bytes:
     except OSError as e:
         raise DataError(f"{path}: cannot read IDX file ({e.strerror or e})") from None
     if path.endswith(".gz") or raw[:2] == _GZIP_SIGNATURE:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: truncated or corrupt gzip data ({e})") from None
+        raw = _gunzip(path, raw)
     return raw
 
 

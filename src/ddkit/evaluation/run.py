@@ -7,6 +7,7 @@ every input checked before the first model call, results written to a folder.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -16,9 +17,18 @@ from pathlib import Path
 
 from .. import viz
 from ..data import load_dataset
+from ..data.config import SPLITS
+from ..memory import check_memory, sampling_memory
 from ..paths import atomic_write_bytes
+from ..resources import (
+    check_device,
+    check_output_files,
+    check_output_folder,
+    check_regular_file,
+    check_seed,
+)
 from ..trained import SampleSpec, Trained, load_trained
-from .bpd import bits_per_dim_ode, bits_per_dim_vlb
+from .bpd import ODE_BATCH_SIZE, bits_per_dim_ode, bits_per_dim_vlb
 from .fid import FIDWarning
 from .heldout import check_shape, data_config_for
 from .inversion import interpolation_grid, reconstruction_error
@@ -33,6 +43,15 @@ from .sweep import (
 )
 
 INVERSION_STEPS = (10, 20, 50, 100, 200, 500, 1000)
+OUTPUT_FILES = (
+    "eval.json",
+    "fid_samples.png",
+    "sweep.csv",
+    "sweep.md",
+    "sweep.png",
+    "interpolation.png",
+)
+BPD_METHODS = ("vlb", "ode")
 
 _LOG = partial(print, flush=True)
 
@@ -89,25 +108,58 @@ def evaluate(
 
     ValueError, before any model call and with nothing written, when an input is not allowed.
     A FIDWarning says when ``num`` is too small for an unbiased FID."""
+    # everything that can be checked is checked before the first model call
     if not (bpd or fid or sweep or inversion or interpolation):
         raise ValueError("say what to measure: --bpd, --fid, --sweep, --inversion, --interpolation")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    out = check_output_folder(out, "--out")
+    check_output_files(out, OUTPUT_FILES)
+    check_device(device, "--device")
+    check_seed(seed, "--seed")
+    cache = check_output_folder(cache_dir, "--cache") if cache_dir else None
+    _check_counts(
+        bpd_num=bpd_num,
+        ode_num=ode_num,
+        ode_steps=ode_steps,
+        probes=probes,
+        num=num,
+        ref_num=ref_num,
+        steps=steps,
+        batch_size=batch_size,
+        inversion_num=inversion_num,
+        nfe=nfes,
+        inversion_steps=inversion_steps,
+    )
+    _check_choices(split, ref_split, bpd_methods, families)
+    if inception is not None and feature_net is not None:
+        raise ValueError("give either --inception or --feature-net, not both")
+    if feature_net is not None:
+        check_regular_file(feature_net, "--feature-net")
     spec = SampleSpec(sampler, steps, spacing, sampler_options or {}, clip_x0)
     trained = load_trained(checkpoint, weights, device)
+    T = trained.schedule.T
     if fid or interpolation:
         spec.timesteps(trained.schedule)
     if inversion:
         for s in inversion_steps:
-            SampleSpec("ddim", s, "leading").timesteps(trained.schedule)
-    cache = Path(cache_dir) if cache_dir else None
-    # everything that can be checked is checked before the first model call
+            try:
+                SampleSpec("ddim", s, "leading").timesteps(trained.schedule)
+            except ValueError as e:
+                raise ValueError(f"--inversion-steps {s}: {e}") from None
+    if bpd or inversion:
+        check_shape(trained, load_dataset(data_config_for(trained, split)))
+    ode = bpd and "ode" in bpd_methods
+    if ode and not ode_steps <= T - 1:
+        raise ValueError(f"--ode-steps {ode_steps} must lie in 1..{T - 1} (the model's T - 1)")
+    _check_memory(trained, device, fid or sweep, num, batch_size, ode, ode_num, probes)
     featnet = plan = None
     if fid or sweep:
-        featnet = feature_network(trained, inception, feature_net, cache_dir=cache, log=log)
+        if not trained.is_image:
+            raise ValueError("FID needs an image model; this checkpoint models 2-D points")
         if num < 2:
             raise ValueError(f"--num {num}: FID needs at least 2 samples")
+        if sweep:
+            plan = sweep_plan(trained, families, nfes, clip_x0=clip_x0)
+        featnet = feature_network(trained, inception, feature_net, cache_dir=cache, log=log)
         if num < min_samples(featnet):
             warnings.warn(
                 f"{num} samples for {featnet.dim}-dimensional features; FID is biased below "
@@ -115,10 +167,6 @@ def evaluate(
                 FIDWarning,
                 stacklevel=2,
             )
-        if sweep:
-            plan = sweep_plan(trained, families, nfes, clip_x0=clip_x0)
-    if bpd:
-        check_shape(trained, load_dataset(data_config_for(trained, split)))
 
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -231,3 +279,46 @@ def _interpolation(trained: Trained, path: Path, *, steps: int, seed: int, devic
         viz.save_image_grid(x, path, nrow=9)
     else:
         viz.save_scatter(x, path)
+
+
+def _check_counts(**counts) -> None:
+    """ValueError naming the option when a count (or one of a list of counts) is not an integer
+    >= 1, or a list is empty."""
+    for name, value in counts.items():
+        option = "--" + name.replace("_", "-")
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise ValueError(f"{option} needs at least one integer >= 1")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{option} {v!r} must be an integer >= 1")
+
+
+def _check_choices(split: str, ref_split: str, bpd_methods, families) -> None:
+    """ValueError naming the option when a split, bpd method or sweep family is not allowed."""
+    for option, value in (("--split", split), ("--ref-split", ref_split)):
+        if value not in SPLITS:
+            raise ValueError(f"{option} {value!r} is not allowed; allowed: {', '.join(SPLITS)}")
+    for option, values, allowed in (
+        ("--bpd-methods", bpd_methods, BPD_METHODS),
+        ("--families", families, tuple(SWEEP_FAMILIES)),
+    ):
+        bad = [v for v in values if v not in allowed] if not isinstance(values, str) else [values]
+        if bad or not values:
+            what = "sweep family" if option == "--families" else "method"
+            shown = repr(bad[0]) if bad else "nothing"
+            raise ValueError(f"{option}: unknown {what} {shown}; allowed: {', '.join(allowed)}")
+
+
+def _check_memory(
+    trained: Trained, device, samples: bool, num: int, batch_size: int, ode: bool, ode_num, probes
+) -> None:
+    """ValueError when the samples for FID, or the PF-ODE's Hutchinson probes, would not fit."""
+    if samples:
+        parts = sampling_memory(trained.config.model, num, batch_size, trained.schedule.T)
+        what = f"--num {num} samples of {list(trained.data_shape)}"
+        check_memory(parts, device, what, "lower --num or --batch-size")
+    if ode:
+        batch = min(ode_num, ODE_BATCH_SIZE)
+        need = {"probes": 2 * probes * batch * math.prod(trained.data_shape) * 4}
+        check_memory(need, device, f"--probes {probes}", "lower --probes")

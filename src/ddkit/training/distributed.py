@@ -2,7 +2,8 @@
 
 ``ddkit train`` run as ``torchrun --nproc_per_node=N -m ddkit.cli train ...`` (or the ``ddkit``
 script) finds RANK / WORLD_SIZE / LOCAL_RANK and joins a process group: NCCL on GPUs, gloo on
-CPUs.  Rank 0 alone writes files.  Without those variables everything is a single process.
+CPUs.  Rank 0 alone writes files.  Ranks exchange tensors only, never pickled objects.  Without
+those variables everything is a single process.
 """
 
 from __future__ import annotations
@@ -54,20 +55,27 @@ def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return x
 
 
-def all_gather_objects(obj, info: DistInfo) -> list:
+def all_gather_tensor(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The 1-D CPU tensors ``x`` of every rank, concatenated in rank order.  Sizes may differ
+    between ranks: they are gathered first, then the tensors padded to the largest.  Plain
+    tensor collectives only: nothing a peer sends is unpickled."""
     if not info.enabled:
-        return [obj]
-    out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
+        return x
+    # NCCL moves CUDA tensors only; gloo CPU tensors
+    dev = torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
+    x = x.reshape(-1).to(dev)
+    sizes = [torch.zeros(1, dtype=torch.long, device=dev) for _ in range(info.world_size)]
+    dist.all_gather(sizes, torch.tensor([x.numel()], device=dev))
+    longest = max(int(n) for n in sizes)
+    padded = torch.zeros(longest, dtype=x.dtype, device=dev)
+    padded[: x.numel()] = x
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(n)] for p, n in zip(parts, sizes, strict=True)]).cpu()
 
 
-def broadcast_object(obj, info: DistInfo):
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def _nccl() -> bool:
+    return dist.get_backend() == "nccl"
 
 
 def barrier(info: DistInfo) -> None:

@@ -4,7 +4,9 @@ curve.
 
 A record holds the step, the mean per-example loss over the interval, the learning rate of the
 last step, the mean gradient norm, the EMA decay, the throughput and ``loss_by_t``: the mean loss
-in each of :data:`N_BUCKETS` equal ranges of timesteps (``"lo-hi"``, both ends included).
+in each of :data:`N_BUCKETS` equal ranges of timesteps (``"lo-hi"``, both ends included).  The
+first record after a resume carries ``"resumed_from": <step>``: its averages (loss, gradient norm,
+throughput) cover only the steps run since then.
 """
 
 from __future__ import annotations
@@ -16,18 +18,39 @@ from pathlib import Path
 import torch
 
 from .. import viz
-from ..paths import atomic_write_bytes
+from ..paths import append_bytes, atomic_write_bytes
 
 N_BUCKETS = 10  # loss-by-timestep buckets in the logs
 TENSORBOARD_SCALARS = ("loss", "lr", "grad_norm", "images_per_s")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (none if it does not exist)."""
-    if not Path(path).exists():
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a ``metrics.jsonl`` file (none if it does not exist).  A last line that
+    is not a whole record (a write cut short by a kill or a full disk) is skipped; any other
+    bad line is a ValueError naming the file and the line."""
+    return _read_records(Path(path))[0]
+
+
+def _read_records(path: Path) -> tuple[list[dict], bool]:
+    """(records, whether a torn last line was skipped)."""
+    if not path.exists():
+        return [], False
+    lines = path.read_bytes().split(b"\n")
+    records, torn = [], False
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, RecursionError) as e:
+            if all(not rest.strip() for rest in lines[i:]):  # the last line: torn
+                torn = True
+                break
+            raise ValueError(f"{str(path)!r} line {i} is not a JSON record ({e})") from None
+        records.append(rec)
+    return records, torn
 
 
 class RunLog:
@@ -41,6 +64,7 @@ class RunLog:
         self.folder, self.T, self.writes = Path(folder), T, writes
         self.path = self.folder / "metrics.jsonl"
         self.tensorboard = None
+        self.resumed_from = None
         self.reset()
 
     def reset(self) -> None:
@@ -61,13 +85,19 @@ class RunLog:
         self.bucket_sum.index_add_(0, bucket, losses)
         self.bucket_n.index_add_(0, bucket, torch.ones_like(losses))
 
-    def start(self, step: int, tensorboard: bool) -> None:
+    def start(self, step: int, tensorboard: bool, resumed: bool = False, log=print) -> None:
         """At the start of (or on resuming) a run: drop the records past ``step`` that an
-        interrupted run wrote, and open the TensorBoard writer if asked for and installed."""
+        interrupted run wrote, and a torn last line (saying so), and open the TensorBoard
+        writer if asked for and installed.  After a resume the next record is marked
+        ``"resumed_from": step``: its averages cover only the steps since the resume."""
+        self.resumed_from = step if resumed else None
         if not self.writes:
             return
         if self.path.exists():
-            keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+            records, torn = _read_records(self.path)
+            if torn:
+                log(f"note: {self.path} ended in a torn record (an interrupted write); dropped it")
+            keep = [r for r in records if r.get("step", 0) <= step]
             atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())
         if tensorboard and self.tensorboard is None:
             try:
@@ -94,9 +124,11 @@ class RunLog:
             "images_per_s": self.examples / dt if dt > 0 else None,
             "loss_by_t": buckets,
         }
+        if self.resumed_from is not None:
+            rec["resumed_from"] = self.resumed_from
+            self.resumed_from = None
         if self.writes:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_bytes(self.path, (json.dumps(rec) + "\n").encode())
             if self.tensorboard is not None:
                 for k in TENSORBOARD_SCALARS:
                     if rec[k] is not None:

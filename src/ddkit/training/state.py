@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import checkpoint as ckpt
+from . import distributed as D
 
 
 class EpochBatches:
@@ -58,6 +59,28 @@ def torch_rng_state() -> dict:
     }
 
 
+def gather_torch_rng(info: D.DistInfo) -> list[dict]:
+    """:func:`torch_rng_state` of every rank (in rank order), exchanged as flat uint8 tensors
+    with their lengths (no pickled objects cross processes)."""
+    mine = torch_rng_state()
+    parts = [mine["torch"], *mine["cuda"]]
+    lengths = torch.tensor([len(parts)] + [p.numel() for p in parts], dtype=torch.long)
+    if not info.enabled:
+        return [mine]
+    states = []
+    all_lengths = D.all_gather_tensor(lengths, info)
+    all_bytes = D.all_gather_tensor(torch.cat(parts), info)
+    i = j = 0
+    for _ in range(info.world_size):
+        k = int(all_lengths[i])
+        sizes = [int(n) for n in all_lengths[i + 1 : i + 1 + k]]
+        i += 1 + k
+        chunks = list(torch.split(all_bytes[j : j + sum(sizes)], sizes))
+        j += sum(sizes)
+        states.append({"torch": chunks[0].clone(), "cuda": [c.clone() for c in chunks[1:]]})
+    return states
+
+
 def rng_tensors(states: list[dict]) -> dict[str, torch.Tensor]:
     """Checkpoint tensors for the :func:`torch_rng_state` of each rank (in rank order)."""
     tensors = {}
@@ -87,7 +110,7 @@ def host_rng_meta() -> dict:
 
 def restore_host_rng(meta: dict) -> None:
     """Set Python's and numpy's global RNG states from :func:`host_rng_meta`'s keys."""
-    random.setstate(_tuplify(meta["rng_python"]))
+    random.setstate(tuplify(meta["rng_python"]))
     s = meta["rng_numpy"]
     np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))  # noqa: NPY002
 
@@ -114,7 +137,8 @@ def _jsonable(obj):
     return obj
 
 
-def _tuplify(obj):
+def tuplify(obj):
+    """JSON lists back to the nested tuples Python's RNG state is made of."""
     if isinstance(obj, list):
-        return tuple(_tuplify(v) for v in obj)
+        return tuple(tuplify(v) for v in obj)
     return obj

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import replace
+import uuid
 from pathlib import Path
 
 import torch
@@ -28,17 +28,18 @@ from torch import nn
 
 from .. import checkpoint as ckpt
 from .. import viz
-from ..config import Config, config_from_dict, config_to_dict
+from ..config import Config, config_to_dict
 from ..diffusion.losses import training_losses
 from ..diffusion.timestep_sampling import LossSecondMomentSampler, UniformSampler
 from ..paths import atomic_write_bytes
 from ..trained import SampleSpec, Trained, generate
 from . import distributed as D
-from . import state
+from . import runfolder, state
 from .ema import EMA
 from .optim import lr_at, lr_schedule_meta, make_optimizer
 from .runlog import RunLog, progress_bar
 from .state import EpochBatches
+from .validate import check_resume, resume_config
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,12 +68,21 @@ def check_model_fits_data(cfg: Config, shape: tuple[int, ...]) -> None:
 class Trainer:
     """Owns the model, its optimizer, EMA and the step counter; see the module docstring."""
 
-    def __init__(self, cfg: Config, *, dataset=None, log=print, init: bool = True):
+    def __init__(
+        self, cfg: Config, *, dataset=None, log=print, init: bool = True, overwrite: bool = False
+    ):
+        """A new run of ``cfg`` (``init=False``: a resume, see :meth:`from_checkpoint`).  A new
+        run refuses a run folder that holds another run unless ``overwrite``, which deletes the
+        old run's files when :meth:`fit` starts."""
         from ..data import load_dataset
 
-        self.cfg, self.log = cfg, log
+        self.cfg, self.log, self.overwrite = cfg, log, overwrite
+        self.out = Path(cfg.train.out_dir)
+        self.run_id, self.resumed_from = uuid.uuid4().hex, None
         self.device = pick_device(cfg.train.device)
         self.dist = D.setup(self.device.type)
+        if init and self.dist.is_main:
+            runfolder.check_new_run(self.out, overwrite)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         tr = cfg.train
@@ -115,7 +125,6 @@ class Trainer:
             else UniformSampler(T)
         )
         self.step = 0
-        self.out = Path(tr.out_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.last_checkpoint: Path | None = None
         self.amp_dtype = autocast_dtype(tr.precision, self.device)
@@ -187,11 +196,7 @@ class Trainer:
             self.ema.update(self.model)
         self.step += 1
 
-        all_losses = local.cpu().double()
-        if world > 1 or isinstance(self.t_sampler, LossSecondMomentSampler):
-            all_losses = torch.cat(
-                [torch.as_tensor(v) for v in D.all_gather_objects(all_losses, self.dist)]
-            )
+        all_losses = D.all_gather_tensor(local.cpu().double(), self.dist)
         if isinstance(self.t_sampler, LossSecondMomentSampler):
             self.t_sampler.update(t, all_losses)
         self.runlog.add(float(total), float(gnorm), t, all_losses)
@@ -204,12 +209,39 @@ class Trainer:
         tr = self.cfg.train
         end = tr.max_steps if until is None else min(until, tr.max_steps)
         main = self.dist.is_main
+        lock = runfolder.RunFolderLock(self.out)
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(
-                self.out / "config.json", json.dumps(config_to_dict(self.cfg), indent=2).encode()
-            )
-        self.runlog.start(self.step, tr.tensorboard)
+            lock.acquire()
+        try:
+            if main:
+                self._claim_folder()
+            self._fit(end)
+        finally:
+            lock.release()
+        if self.step == tr.max_steps:
+            self.runlog.save_loss_curve()
+
+    def _claim_folder(self) -> None:
+        """With the lock held: check the folder again (another process may have started a run
+        there since this trainer was built), clear what ``overwrite`` or a killed write left,
+        and write the run's config."""
+        if self.resumed_from is None:
+            runfolder.check_new_run(self.out, self.overwrite, locked=True)
+            if self.overwrite and (gone := runfolder.remove_run_files(self.out)):
+                self.log(f"--overwrite: removed {gone} files of the previous run in {self.out}")
+        else:
+            runfolder.check_resume(self.out, *self.resumed_from, locked=True)
+        if gone := runfolder.remove_orphan_temporaries(self.out):
+            self.log(f"removed {gone} temporary files left by an interrupted write in {self.out}")
+        atomic_write_bytes(
+            self.out / "config.json", json.dumps(config_to_dict(self.cfg), indent=2).encode()
+        )
+
+    def _fit(self, end: int) -> None:
+        tr, main = self.cfg.train, self.dist.is_main
+        self.runlog.start(
+            self.step, tr.tensorboard, resumed=self.resumed_from is not None, log=self.log
+        )
         bar = progress_bar(end, self.step, tr.progress) if main else None
         try:
             while self.step < end:
@@ -230,8 +262,6 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.runlog.flush()
-        if self.step == tr.max_steps:
-            self.runlog.save_loss_curve()
 
     # ---- samples ------------------------------------------------------------------------------
     def sample(
@@ -280,7 +310,7 @@ class Trainer:
     def save_checkpoint(self) -> Path | None:
         """Save everything a bit-exact resume needs (all ranks' RNG states gathered) and prune
         old checkpoints; returns the checkpoint's path."""
-        states = D.all_gather_objects(state.torch_rng_state(), self.dist)
+        states = state.gather_torch_rng(self.dist)
         path = self.ckpt_dir / ckpt.checkpoint_name(self.step)
         if self.dist.is_main:
             tensors = ckpt.state_to_tensors("model", self.model.state_dict())
@@ -294,6 +324,7 @@ class Trainer:
             meta = {
                 "config": config_to_dict(self.cfg),
                 "step": self.step,
+                "run_id": self.run_id,
                 "world_size": self.dist.world_size,
                 "data_position": self.batches.state_dict(),
                 "data_shape": list(self.dataset.shape),
@@ -309,13 +340,10 @@ class Trainer:
         return path
 
     def load_state(self, tensors: dict, meta: dict) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote (the config must already match)."""
-        try:
-            self.model.load_state_dict(ckpt.tensors_with_prefix(tensors, "model"))
-        except RuntimeError:
-            raise ckpt.CheckpointError(
-                f"{meta['path']!r}: its weights do not fit the architecture in its config"
-            ) from None
+        """Restore everything :meth:`save_checkpoint` wrote (the config must already match),
+        once every entry is checked for form (:func:`.validate.check_resume`)."""
+        check_resume(meta, tensors, self)
+        self.model.load_state_dict(ckpt.tensors_with_prefix(tensors, "model"))
         if self.ema is not None:
             self.ema.load_state_dict(meta["ema"], ckpt.tensors_with_prefix(tensors, "ema"))
         self.optimizer.load_state_dict(ckpt.optimizer_from_checkpoint(tensors, meta["optimizer"]))
@@ -339,6 +367,8 @@ class Trainer:
             )
         state.restore_host_rng(meta)
         self.step = int(meta["step"])
+        self.resumed_from = (meta.get("run_id"), self.step)
+        self.run_id = meta.get("run_id") or self.run_id
         self.last_checkpoint = Path(meta["path"])
 
     @classmethod
@@ -347,41 +377,17 @@ class Trainer:
     ) -> Trainer:
         """Rebuild a trainer from a checkpoint (a file, or a run folder: its newest) and
         restore its state.  ``train_overrides`` may change [train] keys that do not alter the
-        computation (max_steps, intervals, out_dir, progress, tensorboard)."""
+        computation (max_steps, intervals, out_dir, progress, tensorboard).
+
+        The run writes into ``train_overrides["out_dir"]`` if given, else into the run folder
+        the checkpoint file lies in (``<run>/checkpoints/ckpt-*.safetensors``) -- never into
+        the ``out_dir`` recorded inside the checkpoint, which may name any folder."""
         tensors, meta = ckpt.load_checkpoint(path)
-        d = meta["config"]
-        allowed = set(RESUMABLE_TRAIN_KEYS)
-        bad = sorted(set(train_overrides or {}) - allowed)
-        if bad:
-            raise ValueError(
-                f"train.{bad[0]} cannot change on resume; allowed: {', '.join(sorted(allowed))}"
-            )
-        cfg = config_from_dict(d)
-        if train_overrides:
-            new_max = train_overrides.get("max_steps", cfg.train.max_steps)
-            if cfg.optim.lr_schedule != "constant" and new_max != cfg.train.max_steps:
-                raise ValueError(
-                    f"train.max_steps={new_max} cannot change on resume with "
-                    f"optim.lr_schedule={cfg.optim.lr_schedule!r}: the decay is laid out over "
-                    f"max_steps={cfg.train.max_steps}"
-                )
-            cfg = replace(cfg, train=replace(cfg.train, **train_overrides))
+        cfg = resume_config(meta, train_overrides or {})
+        runfolder.check_resume(Path(cfg.train.out_dir), meta.get("run_id"), meta["step"])
         trainer = cls(cfg, dataset=dataset, log=log, init=False)
         trainer.load_state(tensors, meta)
         return trainer
-
-
-RESUMABLE_TRAIN_KEYS = (
-    "max_steps",
-    "log_every",
-    "ckpt_every",
-    "keep_last",
-    "sample_every",
-    "sample_num",
-    "out_dir",
-    "progress",
-    "tensorboard",
-)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -11,6 +11,7 @@ figure (``trajectory.png``, the layout of Sohl-Dickstein et al.'s Fig. 1).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -18,11 +19,12 @@ from pathlib import Path
 import torch
 
 from . import viz
-from .config import config_from_dict
+from .config import config_from_dict, config_to_dict
 from .diffusion.process import q_sample
 from .resources import check_output_folder
 from .samplers import sample_ddpm
 from .trained import load_trained
+from .training import runfolder
 from .training.trainer import Trainer
 
 DEMOS = {
@@ -103,6 +105,28 @@ def trajectory(trained, x0: torch.Tensor, num: int, seed: int = 0):
 MAX_SCALE = 1000.0
 
 
+def _previous_demo(cfg) -> bool:
+    """Whether the run folder of ``cfg`` holds an earlier run of the same demo (same model and
+    data), which a new demo run replaces.  ValueError if it holds any other run or is locked;
+    False if it holds none."""
+    folder = Path(cfg.train.out_dir)
+    runfolder.check_unlocked(folder)
+    held = runfolder.held_run(folder)
+    if held is None:
+        return False
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        saved = None
+    mine = config_to_dict(cfg)
+    if not isinstance(saved, dict) or any(saved.get(k) != mine[k] for k in ("model", "data")):
+        raise ValueError(
+            f"--out: {runfolder.describe(folder, held)}, which is not a ddkit demo run; "
+            "choose another --out"
+        )
+    return True
+
+
 def run_demo(out: str | Path, steps_scale: float = 1.0, progress: bool = True, log=None) -> dict:
     """Train both demos and write their pictures; returns {name: wall seconds}.  ValueError,
     with nothing written, when ``steps_scale`` is not a finite number in (0, ``MAX_SCALE``] or
@@ -111,8 +135,10 @@ def run_demo(out: str | Path, steps_scale: float = 1.0, progress: bool = True, l
     if not scale_ok or not math.isfinite(steps_scale) or not 0 < steps_scale <= MAX_SCALE:
         raise ValueError(f"--scale {steps_scale!r} must be a finite number in (0, {MAX_SCALE:g}]")
     out = check_output_folder(out, "--out")
+    replace = {}
     for name in DEMOS:
         check_output_folder(out / name, "--out")
+        replace[name] = _previous_demo(demo_config(name, out, steps_scale, progress))
     if log is None:
 
         def log(msg):
@@ -124,7 +150,9 @@ def run_demo(out: str | Path, steps_scale: float = 1.0, progress: bool = True, l
         cfg = demo_config(name, out, steps_scale, progress)
         tr = cfg.train
         log(f"[demo] {name}: {tr.max_steps} steps, batch {tr.batch_size} -> {tr.out_dir}")
-        trainer = Trainer(cfg, log=log)
+        if replace[name]:
+            log(f"[demo] {name}: replacing the previous demo run in {tr.out_dir}")
+        trainer = Trainer(cfg, log=log, overwrite=replace[name])
         trainer.fit()
         trained = load_trained(trainer.last_checkpoint)
         num = 2000 if name == "spiral" else 64

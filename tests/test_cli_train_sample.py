@@ -192,3 +192,18 @@ def test_demo_runs_end_to_end_at_small_scale(tmp_path):
     for name in times:
         for f in ("samples.png", "trajectory.png", "loss.png", "config.json"):
             assert (tmp_path / name / f).stat().st_size > 0, (name, f)
+    # running it again replaces the earlier demo runs (the quick start may be run twice)
+    lines = []
+    run_demo(tmp_path, steps_scale=0.005, progress=False, log=lines.append)
+    assert sum("replacing the previous demo run" in s for s in lines) == 2
+
+
+def test_demo_refuses_a_folder_holding_another_run(tmp_path, capsys):
+    from ddkit.demo import run_demo
+
+    (tmp_path / "spiral").mkdir()
+    (tmp_path / "spiral" / "config.json").write_text('{"model": {"preset": "mine"}}')
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="not a ddkit demo run"):
+        run_demo(tmp_path, steps_scale=0.005, progress=False, log=lambda s: None)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

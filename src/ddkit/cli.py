@@ -85,7 +85,7 @@ def _cmd_train(args) -> int:
                 )
             overrides[key] = value
         check_resume_overrides(overrides)
-        trainer = Trainer.from_checkpoint(args.resume, train_overrides=overrides)
+        trainer = Trainer.from_checkpoint(args.resume, train_overrides=overrides, check=check_train)
     else:
         if not args.config and not args.set:
             raise ValueError("give a config file (see configs/) and/or --set section.key=value")

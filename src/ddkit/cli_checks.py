@@ -75,9 +75,10 @@ def finite_float(low: float = -math.inf, high: float = math.inf, *, low_open: bo
     return parse
 
 
-def check_train(cfg) -> None:
+def check_train(cfg, resume: bool = False) -> None:
     """Before a training run is built: ``train.device`` exists on this machine,
-    ``train.out_dir`` can hold the run, and the run fits in the device's memory."""
+    ``train.out_dir`` can hold the run, ``train.init_from`` exists (not on a ``resume``, whose
+    weights come from its checkpoint), and the run fits in the device's memory."""
     import torch
 
     from .memory import check_memory, training_memory
@@ -89,7 +90,11 @@ def check_train(cfg) -> None:
     else:
         device = check_device(tr.device, "train.device")
     check_output_folder(tr.out_dir, "train.out_dir")
-    if tr.init_from and not (os.path.isfile(tr.init_from) or os.path.isdir(tr.init_from)):
+    if (
+        tr.init_from
+        and not resume
+        and not (os.path.isfile(tr.init_from) or os.path.isdir(tr.init_from))
+    ):
         raise ValueError(
             f"train.init_from {tr.init_from!r} is neither a checkpoint file nor a run folder"
         )

@@ -11,7 +11,6 @@ figure (``trajectory.png``, the layout of Sohl-Dickstein et al.'s Fig. 1).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -110,14 +109,12 @@ def _previous_demo(cfg) -> bool:
     data), which a new demo run replaces.  ValueError if it holds any other run or is locked;
     False if it holds none."""
     folder = Path(cfg.train.out_dir)
+    runfolder.check_entries(folder)
     runfolder.check_unlocked(folder)
     held = runfolder.held_run(folder)
     if held is None:
         return False
-    try:
-        saved = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        saved = None
+    saved = runfolder.read_json(folder / "config.json")
     mine = config_to_dict(cfg)
     if not isinstance(saved, dict) or any(saved.get(k) != mine[k] for k in ("model", "data")):
         raise ValueError(
@@ -150,6 +147,7 @@ def run_demo(out: str | Path, steps_scale: float = 1.0, progress: bool = True, l
         cfg = demo_config(name, out, steps_scale, progress)
         tr = cfg.train
         log(f"[demo] {name}: {tr.max_steps} steps, batch {tr.batch_size} -> {tr.out_dir}")
+        replace[name] = _previous_demo(cfg)  # again: the first demo took minutes
         if replace[name]:
             log(f"[demo] {name}: replacing the previous demo run in {tr.out_dir}")
         trainer = Trainer(cfg, log=log, overwrite=replace[name])

@@ -58,8 +58,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), file_mode())  # mkstemp's 0600 -> what open() would give
             f.write(data)
@@ -67,7 +68,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full_error(path) from None
         raise
@@ -81,8 +83,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def append_bytes(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` (a log); a full disk is a :class:`DiskFullError` naming the
     file, and a partial line it left is dropped by the log's reader as a torn last line."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
-        with open(path, "ab") as f:
+        with os.fdopen(os.open(path, flags, 0o666), "ab") as f:  # never through a link
             f.write(data)
             f.flush()
     except OSError as err:

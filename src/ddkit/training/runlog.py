@@ -49,6 +49,9 @@ def _read_records(path: Path) -> tuple[list[dict], bool]:
                 torn = True
                 break
             raise ValueError(f"{str(path)!r} line {i} is not a JSON record ({e})") from None
+        step = rec.get("step")
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"{str(path)!r} line {i}: 'step' is {step!r}, not an integer")
         records.append(rec)
     return records, torn
 

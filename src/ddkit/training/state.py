@@ -30,7 +30,7 @@ class EpochBatches:
         self._perm = self._permutation(epoch)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         return torch.randperm(self.n, generator=g)
 
     def next(self, size: int) -> torch.Tensor:
@@ -94,9 +94,11 @@ def rng_tensors(states: list[dict]) -> dict[str, torch.Tensor]:
 def restore_torch_rng(tensors: dict[str, torch.Tensor], rank: int) -> None:
     """Set this process's torch RNG states to those rank ``rank`` saved."""
     torch.set_rng_state(tensors[f"rng/torch/{rank}"])
-    cuda = [v for k, v in sorted(tensors.items()) if k.startswith(f"rng/cuda/{rank}/")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    prefix = f"rng/cuda/{rank}/"
+    cuda = {int(k[len(prefix) :]): v for k, v in tensors.items() if k.startswith(prefix)}
+    if cuda and torch.cuda.is_available():  # the devices both machines have, in device order
+        for d in sorted(cuda)[: torch.cuda.device_count()]:
+            torch.cuda.set_rng_state(cuda[d], d)
 
 
 def host_rng_meta() -> dict:

@@ -39,7 +39,7 @@ from .ema import EMA
 from .optim import lr_at, lr_schedule_meta, make_optimizer
 from .runlog import RunLog, progress_bar
 from .state import EpochBatches
-from .validate import check_resume, resume_config
+from .validate import check_resume, optimizer_groups, resume_config
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,7 +78,7 @@ class Trainer:
 
         self.cfg, self.log, self.overwrite = cfg, log, overwrite
         self.out = Path(cfg.train.out_dir)
-        self.run_id, self.resumed_from = uuid.uuid4().hex, None
+        self.run_id, self.resumed_from, self.claimed = uuid.uuid4().hex, None, False
         self.device = pick_device(cfg.train.device)
         self.dist = D.setup(self.device.type)
         if init and self.dist.is_main:
@@ -216,26 +216,28 @@ class Trainer:
             if main:
                 self._claim_folder()
             self._fit(end)
+            if self.step == tr.max_steps:
+                self.runlog.save_loss_curve()
         finally:
             lock.release()
-        if self.step == tr.max_steps:
-            self.runlog.save_loss_curve()
 
     def _claim_folder(self) -> None:
         """With the lock held: check the folder again (another process may have started a run
         there since this trainer was built), clear what ``overwrite`` or a killed write left,
-        and write the run's config."""
-        if self.resumed_from is None:
+        and write the run's ID and config."""
+        if self.resumed_from is None and not self.claimed:
             runfolder.check_new_run(self.out, self.overwrite, locked=True)
             if self.overwrite and (gone := runfolder.remove_run_files(self.out)):
                 self.log(f"--overwrite: removed {gone} files of the previous run in {self.out}")
-        else:
-            runfolder.check_resume(self.out, *self.resumed_from, locked=True)
+        else:  # a resume, or this trainer's own run again (a second fit())
+            runfolder.check_resume(self.out, self.run_id, self.step, locked=True)
         if gone := runfolder.remove_orphan_temporaries(self.out):
             self.log(f"removed {gone} temporary files left by an interrupted write in {self.out}")
+        runfolder.write_run_record(self.out, self.run_id)
         atomic_write_bytes(
             self.out / "config.json", json.dumps(config_to_dict(self.cfg), indent=2).encode()
         )
+        self.claimed = True
 
     def _fit(self, end: int) -> None:
         tr, main = self.cfg.train, self.dist.is_main
@@ -346,7 +348,9 @@ class Trainer:
         self.model.load_state_dict(ckpt.tensors_with_prefix(tensors, "model"))
         if self.ema is not None:
             self.ema.load_state_dict(meta["ema"], ckpt.tensors_with_prefix(tensors, "ema"))
-        self.optimizer.load_state_dict(ckpt.optimizer_from_checkpoint(tensors, meta["optimizer"]))
+        groups = optimizer_groups(meta, self.optimizer)
+        optim_meta = {"param_groups": groups, "scalars": {}}
+        self.optimizer.load_state_dict(ckpt.optimizer_from_checkpoint(tensors, optim_meta))
         self.gen.set_state(tensors["gen/train"])
         pos = meta["data_position"]
         self.batches = EpochBatches(pos["n"], pos["seed"], pos["epoch"], pos["pos"])
@@ -362,24 +366,25 @@ class Trainer:
             )
         state.restore_host_rng(meta)
         self.step = int(meta["step"])
-        self.resumed_from = (meta.get("run_id"), self.step)
-        self.run_id = meta.get("run_id") or self.run_id
+        self.run_id = ckpt.run_id_of(meta)
+        self.resumed_from = (self.run_id, self.step)
         self.last_checkpoint = Path(meta["path"])
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, train_overrides: dict | None = None, dataset=None, log=print
+        cls, path, *, train_overrides: dict | None = None, dataset=None, log=print, check=None
     ) -> Trainer:
         """Rebuild a trainer from a checkpoint (a file, or a run folder: its newest) and
         restore its state.  ``train_overrides`` may change [train] keys that do not alter the
-        computation (max_steps, intervals, out_dir, progress, tensorboard).
-
-        The run writes into ``train_overrides["out_dir"]`` if given, else into the run folder
-        the checkpoint file lies in (``<run>/checkpoints/ckpt-*.safetensors``) -- never into
-        the ``out_dir`` recorded inside the checkpoint, which may name any folder."""
+        computation (max_steps, intervals, out_dir, progress, tensorboard); ``check(cfg)``, if
+        given, vets the resulting config before anything is built.  The run writes into
+        ``train_overrides["out_dir"]`` if given, else into the run folder the checkpoint lies
+        in -- never into the ``out_dir`` recorded inside it (:func:`.validate.resume_config`)."""
         tensors, meta = ckpt.load_checkpoint(path)
         cfg = resume_config(meta, train_overrides or {})
-        runfolder.check_resume(Path(cfg.train.out_dir), meta.get("run_id"), meta["step"])
+        if check is not None:
+            check(cfg)
+        runfolder.check_resume(Path(cfg.train.out_dir), ckpt.run_id_of(meta), meta["step"])
         trainer = cls(cfg, dataset=dataset, log=log, init=False)
         trainer.load_state(tensors, meta)
         return trainer

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def resume_config(meta: dict, train_overrides: dict) -> Config:
     new_max = overrides.get("max_steps", cfg.train.max_steps)
     if cfg.optim.lr_schedule != "constant" and new_max != cfg.train.max_steps:
         raise ValueError(
-            f"train.max_steps={new_max} cannot change on resume with "
+            f"checkpoint {meta['path']!r}: train.max_steps={new_max} cannot change on resume with "
             f"optim.lr_schedule={cfg.optim.lr_schedule!r}: the decay is laid out over "
             f"max_steps={cfg.train.max_steps}"
         )
@@ -121,8 +122,8 @@ def check_resume(meta: dict, tensors: dict, trainer) -> None:
         have = list(trainer.dataset.shape)
         _fail(meta, "data_shape", f"is {meta['data_shape']!r}; the data's shape is {have}")
     ema = _dict(meta, meta["ema"], "ema", ("decay", "warmup", "updates"))
-    if not _number(ema["decay"]) or not 0.0 <= ema["decay"] <= 1.0:
-        _fail(meta, "ema.decay", f"is {ema['decay']!r}, not a number in [0, 1]")
+    if not _number(ema["decay"]) or not 0.0 <= ema["decay"] < 1.0:
+        _fail(meta, "ema.decay", f"is {ema['decay']!r}, not a number in [0, 1)")
     if not isinstance(ema["warmup"], bool):
         _fail(meta, "ema.warmup", f"is {ema['warmup']!r}, not true or false")
     _int(meta, ema["updates"], "ema.updates")
@@ -131,17 +132,19 @@ def check_resume(meta: dict, tensors: dict, trainer) -> None:
     unknown = sorted(k for k in tensors if not k.startswith(TENSOR_GROUPS))
     if unknown:
         _fail(meta, unknown[0], "is not a tensor of a ddkit training checkpoint")
-    for k, v in tensors.items():
-        if k.startswith("rng/cuda/") and (v.dtype != torch.uint8 or v.dim() != 1):
-            _fail(meta, k, f"is {ckpt.describe(v)}; expected uint8 [n]")
+    _check_cuda_rng(meta, tensors, world)
     ckpt.check_model_tensors(meta, tensors, trainer.model, "ema")
     gen = {k.removeprefix("gen/"): v for k, v in tensors.items() if k.startswith("gen/")}
     ckpt.check_tensors(meta, gen, {"train": torch.Generator().get_state()}, "gen")
-    cpu_rng = {str(r): torch.get_rng_state() for r in range(world)}
     got = {
         k.removeprefix("rng/torch/"): v for k, v in tensors.items() if k.startswith("rng/torch/")
     }
-    ckpt.check_tensors(meta, got, cpu_rng, "rng/torch")
+    ranks = {str(r) for r in range(world)}
+    if set(got) != ranks:
+        extra, missing = set(got) - ranks, ranks - set(got)
+        odd = min(extra) if extra else min(missing, key=int)
+        _fail(meta, f"rng/torch/{odd}", f"breaks the one state per process 0..{world - 1}")
+    ckpt.check_tensors(meta, got, dict.fromkeys(got, torch.get_rng_state()), "rng/torch")
     for k in ["gen/train", *(f"rng/torch/{r}" for r in range(world))]:
         try:  # a Mersenne Twister state of the right size can still be invalid (all zeros)
             torch.Generator().set_state(tensors[k])
@@ -152,23 +155,76 @@ def check_resume(meta: dict, tensors: dict, trainer) -> None:
     _check_optimizer(meta, tensors, trainer.optimizer)
 
 
+def _check_cuda_rng(meta: dict, tensors: dict, world: int) -> None:
+    """``rng/cuda/<rank>/<device>``: a rank of the run, uint8 [n] (of this machine's state size
+    where it has CUDA)."""
+    size = torch.cuda.get_rng_state().numel() if torch.cuda.is_available() else None
+    for k, v in tensors.items():
+        if not k.startswith("rng/cuda/"):
+            continue
+        m = re.fullmatch(r"rng/cuda/(\d{1,6})/(\d{1,4})", k)
+        if m is None or int(m.group(1)) >= world:
+            _fail(meta, k, f"is not rng/cuda/<rank below {world}>/<device>")
+        if v.dtype != torch.uint8 or v.dim() != 1 or (size is not None and v.numel() != size):
+            _fail(meta, k, f"is {ckpt.describe(v)}; expected uint8 [{size or 'n'}]")
+
+
 def _number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _same_kind(v, want) -> bool:
-    """Whether a saved optimizer hyper-parameter ``v`` has the kind of this optimizer's
-    ``want``: a flag a flag, a number a finite number, a tuple a list as long of numbers; an
-    unset option (None) may be saved unset or as a flag."""
-    if isinstance(want, bool):
-        return isinstance(v, bool)
-    if want is None:
-        return v is None or isinstance(v, bool)
-    if isinstance(want, int | float):
-        return _number(v)
-    if isinstance(want, tuple | list):
-        return isinstance(v, list) and len(v) == len(want) and all(map(_number, v))
-    return type(v) is type(want)
+# what a resume takes from the checkpoint's optimizer groups, with its range; every other option
+# (fused, foreach, capturable, maximize, ...) is the optimizer's that the config builds here
+HYPER_PARAMETERS = {
+    "lr": (0.0, math.inf),
+    "eps": (1e-300, math.inf),
+    "weight_decay": (0.0, math.inf),
+}
+
+
+def optimizer_groups(meta: dict, optimizer: torch.optim.Optimizer) -> list[dict]:
+    """The param groups to load: ``optimizer``'s own, with lr, betas, eps, weight_decay and
+    amsgrad from the checkpoint, each checked for type and range."""
+    o = _dict(meta, meta["optimizer"], "optimizer", ("param_groups", "scalars"))
+    groups, mine = o["param_groups"], optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(mine):
+        _fail(meta, "optimizer.param_groups", f"is not a list of {len(mine)}")
+    merged = []
+    for i, (g, own) in enumerate(zip(groups, mine, strict=True)):
+        where = f"optimizer.param_groups[{i}]"
+        g = _dict(meta, g, where, ("params", "betas", "amsgrad", *HYPER_PARAMETERS))
+        if g["params"] != own["params"]:
+            _fail(meta, f"{where}.params", "does not match the model's")
+        for k, (low, high) in HYPER_PARAMETERS.items():
+            if not _number(g[k]) or not low <= g[k] <= high:
+                _fail(meta, f"{where}.{k}", f"is {g[k]!r}, not a number in [{low:g}, {high}]")
+        b = g["betas"]
+        if not (isinstance(b, list) and len(b) == 2 and all(_number(v) and 0 <= v < 1 for v in b)):
+            _fail(meta, f"{where}.betas", f"is {b!r}, not two numbers in [0, 1)")
+        if not isinstance(g["amsgrad"], bool):
+            _fail(meta, f"{where}.amsgrad", f"is {g['amsgrad']!r}, not true or false")
+        merged.append({**own, **{k: g[k] for k in ("betas", "amsgrad", *HYPER_PARAMETERS)}})
+    if o["scalars"] != {}:  # Adam and AdamW keep tensors only
+        _fail(meta, "optimizer.scalars", f"is {str(o['scalars'])[:60]}, not {{}}")
+    return merged
+
+
+def _check_optimizer(meta: dict, tensors: dict, optimizer: torch.optim.Optimizer) -> None:
+    """The optimizer's groups (:func:`optimizer_groups`) and, once a step was taken, one full
+    state per trained parameter (Adam: step, exp_avg, exp_avg_sq [, max_exp_avg_sq]) of the
+    parameter's shape; none before."""
+    groups = optimizer_groups(meta, optimizer)
+    expected = {}
+    if meta["step"] > 0:
+        amsgrad = any(g["amsgrad"] for g in groups)  # the loaded groups decide the state
+        for g, own in zip(groups, optimizer.param_groups, strict=True):
+            for idx, p in zip(g["params"], own["params"], strict=True):
+                if not p.requires_grad:
+                    continue
+                expected[f"{idx}/step"] = torch.zeros((), dtype=torch.float32)
+                for k in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
+                    expected[f"{idx}/{k}"] = p.detach()
+    ckpt.check_tensors(meta, ckpt.tensors_with_prefix(tensors, "optim"), expected, "optim")
 
 
 def _check_host_rng(meta: dict) -> None:
@@ -187,47 +243,9 @@ def _check_host_rng(meta: dict) -> None:
     ok = ok and isinstance(s[1], list) and len(s[1]) == 624
     ok = ok and all(isinstance(w, int) and not isinstance(w, bool) for w in s[1])
     try:
-        if not ok or not _number(s[4]) or s[3] not in (0, 1) or isinstance(s[3], bool):
+        pos_ok = isinstance(s[2], int) and not isinstance(s[2], bool) and 0 <= s[2] <= 624
+        if not ok or not pos_ok or not _number(s[4]) or s[3] not in (0, 1) or s[3] is True:
             raise ValueError
         np.random.RandomState().set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))
     except Exception:  # noqa: BLE001
         _fail(meta, "rng_numpy", "is not a state of numpy's random generator")
-
-
-def _check_optimizer(meta: dict, tensors: dict, optimizer: torch.optim.Optimizer) -> None:
-    """The optimizer's JSON part (groups with this optimizer's keys, numeric scalars) and one
-    full state per trained parameter once a step was taken (Adam: step, exp_avg, exp_avg_sq
-    [, max_exp_avg_sq]) of the parameter's shape."""
-    o = _dict(meta, meta["optimizer"], "optimizer", ("param_groups", "scalars"))
-    groups = o["param_groups"]
-    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
-        _fail(meta, "optimizer.param_groups", f"is not a list of {len(optimizer.param_groups)}")
-    params = []
-    for i, (g, mine) in enumerate(zip(groups, optimizer.state_dict()["param_groups"], strict=True)):
-        g = _dict(meta, g, f"optimizer.param_groups[{i}]", tuple(mine))
-        if g["params"] != mine["params"]:
-            _fail(meta, f"optimizer.param_groups[{i}].params", "does not match the model's")
-        for k, want in mine.items():
-            if k != "params" and not _same_kind(g[k], want):
-                _fail(meta, f"optimizer.param_groups[{i}].{k}", f"is {g[k]!r}, unlike {want!r}")
-        params += mine["params"]
-    scalars = _dict(meta, o["scalars"], "optimizer.scalars")
-    for k, v in scalars.items():
-        idx, _, name = k.partition("/")
-        if not (idx.isdigit() and int(idx) in params and name.isidentifier()):
-            _fail(meta, f"optimizer.scalars.{k}", "is not '<parameter index>/<name>'")
-        if not _number(v):
-            _fail(meta, f"optimizer.scalars.{k}", f"is {v!r}, not a number")
-    if meta["step"] == 0:
-        return
-    flat = [p for g in optimizer.param_groups for p in g["params"]]
-    amsgrad = any(g.get("amsgrad") for g in groups)  # the loaded groups decide the state
-    got = ckpt.tensors_with_prefix(tensors, "optim")
-    expected = {}
-    for idx, p in zip(params, flat, strict=True):
-        if not p.requires_grad:
-            continue
-        expected[f"{idx}/step"] = torch.zeros((), dtype=torch.float32)
-        for k in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
-            expected[f"{idx}/{k}"] = p.detach()
-    ckpt.check_tensors(meta, got, expected, "optim")

@@ -471,3 +471,12 @@ def test_a_log_record_without_an_integer_step_names_its_line(tmp_path):
     log.write_text('{"step": 1}\n{"step": null}\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"line 2: 'step' is None"):
         read_metrics(log)
+
+
+def test_eval_bpd_defaults_to_an_ode_grid_the_schedule_allows(run, tmp_path, capsys):
+    """T = 25 here: the default of 100 Heun intervals becomes T - 1 = 24 instead of an error."""
+    out = tmp_path / "e"
+    argv = ["eval", str(run), "--bpd", "--bpd-num", "4", "--ode-num", "2", "--probes", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    ode = [r for r in json.loads((out / "eval.json").read_text())["bpd"] if r["method"] == "ode"]
+    assert "Heun on 24 " in ode[0]["detail"]

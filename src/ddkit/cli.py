@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bpd-num", type=positive_int, default=1000, help="images for the VLB")
     e.add_argument("--bpd-methods", nargs="+", default=["vlb", "ode"], choices=["vlb", "ode"])
     e.add_argument("--ode-num", type=positive_int, default=100, help="images for the PF-ODE")
-    e.add_argument("--ode-steps", type=positive_int, default=100, help="Heun intervals")
+    e.add_argument(
+        "--ode-steps", type=positive_int, help="Heun intervals (default: 100, at most T - 1)"
+    )
     e.add_argument("--probes", type=positive_int, default=1, help="Hutchinson probes per image")
     e.add_argument(
         "--num",

@@ -72,7 +72,7 @@ def evaluate(
     bpd_num: int = 1000,
     bpd_methods: Sequence[str] = ("vlb", "ode"),
     ode_num: int = 100,
-    ode_steps: int = 100,
+    ode_steps: int | None = None,
     probes: int = 1,
     num: int = 10_000,
     ref_num: int = 10_000,
@@ -119,7 +119,7 @@ def evaluate(
     _check_counts(
         bpd_num=bpd_num,
         ode_num=ode_num,
-        ode_steps=ode_steps,
+        ode_steps=100 if ode_steps is None else ode_steps,
         probes=probes,
         num=num,
         ref_num=ref_num,
@@ -148,6 +148,8 @@ def evaluate(
     if bpd or inversion:
         check_shape(trained, load_dataset(data_config_for(trained, split)))
     ode = bpd and "ode" in bpd_methods
+    if ode_steps is None:  # the default: 100 Heun intervals, fewer for a short schedule
+        ode_steps = min(100, T - 1)
     if ode and not ode_steps <= T - 1:
         raise ValueError(f"--ode-steps {ode_steps} must lie in 1..{T - 1} (the model's T - 1)")
     _check_memory(trained, device, fid or sweep, num, batch_size, ode, ode_num, probes)

@@ -480,3 +480,14 @@ def test_eval_bpd_defaults_to_an_ode_grid_the_schedule_allows(run, tmp_path, cap
     assert main([*argv, "--out", str(out)]) == 0
     ode = [r for r in json.loads((out / "eval.json").read_text())["bpd"] if r["method"] == "ode"]
     assert "Heun on 24 " in ode[0]["detail"]
+
+
+def test_a_folder_with_someone_elses_config_json_is_refused_even_with_overwrite(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"name": "my web app"}')
+    for extra in ((), ("--overwrite",)):
+        assert _train(tmp_path, folder, *extra) == 2
+        assert "not a ddkit run's config.json" in _error(capsys)
+    assert (folder / "config.json").read_text() == '{"name": "my web app"}'
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]

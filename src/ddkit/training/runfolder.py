@@ -56,8 +56,15 @@ class RunFolderError(ValueError):
     """The run folder is in use or holds another run (one line, naming the folder)."""
 
 
+def is_ddkit_config(path: Path) -> bool:
+    """Whether ``path`` is a config.json a ddkit run wrote (model, data and train sections)."""
+    config = read_json(path)
+    return isinstance(config, dict) and {"model", "data", "train"} <= set(config)
+
+
 def check_entries(folder: Path) -> None:
-    """RunFolderError if an entry a run writes is a symbolic link or of the wrong kind."""
+    """RunFolderError if an entry a run writes is a symbolic link or of the wrong kind, or the
+    folder has a ``config.json`` that is not a ddkit run's (a run would replace it)."""
     for name, is_dir in ENTRIES.items():
         path = Path(folder) / name
         try:
@@ -74,6 +81,12 @@ def check_entries(folder: Path) -> None:
         if not (stat.S_ISDIR(mode) if is_dir else stat.S_ISREG(mode)):
             kind = "a folder" if is_dir else "a regular file"
             raise RunFolderError(f"run folder entry {str(path)!r} is not {kind}")
+    config = Path(folder) / "config.json"
+    if config.exists() and not is_ddkit_config(config):
+        raise RunFolderError(
+            f"{str(config)!r} is not a ddkit run's config.json, and a run would replace it; "
+            "choose another train.out_dir"
+        )
 
 
 def held_run(folder: Path) -> tuple[str | None, int | None] | None:
@@ -91,9 +104,7 @@ def held_run(folder: Path) -> tuple[str | None, int | None] | None:
     record = read_json(folder / RUN_RECORD)
     if isinstance(record, dict) and ckpt.valid_run_id(record.get("run_id")):
         return record["run_id"], None
-    config = read_json(folder / "config.json")
-    ddkit_config = isinstance(config, dict) and {"model", "data", "train"} <= set(config)
-    if found or ddkit_config or (folder / "metrics.jsonl").exists():
+    if found or is_ddkit_config(folder / "config.json") or (folder / "metrics.jsonl").exists():
         return None, None
     return None
 
@@ -232,8 +243,7 @@ def remove_run_files(folder: Path) -> int:
     folder, gone = Path(folder), 0
     check_entries(folder)
     victims = [folder / n for n in ("metrics.jsonl", RUN_RECORD, "loss.png")]
-    config = read_json(folder / "config.json")
-    if isinstance(config, dict) and {"model", "data", "train"} <= set(config):
+    if is_ddkit_config(folder / "config.json"):
         victims.append(folder / "config.json")
     victims += ckpt.list_checkpoints(folder / "checkpoints")
     victims += _matching(folder / "samples", _SAMPLE) + _matching(folder / "tensorboard", _EVENTS)

@@ -178,6 +178,14 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .export import export_diffusers
+
+    out = export_diffusers(args.checkpoint, args.out, weights=args.weights, sampler=args.sampler)
+    print(f"wrote a diffusers pipeline folder to {out}")
+    return 0
+
+
 def _cmd_features(args) -> int:
     from .evaluation.quality import train_or_show_classifier
 
@@ -319,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--inversion-num", type=positive_int, default=100)
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="write a checkpoint's U-Net as a diffusers pipeline folder")
+    x.add_argument("checkpoint", help="a checkpoint file or run folder")
+    x.add_argument("out", help="the pipeline folder to write (must not exist, or be empty)")
+    x.add_argument("--weights", default="ema", help="ema or online (default: ema)")
+    x.add_argument("--sampler", default="ddpm", help="the pipeline: ddpm or ddim (default: ddpm)")
+    x.set_defaults(func=_cmd_export)
 
     f = sub.add_parser(
         "features", help="train (or show) ddkit's FID feature network for a data set"

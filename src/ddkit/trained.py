@@ -18,7 +18,9 @@ from . import checkpoint as ckpt
 from .config import Config, config_from_dict
 from .diffusion.denoiser import Denoiser, check_clip_x0
 from .diffusion.schedule import SPACINGS, NoiseSchedule
+from .interop import InteropError, is_diffusers_folder, read_diffusers
 from .memory import check_memory, model_size, schedule_memory
+from .models import model_config_to_dict
 from .samplers import SAMPLERS, get_sampler
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
@@ -99,9 +101,12 @@ def checkpoint_config(meta: dict) -> Config:
 
 def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") -> Trained:
     """The model of a checkpoint file (or the newest in a run folder) with its EMA or online
-    weights, in eval mode."""
+    weights, in eval mode; or of a diffusers DDPM-family pipeline or UNet folder (its one set of
+    weights, step 0), mapped exactly onto ddkit's U-Net (:mod:`ddkit.interop`)."""
     if weights not in ("ema", "online"):
         raise ValueError(f"weights={weights!r} is not allowed; allowed: ema, online")
+    if is_diffusers_folder(path):
+        return _load_diffusers(path, weights, device)
     tensors, meta = ckpt.load_checkpoint(path)
     cfg = checkpoint_config(meta)
     model = cfg.model.build()
@@ -111,6 +116,42 @@ def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") ->
     return Trained(
         model, cfg, cfg.diffusion.make_schedule(), int(meta["step"]), meta["path"], weights
     )
+
+
+def _load_diffusers(path, weights: str, device: str) -> Trained:
+    unet, diffusion, state = read_diffusers(path)
+    channels = unet.in_channels if unet.in_channels in (1, 3) else None
+    cfg = config_from_dict(
+        {
+            "model": model_config_to_dict(unet),
+            # a diffusers folder names no data set: an image folder stands in (no images in it)
+            "data": {
+                "name": "folder",
+                "path": str(path),
+                "image_size": unet.image_size,
+                "channels": channels,
+            },
+            "diffusion": diffusion,
+            "train": {"max_steps": 1},  # a diffusers folder records no training run
+        }
+    )
+    check_memory(
+        {"model": 4 * model_size(unet)[0], "schedule": schedule_memory(diffusion["T"])},
+        "cpu",
+        f"the model of {str(path)!r}",
+        "its config is not one this machine can hold",
+    )
+    model = unet.build()
+    own = model.state_dict()
+    for name, t in state.items():  # the config is the weights' own: check it, cast float only
+        if t.shape != own[name].shape or not t.is_floating_point():
+            raise InteropError(
+                f"{str(path)!r}: tensor {name!r} is {ckpt.describe(t)}; the UNet its config.json "
+                f"describes has {ckpt.describe(own[name])}"
+            )
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.to(device).eval()
+    return Trained(model, cfg, cfg.diffusion.make_schedule(), 0, str(path), weights)
 
 
 @dataclass(frozen=True)

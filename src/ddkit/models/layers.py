@@ -177,13 +177,20 @@ class AttentionBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3x3 convolution, [N, C, H, W] -> [N, C, H/2, W/2] (H, W even)."""
+    """Stride-2 3x3 convolution, [N, C, H, W] -> [N, C, H/2, W/2] (H, W even).
 
-    def __init__(self, channels: int):
+    ``padding=1`` pads one pixel on every side; ``padding=0`` pads only the bottom row and right
+    column, as TensorFlow's "SAME" does for this stride (the official DDPM code, and diffusers'
+    ``downsample_padding=0`` of the google/ddpm-* checkpoints)."""
+
+    def __init__(self, channels: int, padding: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == 0:
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 

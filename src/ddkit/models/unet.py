@@ -9,7 +9,8 @@ The time embedding is sinusoidal(t, base_channels) -> Linear(4 base) -> SiLU -> 
 With the ``ddpm-cifar10`` preset this is the paper's CIFAR-10 model: 35,746,307 parameters.
 
 Two deliberate, documented differences from the TF code, neither changing the parameter count:
-Downsample pads one pixel on every side (TF's "SAME" pads only bottom/right), and weights use
+Downsample pads one pixel on every side by default (TF's "SAME" pads only bottom/right:
+``downsample_padding=0``, as the google/ddpm-* checkpoints in diffusers do), and weights use
 PyTorch's default initialisation except for the zero-initialised last conv of each residual branch,
 the attention output and conv_out (as in the TF code).
 
@@ -55,6 +56,8 @@ class UNetConfig:
     num_heads: attention heads (every attention width must be divisible by it).
     learn_sigma: output [eps, v] with v the log-variance interpolation of improved DDPM.
     groups: GroupNorm groups (every channel width must be divisible by it).
+    downsample_padding: 1 pads every side of a Downsample's input by one pixel; 0 only its bottom
+        and right (TensorFlow's "SAME", the official code and diffusers' google/ddpm-*).
     """
 
     image_size: int
@@ -67,6 +70,7 @@ class UNetConfig:
     num_heads: int = 1
     learn_sigma: bool = False
     groups: int = 32
+    downsample_padding: int = 1
 
     def __post_init__(self):
         # lists (e.g. from JSON) become tuples, so configs stay hashable and compare equal
@@ -87,6 +91,8 @@ class UNetConfig:
             )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.downsample_padding not in (0, 1) or isinstance(self.downsample_padding, bool):
+            raise ValueError(f"downsample_padding must be 0 or 1, got {self.downsample_padding!r}")
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")
         factor = 2 ** (len(self.channel_mult) - 1)
@@ -176,7 +182,7 @@ class UNet(nn.Module):
                 self.down.append(stage)
                 skip_widths.append(width)
             if level != len(cfg.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(width)]))
+                self.down.append(nn.ModuleList([Downsample(width, cfg.downsample_padding)]))
                 skip_widths.append(width)
 
         self.middle = nn.ModuleList([res(width, width), attn(width), res(width, width)])

@@ -13,7 +13,8 @@ import argparse
 import os
 import sys
 
-from .cli_checks import MAX_DEMO_SCALE, finite_float, one_line, positive_int, random_seed
+from . import __version__
+from .cli_checks import MAX_DEMO_SCALE, Parser, finite_float, one_line, positive_int, random_seed
 
 # OpenMP's default spin-waiting makes every parallel op wait a scheduler tick for a descheduled
 # worker thread when the machine has more runnable threads than cores (any shared machine): a
@@ -118,6 +119,7 @@ def _cmd_sample(args) -> int:
         grid=args.grid,
         weights=args.weights,
         device=args.device,
+        png=args.format == "png",
     )
     return 0
 
@@ -200,16 +202,10 @@ def _cmd_features(args) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump), exit status 2."""
-
-    def error(self, message):
-        self.exit(2, one_line(f"{self.prog}: error: {message} (see --help)") + "\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ddkit", description="Denoising diffusion models, verified.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="ddkit", description="Denoising diffusion models, verified.")
+    p.add_argument("--version", action="version", version=f"ddkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     v = sub.add_parser(
         "verify", help="run every sampler against an exact Gaussian-mixture denoiser"
     )
@@ -264,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", default="ema", help="ema or online")
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", default="samples", help="folder for samples.png, .npz and sampler.json")
+    s.add_argument(
+        "--format",
+        choices=("npz", "png"),
+        default="npz",
+        help="png: also one PNG per sample in OUT/png/ (for clean-fid, torch-fidelity)",
+    )
     s.set_defaults(func=_cmd_sample)
 
     e = sub.add_parser("eval", help="bits/dim, FID/KID, quality-vs-steps sweep of a checkpoint")

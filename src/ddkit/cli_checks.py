@@ -24,6 +24,41 @@ _BREAKS.update({0x7F: "\\x7f", 0x85: "\\x85", 0x2028: "\\u2028", 0x2029: "\\u202
 _BREAKS.update({0x0A: "\\n", 0x0D: "\\r"})
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows every option's default (unless its help already says it or it has
+    none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and not any(default is v for v in (None, False, argparse.SUPPRESS))
+            and "default" not in text
+        ):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            text = f"{text} (default: {shown})" if text else f"default: {shown}"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), exit status 2, and the defaults shown
+    in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and action.option_strings:  # argparse shows nothing for these
+            action.help = HelpFormatter(self.prog)._get_help_string(action) or None
+        return action
+
+    def error(self, message):
+        self.exit(2, one_line(f"{self.prog}: error: {message} (see --help)") + "\n")
+
+
 def one_line(text: str) -> str:
     """``text`` on one printable line: line breaks and control characters escaped, and
     characters that cannot be encoded (lone surrogates from undecodable argv bytes) as

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,25 +43,32 @@ def sample_to_folder(
     grid: int = 64,
     weights: str = "ema",
     device: str = "cpu",
+    png: bool = False,
     log=print,
 ) -> dict:
     """Draw ``num`` samples from the checkpoint (a file, or a run folder's newest) with the
     sampler ``sampler`` (``steps`` timesteps of ``spacing``, ``sampler_options``, ``clip_x0`` as
     in :class:`~ddkit.trained.SampleSpec`) and write to the folder ``out``: ``samples.npz``
     (``x``, and ``images`` as uint8 for image models), ``samples.png`` (the first ``grid``) and
-    ``sampler.json``, the settings, which are returned.  ValueError, before any model call and
-    with nothing written, when an input is not allowed (the output folder, device and seed are
-    checked before the checkpoint is read) or the samples would not fit in memory;
+    ``sampler.json``, the settings, which are returned; with ``png``, also ``png/NNNNNN.png``,
+    one file per sample (image models), as FID tools such as clean-fid read a folder.
+    ValueError, before any model call and with nothing written, when an input is not allowed
+    (the output folder, device and seed are checked before the checkpoint is read) or the
+    samples would not fit in memory;
     :class:`~ddkit.trained.NonFiniteSamplesError`, with nothing written, when a sample is NaN
     or infinite."""
     out = check_output_folder(out, "--out")
     check_output_files(out, OUTPUT_FILES)
+    if png and (out / "png").exists():
+        raise ValueError(f"--out {str(out)!r}: png/ exists; --format png writes a new one")
     check_device(device, "--device")
     check_seed(seed, "--seed")
     for name, value in (("num", num), ("batch_size", batch_size), ("grid", grid)):
         _check_count(name, value)
     spec = SampleSpec(sampler, steps, spacing, sampler_options or {}, clip_x0)
     trained = load_trained(checkpoint, weights, device)
+    if png and not trained.is_image:
+        raise ValueError("--format png needs an image model; this one draws points")
     spec.timesteps(trained.schedule)  # validate steps against the model's T before any work
     t0 = time.perf_counter()
     x = generate(trained, spec, num, seed=seed, batch_size=batch_size, device=device)
@@ -85,6 +94,23 @@ def sample_to_folder(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "samples.npz", buf.getvalue())
     viz.save_samples(x[:grid], out / "samples.png")
+    if png:
+        write_pngs(arrays["images"], out / "png")
     atomic_write_bytes(out / "sampler.json", json.dumps(settings, indent=2).encode())
     log(f"wrote {num} samples to {out} ({wall:.1f} s, {spec.nfe()} model calls each)")
     return settings
+
+
+def write_pngs(images: np.ndarray, folder: Path) -> None:
+    """uint8 images [N, H, W, C] as ``folder/000000.png`` ...; written into a temporary folder
+    beside it and renamed into place, so that an interrupted run leaves no partial set."""
+    from PIL import Image
+
+    tmp = Path(tempfile.mkdtemp(prefix=".png.", dir=folder.parent))
+    try:
+        for i, img in enumerate(images):
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp / f"{i:06d}.png")
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

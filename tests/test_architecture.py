@@ -38,6 +38,7 @@ LAYERS = {
     "evaluation": 8,
     "verify": 8,
     "demo": 9,
+    "api": 9,
     "cli_checks": 9,
     "cli": 10,
 }

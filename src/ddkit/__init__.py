@@ -1,5 +1,8 @@
 """ddkit: denoising diffusion models (DDPM, DDIM, score SDE), verified against exact ground truth.
 
+``ddkit.train``, ``ddkit.load``, ``ddkit.fid`` and ``ddkit.as_dataset`` are the Python entry
+points (:mod:`ddkit.api`); a loaded model samples in memory with ``.sample(n, ...)``.
+
 The top-level names are imported on first use, so that ``import ddkit.cli`` does not load torch
 before the command line has set up the process (see ``ddkit.cli``)."""
 
@@ -7,6 +10,10 @@ import importlib
 
 __version__ = "0.1.0"
 _LAZY = {
+    "train": "api",
+    "load": "api",
+    "fid": "api",
+    "as_dataset": "api",
     "DATA": "diffusion.schedule",
     "Denoiser": "diffusion.denoiser",
     "NoiseSchedule": "diffusion.schedule",

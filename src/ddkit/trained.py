@@ -62,6 +62,25 @@ class Trained:
         """The model as a :class:`Denoiser`; ``clip_x0`` as in :class:`SampleSpec`."""
         return make_denoiser(self.model, self.config, self.schedule, clip_x0=clip_x0)
 
+    def sample(
+        self,
+        num: int,
+        *,
+        sampler: str = "ddim",
+        steps: int = 50,
+        spacing: str = "trailing",
+        clip_x0: str = "auto",
+        seed: int = 0,
+        batch_size: int = 256,
+        device: str = "cpu",
+        **options,
+    ) -> torch.Tensor:
+        """``num`` samples [num, *shape] in memory (float32, CPU), as ``ddkit sample`` draws
+        them: ``sampler`` on ``steps`` timesteps of ``spacing``, sampler ``options`` such as
+        ``eta=0.0`` (DDIM) or ``variance="fixed_large"`` (DDPM)."""
+        spec = SampleSpec(sampler, steps, spacing, options, clip_x0)
+        return generate(self, spec, num, seed=seed, batch_size=batch_size, device=device)
+
 
 def make_denoiser(
     model: nn.Module, cfg: Config, schedule: NoiseSchedule, clip_x0: str = "auto"
@@ -124,13 +143,8 @@ def _load_diffusers(path, weights: str, device: str) -> Trained:
     cfg = config_from_dict(
         {
             "model": model_config_to_dict(unet),
-            # a diffusers folder names no data set: an image folder stands in (no images in it)
-            "data": {
-                "name": "folder",
-                "path": str(path),
-                "image_size": unet.image_size,
-                "channels": channels,
-            },
+            # a diffusers folder names no data set
+            "data": {"name": "memory", "image_size": unet.image_size, "channels": channels},
             "diffusion": diffusion,
             "train": {"max_steps": 1},  # a diffusers folder records no training run
         }

@@ -19,6 +19,7 @@ from .config import DATA_NAMES, IMAGE_NAMES, TOY_NAMES, DataConfig
 from .idx import FASHION_MNIST_DIR, read_fashion_mnist, read_idx
 from .images import ImageFileDataset
 from .load import load_dataset
+from .memory import as_dataset
 from .toys import make_toy
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "IMAGE_NAMES",
     "TOY_NAMES",
     "ArrayDataset",
+    "as_dataset",
     "DataConfig",
     "DataError",
     "DataWarning",

@@ -18,7 +18,10 @@ __all__ = [
 
 TOY_NAMES = ("swiss_roll", "spiral", "8gaussians", "moons", "checkerboard")
 IMAGE_NAMES = ("digits", "mnist5k", "fashion_mnist", "folder", "hf")
-DATA_NAMES = TOY_NAMES + IMAGE_NAMES
+# "memory": examples handed to ddkit in Python (ddkit.train, Trainer(dataset=...)); nothing
+# loads them from a config, so a run on them is resumed with the same data handed in again
+MEMORY = "memory"
+DATA_NAMES = TOY_NAMES + IMAGE_NAMES + (MEMORY,)
 SPLITS = ("train", "test")
 ON_CORRUPT = ("error", "skip")
 _PATH_REQUIRED = ("folder", "hf")
@@ -33,7 +36,8 @@ def _is_int(value) -> bool:
 class DataConfig:
     """Data set selection; validated on construction (``DataError`` names the bad field).
 
-    name         one of ``DATA_NAMES``: 2-D toys ``TOY_NAMES``, or images ``IMAGE_NAMES``
+    name         one of ``DATA_NAMES``: 2-D toys ``TOY_NAMES``, images ``IMAGE_NAMES``, or
+                 ``"memory"``: examples given in Python, which no config can load
     path         folder of images ('folder'), imagefolder or save_to_disk directory ('hf'),
                  folder of the four IDX files ('fashion_mnist'; default: the Debian package's)
     split        'train' or 'test'.  Fashion-MNIST has its own; toys draw 'test' from an

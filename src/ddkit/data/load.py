@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import ArrayDataset, Dataset, held_out_indices
+from .base import ArrayDataset, DataError, Dataset, held_out_indices
 from .bundled import digits_uint8, mnist5k_uint8
-from .config import SPLITS, DataConfig
+from .config import MEMORY, SPLITS, DataConfig
 from .folder import load_folder
 from .hf import load_hf
 from .idx import read_fashion_mnist
@@ -42,6 +42,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     hf are validated up front and decoded lazily unless they fit the memory cache
     (``ImageFileDataset``).  Raises DataError for anything unusable.
     """
+    if cfg.name == MEMORY:
+        raise DataError(
+            "data 'memory' was handed to ddkit in Python and is not stored with the run; pass it "
+            "again (ddkit.train(..., dataset=...) or Trainer(..., dataset=...))"
+        )
     if cfg.is_toy:
         return _toy(cfg)
     if cfg.name == "digits":

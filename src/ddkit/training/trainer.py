@@ -71,10 +71,10 @@ class Trainer:
     def __init__(
         self, cfg: Config, *, dataset=None, log=print, init: bool = True, overwrite: bool = False
     ):
-        """A new run of ``cfg`` (``init=False``: a resume, see :meth:`from_checkpoint`).  A new
-        run refuses a run folder that holds another run unless ``overwrite``, which deletes the
-        old run's files when :meth:`fit` starts."""
-        from ..data import load_dataset
+        """A new run of ``cfg`` (``init=False``: a resume, see :meth:`from_checkpoint`) on
+        ``dataset`` (any tensor, array or torch Dataset: :func:`ddkit.data.as_dataset`) or else
+        ``cfg.data``.  A new run refuses a folder holding another run unless ``overwrite``."""
+        from ..data import as_dataset, load_dataset
 
         self.cfg, self.log, self.overwrite = cfg, log, overwrite
         self.out = Path(cfg.train.out_dir)
@@ -93,7 +93,7 @@ class Trainer:
                 f"{self.dist.world_size} x train.grad_accum={tr.grad_accum}"
             )
         self.micro = per_rank // tr.grad_accum
-        self.dataset = dataset if dataset is not None else load_dataset(cfg.data)
+        self.dataset = as_dataset(dataset) if dataset is not None else load_dataset(cfg.data)
         check_model_fits_data(cfg, self.dataset.shape)
         self.schedule = cfg.diffusion.make_schedule()
 

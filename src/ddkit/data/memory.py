@@ -1,0 +1,36 @@
+"""Examples handed to ddkit in Python (``ddkit.train``, ``Trainer(dataset=...)``): tensors,
+numpy arrays or torch Datasets as a ddkit :class:`~ddkit.data.base.Dataset` named ``"memory"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import ArrayDataset, DataError, Dataset
+from .config import MEMORY
+
+
+def as_dataset(data) -> Dataset:
+    """A ddkit :class:`~ddkit.data.Dataset` of ``data``: a ddkit Dataset as it is; a tensor or
+    numpy array [N, *shape] (uint8 images, or floats in [-1, 1]); or any map-style torch
+    ``Dataset`` whose items are such arrays or ``(x, label)`` pairs (read once into memory)."""
+    if isinstance(data, Dataset):
+        return data
+    labels = None
+    if isinstance(data, torch.utils.data.Dataset) and not torch.is_tensor(data):
+        if not hasattr(data, "__len__") or len(data) == 0:
+            raise DataError("the torch Dataset is empty or has no length")
+        items = [data[i] for i in range(len(data))]
+        if isinstance(items[0], tuple | list):
+            labels = torch.as_tensor([int(it[1]) for it in items])
+            items = [it[0] for it in items]
+        data = torch.stack([torch.as_tensor(np.asarray(it)) for it in items])
+    x = torch.as_tensor(np.asarray(data)) if not torch.is_tensor(data) else data.detach().cpu()
+    if x.ndim < 2:
+        raise DataError(f"data must be [N, *shape] with N examples, got shape {tuple(x.shape)}")
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise DataError(f"data must be uint8 images or floats in [-1, 1], got {x.dtype}")
+        x = x.float()
+    return ArrayDataset(MEMORY, x, labels=labels)

@@ -49,6 +49,8 @@ def test_as_dataset_takes_tensors_arrays_and_torch_datasets():
         ddkit.as_dataset(x * 3)
     with pytest.raises(DataError, match="uint8 images or floats"):
         ddkit.as_dataset(torch.zeros(3, 2, dtype=torch.long))
+    with pytest.raises(DataError, match="not a tensor, an array or a torch Dataset"):
+        ddkit.as_dataset({"x": 1})
 
 
 def test_train_sample_load_and_resume_from_python(tmp_path):

@@ -15,8 +15,8 @@ def as_dataset(data) -> Dataset:
     """A ddkit :class:`~ddkit.data.Dataset` of ``data``: a ddkit Dataset as it is; a tensor or
     numpy array [N, *shape] (uint8 images, or floats in [-1, 1]); or any map-style torch
     ``Dataset`` whose items are such arrays or ``(x, label)`` pairs (read once into memory)."""
-    if isinstance(data, Dataset):
-        return data
+    if isinstance(data, Dataset) or all(hasattr(data, a) for a in ("get_batch", "shape", "name")):
+        return data  # a ddkit Dataset, or one with its interface
     labels = None
     if isinstance(data, torch.utils.data.Dataset) and not torch.is_tensor(data):
         if not hasattr(data, "__len__") or len(data) == 0:
@@ -25,8 +25,19 @@ def as_dataset(data) -> Dataset:
         if isinstance(items[0], tuple | list):
             labels = torch.as_tensor([int(it[1]) for it in items])
             items = [it[0] for it in items]
-        data = torch.stack([torch.as_tensor(np.asarray(it)) for it in items])
-    x = torch.as_tensor(np.asarray(data)) if not torch.is_tensor(data) else data.detach().cpu()
+        try:
+            data = torch.stack([torch.as_tensor(np.asarray(it)) for it in items])
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise DataError(
+                f"the torch Dataset's items are not arrays of one shape ({e})"
+            ) from None
+    try:
+        x = data.detach().cpu() if torch.is_tensor(data) else torch.as_tensor(np.asarray(data))
+    except (TypeError, ValueError, RuntimeError):
+        kind = type(data).__name__
+        raise DataError(
+            f"data of type {kind} is not a tensor, an array or a torch Dataset"
+        ) from None
     if x.ndim < 2:
         raise DataError(f"data must be [N, *shape] with N examples, got shape {tuple(x.shape)}")
     if x.dtype != torch.uint8:

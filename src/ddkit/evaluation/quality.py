@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -133,8 +134,10 @@ def feature_network(
     log=_LOG,
 ):
     """The features FID is computed on: Inception from a local weights file (``inception``), a
-    given ddkit feature-network file (``feature_net``), or else ddkit's cached classifier for the
-    checkpoint's data set (trained when absent).  Checked against the checkpoint's data."""
+    given ddkit feature-network file (``feature_net``), or else the standard Inception weights
+    where :func:`find_inception` finds them, or else ddkit's cached classifier for the
+    checkpoint's data set (trained when absent).  Which one, and a classifier's test accuracy,
+    is logged.  Checked against the checkpoint's data."""
     from .inception import KNOWN_INCEPTION_FILES, load_inception
 
     if not trained.is_image:
@@ -158,10 +161,53 @@ def feature_network(
             )
     elif feature_net is not None:
         net = load_classifier(feature_net)
+    elif (found := find_inception(cache_dir)) is not None:
+        net = load_inception(found)
+        log(
+            f"FID features: the Inception-v3 weights found at {found} (--feature-net FILE: ddkit's)"
+        )
     else:
         net = classifier_features(trained.config.data, cache_dir=cache_dir, log=log)
+        where = " or ".join(str(d) for d in inception_dirs(cache_dir))
+        log(
+            f"FID features: ddkit's {net.label} classifier, test accuracy {net.test_accuracy:.1%}"
+            f" (no Inception weights in {where}; put pt_inception-2015-12-05-6726825d.pth there,"
+            " or pass --inception FILE, for a FID comparable with published ones)"
+        )
+    if feature_net is not None:
+        log(f"FID features: {net.label} from {feature_net}, test accuracy {net.test_accuracy:.1%}")
     net.check_data(trained.config.data.name, trained.data_shape)
     return net
+
+
+def inception_dirs(cache_dir=None) -> list[Path]:
+    """Where :func:`find_inception` looks: ``<cache>/inception`` (ddkit's cache, default
+    ``~/.cache/ddkit``), then torch hub's checkpoints folder, where pytorch-fid downloads the
+    weights (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``)."""
+    torch_home = os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch"
+    return [
+        Path(cache_dir or default_cache_dir()) / "inception",
+        Path(torch_home) / "hub" / "checkpoints",
+    ]
+
+
+def find_inception(cache_dir=None) -> Path | None:
+    """The first regular file in :func:`inception_dirs` that is the standard FID Inception
+    weights (its sha256 is one of ``KNOWN_INCEPTION_FILES``), or None."""
+    from .features import file_digest
+    from .inception import KNOWN_INCEPTION_FILES
+
+    for folder in inception_dirs(cache_dir):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix in (".pth", ".pt") and path.is_file():
+                try:
+                    if file_digest(path)[:8] in KNOWN_INCEPTION_FILES:
+                        return path
+                except OSError:
+                    continue
+    return None
 
 
 def _data_key(cfg: DataConfig) -> str:

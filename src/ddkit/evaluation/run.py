@@ -206,6 +206,8 @@ def evaluate(
             "path": featnet.path,
             "sha256": featnet.digest,
             "metric": featnet.metric_name,
+            # a classifier's features are only as good as the classifier: always on record
+            "test_accuracy": getattr(featnet, "test_accuracy", None),
         }
         quality = partial(
             sample_quality,

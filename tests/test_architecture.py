@@ -21,6 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ddkit"
 LAYERS = {
     "paths": 0,
     "resources": 0,
+    "progress": 0,
     "diffusion": 1,
     "samplers": 2,
     "cpu": 3,

@@ -71,7 +71,9 @@ def sample_to_folder(
         raise ValueError("--format png needs an image model; this one draws points")
     spec.timesteps(trained.schedule)  # validate steps against the model's T before any work
     t0 = time.perf_counter()
-    x = generate(trained, spec, num, seed=seed, batch_size=batch_size, device=device)
+    x = generate(
+        trained, spec, num, seed=seed, batch_size=batch_size, device=device, progress="sampling"
+    )
     wall = time.perf_counter() - t0
     arrays = {"x": x.numpy()}
     if trained.is_image:

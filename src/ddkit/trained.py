@@ -21,6 +21,7 @@ from .diffusion.schedule import SPACINGS, NoiseSchedule
 from .interop import InteropError, is_diffusers_folder, read_diffusers
 from .memory import check_memory, model_size, schedule_memory
 from .models import model_config_to_dict
+from .progress import Progress
 from .samplers import SAMPLERS, get_sampler
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
@@ -225,7 +226,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    progress=None,
+    progress: str | None = None,
     autocast: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``num`` samples [num, *shape] (float32, CPU).  All initial noise x_T is drawn first from
@@ -233,6 +234,8 @@ def generate(
     give the same samples whatever the batch size; the noise stochastic samplers add inside is
     drawn from a generator seeded by (seed, batch index).  ``autocast``: a lower-precision dtype
     (e.g. torch.bfloat16) for the model calls, as in training; None runs them as they are.
+    ``progress``: a name for the phase, shown with the steps done, rate and ETA when it runs over
+    a few seconds (:class:`ddkit.progress.Progress`); None shows nothing.
 
     ValueError before any model call when an input is not allowed (``seed`` outside
     0..2**63-1, a non-finite option) or when the samples would not fit in the device's memory;
@@ -262,24 +265,45 @@ def generate(
     device_type = torch.device(device).type
     out = []
     batches = range(0, num, batch_size)
-    for b, start in enumerate(batches):
-        gb = torch.Generator(device=device).manual_seed((seed * 1_000_003 + b + 1) % 2**64)
-        x = x_T[start : start + batch_size].to(device)
-        with (
-            torch.autocast(device_type, dtype=autocast)
-            if autocast is not None
-            else contextlib.nullcontext()
-        ):
-            x = sampler(den, x, ts, generator=gb, **spec.options)
-        bad = int((~torch.isfinite(x).flatten(1).all(1)).sum())
-        if bad:
-            raise NonFiniteSamplesError(
-                f"{bad} of {len(x)} samples (batch {b + 1} of {len(batches)}) are NaN or "
-                f"infinite with sampler {spec.sampler}, {spec.steps} {spec.spacing} steps, "
-                f"options {spec.options}, clip_x0 {spec.clip_x0}: the weights are broken (NaN "
-                "or huge values) or the sampler diverges with these settings"
+    bar = Progress(len(batches) * len(ts), progress or "", enabled=progress is not None)
+    try:
+        for b, start in enumerate(batches):
+            out.append(
+                _batch(
+                    sampler,
+                    den,
+                    x_T[start : start + batch_size],
+                    ts,
+                    spec,
+                    b,
+                    len(batches),
+                    seed=seed,
+                    device=device,
+                    device_type=device_type,
+                    autocast=autocast,
+                    callback=lambda *_: bar.update(1),
+                )
             )
-        out.append(x.float().cpu())
-        if progress is not None:
-            progress(len(out[-1]))
+    finally:
+        bar.close()
     return torch.cat(out)
+
+
+def _batch(
+    sampler, den, x, ts, spec, b, n_batches, *, seed, device, device_type, autocast, callback
+) -> torch.Tensor:
+    """Batch ``b`` of :func:`generate`: its own generator, the sampler, the finiteness check."""
+    gb = torch.Generator(device=device).manual_seed((seed * 1_000_003 + b + 1) % 2**64)
+    x = x.to(device)
+    amp = torch.autocast(device_type, dtype=autocast) if autocast is not None else None
+    with amp if amp is not None else contextlib.nullcontext():
+        x = sampler(den, x, ts, generator=gb, callback=callback, **spec.options)
+    bad = int((~torch.isfinite(x).flatten(1).all(1)).sum())
+    if bad:
+        raise NonFiniteSamplesError(
+            f"{bad} of {len(x)} samples (batch {b + 1} of {n_batches}) are NaN or "
+            f"infinite with sampler {spec.sampler}, {spec.steps} {spec.spacing} steps, "
+            f"options {spec.options}, clip_x0 {spec.clip_x0}: the weights are broken (NaN "
+            "or huge values) or the sampler diverges with these settings"
+        )
+    return x.float().cpu()

@@ -79,7 +79,7 @@ def bits_per_dim_vlb(
             **kw,
         )
         parts.append(torch.stack([r.total, r.prior, r.decoder, r.diffusion], 1).cpu())
-        log(f"  vlb: {start + len(xb)}/{len(x0)} images ({time.perf_counter() - t0:.0f} s)")
+        log("  vlb: " + eta_line(start + len(xb), len(x0), time.perf_counter() - t0))
     p = torch.cat(parts)
     mean, se = mean_stderr(p[:, 0])
     names = ("prior L_T", "decoder L_0", "diffusion sum L_1..L_T-1")
@@ -133,7 +133,7 @@ def bits_per_dim_ode(
             generator=gen,
         )
         vals.append(r.bpd.cpu())
-        log(f"  ode: {start + len(xb)}/{len(x0)} images ({time.perf_counter() - t0:.0f} s)")
+        log("  ode: " + eta_line(start + len(xb), len(x0), time.perf_counter() - t0))
     per_image = torch.cat(vals)
     mean, se = mean_stderr(per_image)
     deq = "uniform dequantization U(-1/255, 1/255) + log2(127.5)" if data.quantized else "density"
@@ -141,3 +141,9 @@ def bits_per_dim_ode(
     return BPDResult(
         "ode", mean, se, len(x0), split, detail, per_image=[round(float(v), 6) for v in per_image]
     )
+
+
+def eta_line(done: int, total: int, seconds: float) -> str:
+    """'k/n images (s s, ETA e s)': the work done so far and the time left at this rate."""
+    eta = seconds / done * (total - done) if done else float("nan")
+    return f"{done}/{total} images ({seconds:.0f} s, ETA {eta:.0f} s)"

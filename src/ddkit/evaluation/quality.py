@@ -299,7 +299,8 @@ def sample_quality(
 ) -> QualityResult:
     """FID and KID of ``num`` samples of ``spec`` against reference features."""
     t0 = time.perf_counter()
-    x = generate(trained, spec, num, seed=seed, batch_size=batch_size, device=device)
+    desc = f"sampling ({spec.sampler}, {spec.steps} steps)"
+    x = generate(trained, spec, num, seed=seed, batch_size=batch_size, device=device, progress=desc)
     wall = time.perf_counter() - t0
     if samples_out is not None:
         from .. import viz

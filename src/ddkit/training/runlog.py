@@ -19,6 +19,7 @@ import torch
 
 from .. import viz
 from ..paths import append_bytes, atomic_write_bytes
+from ..progress import Progress
 
 N_BUCKETS = 10  # loss-by-timestep buckets in the logs
 TENSORBOARD_SCALARS = ("loss", "lr", "grad_norm", "images_per_s")
@@ -154,11 +155,8 @@ class RunLog:
 
 
 def progress_bar(total: int, initial: int, enabled: bool = True):
-    """A tqdm bar over optimizer steps (rate and ETA), or None if disabled or tqdm is missing."""
+    """Progress over optimizer steps (rate and ETA: a bar on a terminal, a line every 10 s
+    elsewhere), or None if disabled."""
     if not enabled:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+    return Progress(total, "train", initial=initial, delay=0.0)

@@ -35,6 +35,7 @@ from ..paths import atomic_write_bytes
 from ..trained import SampleSpec, Trained, generate
 from . import distributed as D
 from . import runfolder, state
+from .device import autocast_dtype, pick_device
 from .ema import EMA
 from .optim import lr_at, lr_schedule_meta, make_optimizer
 from .runlog import RunLog, progress_bar
@@ -44,15 +45,6 @@ from .validate import check_resume, optimizer_groups, resume_config
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; names the step, the timesteps and the last checkpoint."""
-
-
-def pick_device(name: str) -> torch.device:
-    """The torch device for ``train.device`` (auto: CUDA if available, else CPU)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device='cuda' but no CUDA device is available; allowed: auto, cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def check_model_fits_data(cfg: Config, shape: tuple[int, ...]) -> None:
@@ -249,8 +241,7 @@ class Trainer:
             while self.step < end:
                 out = self.train_step()
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+                    bar.update(1, loss=f"{out['loss']:.4f}")
                 if self.step % tr.log_every == 0 or self.step == tr.max_steps:
                     ema_decay = self.ema.current_decay() if self.ema else None
                     self.runlog.record(self.step, self.lr_at(self.step - 1), ema_decay)
@@ -292,6 +283,7 @@ class Trainer:
             batch_size=num,
             device=self.device,
             autocast=self.amp_dtype,
+            progress=f"preview grid ({weights} weights)",
         )
 
     def save_sample_grids(self) -> None:
@@ -388,13 +380,3 @@ class Trainer:
         trainer = cls(cfg, dataset=dataset, log=log, init=False)
         trainer.load_state(tensors, meta)
         return trainer
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.precision`` on ``device``: bf16 if asked for, or on
-    ``auto`` with a CUDA device that supports it; else None (fp32)."""
-    if precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    ):
-        return torch.bfloat16
-    return None

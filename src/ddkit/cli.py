@@ -203,6 +203,7 @@ def _cmd_features(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``ddkit`` argument parser: one sub-command per command, each setting ``args.func``."""
     p = Parser(prog="ddkit", description="Denoising diffusion models, verified.")
     p.add_argument("--version", action="version", version=f"ddkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)

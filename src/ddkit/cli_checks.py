@@ -50,12 +50,14 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args, **kwargs):
+        """As argparse's, but an option with a default and no help gets ``default: ...`` as help."""
         action = super().add_argument(*args, **kwargs)
         if action.help is None and action.option_strings:  # argparse shows nothing for these
             action.help = HelpFormatter(self.prog)._get_help_string(action) or None
         return action
 
     def error(self, message):
+        """Exit with status 2 after one line on stderr: the message and a pointer to ``--help``."""
         self.exit(2, one_line(f"{self.prog}: error: {message} (see --help)") + "\n")
 
 

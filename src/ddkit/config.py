@@ -1,7 +1,6 @@
 """Training configuration: frozen dataclasses, read from TOML files plus ``key=value`` overrides,
-saved inside every checkpoint and read back by sampling.
-
-A config file has one table per section::
+saved inside every checkpoint and read back by sampling.  Unknown sections or keys are errors
+naming the key and the allowed ones.  A config file has one table per section::
 
     [model]            # a preset name and/or the fields of UNetConfig / MLPConfig
     preset = "ddpm-28"
@@ -11,8 +10,6 @@ A config file has one table per section::
     [diffusion]        # DiffusionConfig
     [optim]            # OptimConfig
     [train]            # TrainSection
-
-Unknown sections or keys are errors naming the key and the allowed ones.
 """
 
 from __future__ import annotations
@@ -103,6 +100,7 @@ class DiffusionConfig:
             raise ConfigError("diffusion.variance='learned_range' needs loss 'hybrid' or 'vlb'")
 
     def make_schedule(self):
+        """The :class:`NoiseSchedule` these settings describe (schedule, T, terminal SNR)."""
         from .diffusion.schedule import NoiseSchedule
 
         return NoiseSchedule.make(self.schedule, self.T, zero_terminal_snr=self.zero_terminal_snr)
@@ -113,6 +111,8 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """The optimizer, learning-rate schedule, gradient clipping and EMA of the weights."""
+
     name: str = "adam"  # adam | adamw
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -144,6 +144,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainSection:
+    """The training loop: steps, batch, seed, run folder, device, logs, checkpoints, samples."""
+
     max_steps: int = 0  # required: the number of optimizer steps
     batch_size: int = 128  # global batch (over all ranks and accumulation micro-batches)
     grad_accum: int = 1
@@ -194,6 +196,8 @@ class TrainSection:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole training config: model, data, diffusion, optim and train, checked together."""
+
     model: object  # a ddkit.models config (UNetConfig | MLPConfig)
     data: DataConfig
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -221,8 +225,7 @@ _MODEL_ARCHS = {"unet": UNetConfig, "mlp": MLPConfig}
 
 
 def _coerce(key: str, hint, value):
-    """``value`` (from TOML / JSON) as the dataclass field type ``hint``, or ConfigError.
-    Integers must fit in 64 bits and floats must be finite."""
+    """``value`` (TOML / JSON) as the type ``hint`` (64-bit ints, finite floats), or ConfigError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -328,8 +331,7 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def _parse_toml(text: str, where: str) -> dict:
-    """The TOML document ``text``; ConfigError naming ``where`` for invalid TOML, and for keys
-    nested more than ``MAX_KEY_DEPTH`` deep or values nested too deep to parse."""
+    """The TOML document ``text``; ConfigError naming ``where`` if invalid or nested too deep."""
     if _DEEP_KEY.search(text):
         raise ConfigError(f"{where}: a key is nested more than {MAX_KEY_DEPTH} levels deep")
     try:
@@ -341,8 +343,7 @@ def _parse_toml(text: str, where: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
-    """``'optim.lr=1e-4'`` -> (['optim', 'lr'], 1e-4).  The value is read as a TOML value
-    (numbers, booleans, quoted strings, [lists]); anything else is taken as a bare string."""
+    """``'optim.lr=1e-4'`` -> (['optim', 'lr'], 1e-4): a TOML value, or else the bare string."""
     if "=" not in text:
         raise ConfigError(f"override {short(text)} must look like section.key=value")
     key, raw = text.split("=", 1)

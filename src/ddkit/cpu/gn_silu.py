@@ -230,6 +230,8 @@ class GroupNormSiLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, shift, weight, bias, groups, eps, threshold, scale, seed):
+        """y [N, C, H, W] in x's layout; saves the inputs, the group mean and rstd [N, groups]
+        and the dropout mask for the backward."""
         lib = library()
         x, nhwc = _layout(x)
         n, c, h, w = x.shape
@@ -253,6 +255,7 @@ class GroupNormSiLUFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
+        """(dx, dshift, dweight, dbias) from dy by the fused kernel; None for the other inputs."""
         lib = library()
         x, shift, weight, bias, mean, rstd, keep = ctx.saved_tensors
         groups, nhwc, scale = ctx.config

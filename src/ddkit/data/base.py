@@ -138,5 +138,6 @@ class ArrayDataset(Dataset):
         return int(self._data.shape[0])
 
     def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices: integer tensor [B] -> float32 [B, *shape] in [-1, 1]; one indexing operation."""
         x = self._data[as_index_tensor(indices)]
         return uint8_to_float(x) if self.quantized else x  # indexing already copies

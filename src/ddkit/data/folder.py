@@ -87,9 +87,11 @@ class FolderSource:
         return len(self.files)
 
     def open(self, i: int) -> Image.Image:
+        """PIL's (lazy) image of file i (:func:`open_image_file`)."""
         return open_image_file(self.files[i])
 
     def item_name(self, i: int) -> str:
+        """The path of file i."""
         return self.files[i]
 
 

@@ -61,6 +61,8 @@ class HFSource:
         return cell
 
     def open(self, i: int) -> Image.Image:
+        """PIL's (lazy) image of row i: from its stored bytes, else its file path (ValueError if
+        it has neither)."""
         cell = self._cell(i)
         if cell.get("bytes") is not None:
             return Image.open(io.BytesIO(cell["bytes"]))
@@ -69,6 +71,7 @@ class HFSource:
         raise ValueError("image cell has neither bytes nor a path")
 
     def item_name(self, i: int) -> str:
+        """Row i's file path when the image is read from one, else the set and row number."""
         try:
             cell = self._table[int(i)][self._column]
         except Exception:

@@ -297,6 +297,8 @@ class ImageFileDataset(Dataset):
         return len(self._items)
 
     def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices: integer tensor [B] -> float32 [B, *shape] in [-1, 1], from the cache or
+        decoded now (DataError if an image no longer reads)."""
         idx = as_index_tensor(indices)
         if self._cache is not None:
             return uint8_to_float(self._cache[idx])

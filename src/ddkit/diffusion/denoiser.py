@@ -118,18 +118,21 @@ class Estimate:
 
     @classmethod
     def of(cls, x_t: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor) -> Estimate:
+        """An Estimate holding an explicit (eps, x0) pair at x_t (from any denoiser callable)."""
         est = cls(x_t, None)
         est._eps, est._x0 = eps, x0
         return est
 
     @property
     def x0(self) -> torch.Tensor:
+        """x0_hat, shaped like x_t: formed on first access and kept (or as given to :meth:`of`)."""
         if self._x0 is None:
             self._x0 = self._affine(self._x0_coef)
         return self._x0
 
     @property
     def eps(self) -> torch.Tensor:
+        """eps_hat, shaped like x_t: formed on first access and kept (or as given to :meth:`of`)."""
         if self._eps is None:
             self._eps = self._affine(self._eps_coef)
         return self._eps

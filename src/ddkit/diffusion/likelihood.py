@@ -42,6 +42,7 @@ class VLBResult:
 
     @property
     def decoder(self) -> torch.Tensor:
+        """L_0, the decoder term, [N]."""
         return self.terms[:, 0]
 
     @property

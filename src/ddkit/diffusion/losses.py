@@ -41,6 +41,7 @@ _LN2 = math.log(2.0)
 
 
 def check_x0(x0) -> None:
+    """ValueError unless ``x0`` is a floating-point [N x ...] tensor (at least 2-D)."""
     if not torch.is_tensor(x0) or not x0.is_floating_point() or x0.ndim < 2:
         shape = tuple(x0.shape) if torch.is_tensor(x0) else type(x0).__name__
         raise ValueError(f"x0 must be a floating-point [N x ...] tensor, got {shape}")
@@ -60,6 +61,8 @@ class _Parse(enum.Enum):
 
 
 class LossType(_Parse):
+    """The training loss: L_simple, the variational bound, or their sum (hybrid)."""
+
     SIMPLE = "simple"  # L_simple: MSE on the prediction target (DDPM Algorithm 1, eq. 14)
     VLB = "vlb"  # the variational bound, estimated as T * L_t for the sampled t
     HYBRID = "hybrid"  # L_simple + lambda L_vlb, mean stop-gradient in L_vlb (improved DDPM eq. 16)

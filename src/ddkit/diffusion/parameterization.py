@@ -16,12 +16,15 @@ import torch
 
 
 class Prediction(enum.Enum):
+    """What the network predicts: eps, x0 or v = a eps - s x0."""
+
     EPS = "eps"
     X0 = "x0"
     V = "v"
 
     @classmethod
     def parse(cls, value: str | Prediction) -> Prediction:
+        """The member named by ``value`` (a member or its string value)."""
         if isinstance(value, Prediction):
             return value
         try:
@@ -48,10 +51,12 @@ class Prediction(enum.Enum):
 
 
 def eps_to_x0(eps, x_t, a, s):
+    """x0 = (x_t - s eps) / a, with a = sqrt(alpha_bar_t) and s = sqrt(1 - alpha_bar_t)."""
     return (x_t - s * eps) / a
 
 
 def x0_to_eps(x0, x_t, a, s):
+    """eps = (x_t - a x0) / s, with a = sqrt(alpha_bar_t) and s = sqrt(1 - alpha_bar_t)."""
     return (x_t - a * x0) / s
 
 

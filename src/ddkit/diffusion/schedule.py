@@ -141,6 +141,7 @@ class NoiseSchedule:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def make(cls, name: str = "linear", T: int = _DEFAULT_T, *, zero_terminal_snr: bool = False):
+        """Schedule ``name`` (:func:`make_betas`) with T steps, optionally at zero terminal SNR."""
         betas = make_betas(name, T)
         if zero_terminal_snr:
             betas = rescale_zero_terminal_snr(betas)
@@ -148,6 +149,7 @@ class NoiseSchedule:
 
     @property
     def T(self) -> int:
+        """The number of timesteps, len(betas)."""
         return int(self.betas.size)
 
     # -- scalar access (samplers) -----------------------------------------------------------

@@ -52,12 +52,16 @@ class VPSDE:
 
 @dataclass
 class ReverseVPSDE:
+    """The reverse-time VP-SDE of ``sde``, or with ``probability_flow`` its probability-flow
+    ODE, driven by ``denoiser(x, t) -> (eps, x0)``."""
+
     sde: VPSDE
     denoiser: object
     probability_flow: bool
 
     @property
     def diffusion(self) -> float:
+        """The diffusion coefficient c: 1 for the SDE, 0 for the probability-flow ODE."""
         return 0.0 if self.probability_flow else 1.0
 
     def drift(self, x: torch.Tensor, t: int):
@@ -69,5 +73,6 @@ class ReverseVPSDE:
         return torch.add(self.sde.drift(x), eps, alpha=k / s), x0
 
     def score(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """grad log q(x_t) = -eps_hat / sqrt(1 - alpha_bar_t) at index t, shaped like x."""
         eps, _ = self.denoiser(x, t)
         return eps / -math.sqrt(1.0 - self.sde.schedule.alpha_bar(t))

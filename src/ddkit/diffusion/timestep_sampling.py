@@ -61,9 +61,12 @@ class LossSecondMomentSampler(UniformSampler):
 
     @property
     def warmed_up(self) -> bool:
+        """True once every t has ``history`` losses (until then p is uniform)."""
         return bool((self._count >= self.history).all())
 
     def probabilities(self) -> torch.Tensor:
+        """p_t, [T] float64, summing to 1: proportional to sqrt(E[L_t^2]) mixed with uniform
+        once warmed up (and while some loss is positive), else uniform."""
         if not self.warmed_up:
             return super().probabilities()
         p = self._losses.pow(2).mean(dim=1).sqrt()

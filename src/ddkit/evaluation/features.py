@@ -72,6 +72,7 @@ class Classifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(64, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits [N, num_classes] of images [N, C, H, W]."""
         return self.head(self.body(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ class FeatureStats:
 
     @property
     def dim(self) -> int:
+        """The feature dimension d."""
         return self.mu.shape[0]
 
 
@@ -80,6 +81,9 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 
 @dataclass(frozen=True)
 class KIDResult:
+    """KID: mean and std (NaN for one subset) of the unbiased MMD^2 over ``subsets`` random
+    subsets of ``subset_size`` features from each set."""
+
     mean: float
     std: float  # over subsets
     subsets: int

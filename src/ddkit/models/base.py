@@ -19,9 +19,13 @@ class ModelConfig(Protocol):
 
     learn_sigma: bool
 
-    def input_shape(self) -> tuple[int, ...]: ...
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example: ``(C, H, W)`` for images, ``(D,)`` for vectors."""
+        ...
 
-    def build(self) -> nn.Module: ...
+    def build(self) -> nn.Module:
+        """A freshly initialised network of this architecture."""
+        ...
 
 
 def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:

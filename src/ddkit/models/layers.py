@@ -71,6 +71,7 @@ class GroupNormSiLU(nn.GroupNorm):
         shift: torch.Tensor | None = None,
         dropout: nn.Dropout | None = None,
     ) -> torch.Tensor:
+        """x [N, C, H, W], shift [N, C] or None -> [N, C, H, W]; ``dropout`` only in training."""
         p = dropout.p if dropout is not None and dropout.training else 0.0
         if cpu.fast_path("gn_silu", x, shift, self.weight, self.bias) and cpu.kernel_applies(
             x, self.weight, self.num_groups, shift
@@ -95,6 +96,7 @@ class Conv3x3(nn.Conv2d):
         super().__init__(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C_in, H, W] -> [N, C_out, H, W]."""
         if cpu.fast_path("winograd", x, self.weight, self.bias) and cpu.winograd_pays(
             x, self.in_channels, self.out_channels
         ):
@@ -137,6 +139,7 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """x [N, C_in, H, W], emb [N, E] (after its SiLU) -> [N, C_out, H, W]."""
         h = self.conv1(self.norm1(x))
         h = self.conv2(self.norm2(h, shift=self.emb_proj(emb), dropout=self.dropout))
         return self.skip(x) + h
@@ -162,6 +165,7 @@ class AttentionBlock(nn.Module):
         self.proj = zero_(nn.Linear(channels, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] -> [N, C, H, W]: x plus the attention output."""
         n, c, h, w = x.shape
         heads = self.num_heads
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # [N, H*W, C]
@@ -189,6 +193,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] -> [N, C, H/2, W/2]."""
         if self.padding == 0:
             x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
@@ -207,6 +212,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, H, W] -> [N, C, 2H, 2W]."""
         if cpu.fast_path("subpixel", x, self.conv.weight) and cpu.subpixel_pays(x):
             return cpu.upsample_conv(x, self.conv.weight, self.conv.bias)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -48,6 +48,7 @@ class MLPConfig:
 
     @property
     def out_dim(self) -> int:
+        """Output width: D, or 2D with ``learn_sigma`` (eps and the variance interpolation v)."""
         return 2 * self.dim if self.learn_sigma else self.dim
 
     def input_shape(self) -> tuple[int]:
@@ -55,9 +56,11 @@ class MLPConfig:
         return (self.dim,)
 
     def replace(self, **changes) -> MLPConfig:
+        """A copy with the fields in ``changes`` replaced (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def build(self) -> MLP:
+        """A freshly initialised :class:`MLP` of this architecture."""
         return MLP(self)
 
 
@@ -94,6 +97,8 @@ class MLP(nn.Module):
         self.out = nn.Linear(cfg.hidden, cfg.out_dim)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x [N, D] float, t [N] long -> [N, D] (or [N, 2D] with ``learn_sigma``); ValueError
+        for other shapes."""
         cfg = self.config
         if x.ndim != 2 or x.shape[1] != cfg.dim:
             raise ValueError(

@@ -129,6 +129,7 @@ class UNetConfig:
 
     @property
     def out_channels(self) -> int:
+        """C_out: C, or 2C with ``learn_sigma`` (eps and the variance interpolation v)."""
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
     def input_shape(self) -> tuple[int, int, int]:
@@ -136,9 +137,11 @@ class UNetConfig:
         return (self.in_channels, self.image_size, self.image_size)
 
     def replace(self, **changes) -> UNetConfig:
+        """A copy with the fields in ``changes`` replaced (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def build(self) -> UNet:
+        """A freshly initialised :class:`UNet` of this architecture."""
         return UNet(self)
 
 
@@ -204,6 +207,8 @@ class UNet(nn.Module):
         self.conv_out = zero_(nn.Conv2d(width, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x [N, C, H, W] float, t [N] long -> [N, C_out, H, W]; ValueError for shapes that do
+        not match the config."""
         cfg = self.config
         if x.ndim != 4 or tuple(x.shape[1:]) != cfg.input_shape():
             raise ValueError(

@@ -17,6 +17,9 @@ from .stochastic import langevin_correct, sample_euler_maruyama, sample_pc
 
 @dataclass(frozen=True)
 class SamplerInfo:
+    """A named sampler: ``fn``, the ``options`` it is always called with, and
+    ``model_calls(steps, options)``, its cost in model evaluations.  Calling it calls ``fn``."""
+
     fn: Callable
     options: dict = field(default_factory=dict)  # fixed options passed to fn
     model_calls: Callable[[int, dict], int] = lambda steps, opts: steps  # noqa: E731
@@ -42,6 +45,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
 
 
 def get_sampler(name: str) -> SamplerInfo:
+    """The :class:`SamplerInfo` of ``name`` in ``SAMPLERS``; ValueError naming the allowed ones."""
     try:
         return SAMPLERS[name]
     except KeyError:

@@ -61,6 +61,7 @@ def randn_like(
 
 
 def check_nonneg(name: str, value: float) -> float:
+    """``value`` as a float; ValueError unless it is >= 0 (NaN is refused)."""
     v = float(value)
     if not v >= 0.0:  # also rejects NaN
         raise ValueError(f"{name}={value!r} must be >= 0")

@@ -17,16 +17,20 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in the run; the defaults (rank 0 of 1) mean a single process."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0, the one rank that writes files."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """True when more than one process takes part."""
         return self.world_size > 1
 
 
@@ -45,11 +49,13 @@ def setup(device_kind: str) -> DistInfo:
 
 
 def teardown() -> None:
+    """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``x`` summed over all ranks in place, and returned (unchanged in a single process)."""
     if info.enabled:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
@@ -79,5 +85,6 @@ def _nccl() -> bool:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait until every rank gets here (returns at once in a single process)."""
     if info.enabled:
         dist.barrier()

@@ -131,6 +131,7 @@ def write_run_record(folder: Path, run_id: str) -> None:
 
 
 def describe(folder: Path, held: tuple[str | None, int | None]) -> str:
+    """A phrase naming what ``folder`` holds, from ``held`` = :func:`held_run`'s (run_id, step)."""
     run_id, step = held
     if run_id is None and step is None:
         return f"folder {str(folder)!r} holds the files of a ddkit run without a checkpoint"
@@ -220,6 +221,7 @@ class RunFolderLock:
         self.fd = fd
 
     def release(self) -> None:
+        """Drop the lock by closing its file; nothing to do when it is not held."""
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None

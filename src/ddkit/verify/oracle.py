@@ -54,10 +54,12 @@ class GaussianMixture:
 
     @property
     def dim(self) -> int:
+        """d, the dimension of the data."""
         return int(self.means.shape[1])
 
     @property
     def n_components(self) -> int:
+        """K, the number of components."""
         return int(self.weights.shape[0])
 
     # -- sampling -----------------------------------------------------------------------------
@@ -90,6 +92,8 @@ class GaussianMixture:
         return torch.logsumexp(logn + torch.log(self.weights)[None], dim=1)
 
     def responsibilities(self, x: torch.Tensor, alpha_bar: float = 1.0) -> torch.Tensor:
+        """r_k(x) [n, K]: the posterior probability of each component given x_t = x at
+        alpha_bar, float64."""
         logn, _, _ = self._component_terms(x, alpha_bar)
         return torch.softmax(logn + torch.log(self.weights)[None], dim=1)
 

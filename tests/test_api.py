@@ -80,3 +80,28 @@ def test_fid_of_two_gaussian_samples_is_their_frechet_distance():
         ddkit.fid(a, b)
     with pytest.raises(ValueError, match="differ in shape"):
         ddkit.fid(a, np.zeros((5, 3)), features=lambda v: v)
+
+
+def test_as_dataset_takes_a_tensordataset_and_refuses_bad_labels_and_nan():
+    x = torch.rand(6, 2) * 2 - 1
+    ds = ddkit.as_dataset(torch.utils.data.TensorDataset(x))  # items are 1-tuples
+    assert torch.equal(ds.get_batch(torch.arange(6)), x) and ds.labels is None
+    labelled = ddkit.as_dataset(torch.utils.data.TensorDataset(x, torch.arange(6)))
+    assert torch.equal(labelled.labels, torch.arange(6))
+    with pytest.raises(DataError, match="one integer class index"):
+        ddkit.as_dataset(Pairs(x, ["a"] * 6))
+    with pytest.raises(DataError, match="NaN"):
+        ddkit.as_dataset(torch.full((3, 2), float("nan")))
+
+
+def test_train_from_a_toml_file_with_a_dataset_records_memory_data(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[model]\npreset = "mlp-2d"\nhidden = 16\ndepth = 1\ntime_dim = 8\n'
+        '[data]\nname = "folder"\npath = "/nowhere"\nimage_size = 28\n'
+        "[diffusion]\nT = 25\n[optim]\nwarmup_steps = 0\n"
+        "[train]\nmax_steps = 1\nbatch_size = 8\nsample_every = 0\nprogress = false\n"
+    )
+    x = torch.rand(16, 2) * 2 - 1
+    trained = ddkit.train(toml, dataset=x, out_dir=tmp_path / "r", log=lambda s: None)
+    assert trained.config.data.name == "memory" and trained.config.data.image_size is None

@@ -324,3 +324,64 @@ def test_export_refuses_what_diffusers_cannot_express_before_writing(tmp_path, c
     assert main(["export", str(_tiny_checkpoint(tmp_path)), str(tmp_path / "full")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
     assert json.dumps(sorted(p.name for p in (tmp_path / "full").iterdir())) == '["x"]'
+
+
+def _edit_json(path: Path, **changes) -> None:
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    ("file", "changes", "words"),
+    [
+        ("scheduler/scheduler_config.json", {"_class_name": "EDMEulerScheduler"}, "_class_name"),
+        ("scheduler/scheduler_config.json", {"prediction_type": ["epsilon"]}, "prediction_type"),
+        ("scheduler/scheduler_config.json", {"trained_betas": {"a": 1}}, "trained_betas"),
+        ("scheduler/scheduler_config.json", {"beta_schedule": None}, "beta_schedule"),
+        ("unet/config.json", {"norm_eps": [1e-6]}, "norm_eps"),
+        ("unet/config.json", {"down_block_types": [["DownBlock2D"]] * 4}, "down_block_types"),
+        ("unet/config.json", {"layers_per_block": 10**9}, "layers_per_block"),
+        ("unet/config.json", {"block_out_channels": [16] * 5000}, "block_out_channels"),
+        ("unet/config.json", {"in_channels": 4, "out_channels": 4}, "in_channels=4"),
+        ("model_index.json", {"_class_name": "LDMPipeline"}, "LDMPipeline"),
+    ],
+)
+def test_hostile_or_foreign_folders_are_refused_in_one_line(tmp_path, capsys, file, changes, words):
+    folder = _pipeline(tmp_path / "p")
+    _edit_json(folder / file, **changes)
+    argv = ["sample", str(folder), "--steps", "2", "--num", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and len(err) < 600
+    assert words in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_weights_that_do_not_fit_their_config_are_refused(tmp_path, capsys):
+    folder = _pipeline(tmp_path / "p")
+    path = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    del state["conv_in.weight"]
+    save_file(state, path)
+    argv = ["sample", str(folder), "--steps", "2", "--num", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "lacks 'conv_in.weight'" in capsys.readouterr().err
+
+
+def test_export_checks_its_output_and_the_ddim_pipeline_first(tmp_path, capsys):
+    path = _tiny_checkpoint(tmp_path, learn_sigma=True)
+    assert main(["export", str(path), str(tmp_path / "o"), "--sampler", "ddim"]) == 2
+    assert "DDPMPipeline only" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["export", str(path), str(tmp_path / "file" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "out" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_of_a_diffusers_folder_says_it_names_no_data(tmp_path, capsys):
+    folder = _pipeline(tmp_path / "p")
+    assert main(["eval", str(folder), "--bpd", "--out", str(tmp_path / "e")]) == 2
+    assert "names no data set" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

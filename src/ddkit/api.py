@@ -10,13 +10,12 @@ memory, measure FID.  The command line is built on the same pieces.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import Config, config_from_dict, load_config
+from .config import Config, config_from_dict, config_to_dict, read_config_file
 from .data import Dataset, as_dataset
 from .data.base import uint8_to_float
 from .data.config import MEMORY
@@ -24,23 +23,28 @@ from .trained import Trained, load_trained
 
 
 def _config(config, dataset: Dataset | None, out_dir) -> Config:
+    """The run's config; with a ``dataset``, its ``[data]`` is ``"memory"`` (keeping only
+    ``hflip``): the other keys would describe a data set that is not the one trained on."""
     if isinstance(config, Config):
-        cfg = config
+        d = config_to_dict(config)
     elif isinstance(config, dict):
-        d = dict(config)
-        if dataset is not None:
-            d.setdefault("data", {"name": MEMORY})
-        cfg = config_from_dict(d)
-    elif isinstance(config, str | Path) or isinstance(config, list | tuple):
-        paths = [config] if isinstance(config, str | Path) else list(config)
-        cfg = load_config(paths, [])
+        d = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    elif isinstance(config, str | Path | list | tuple):
+        d = {}
+        for f in [config] if isinstance(config, str | Path) else list(config):
+            for name, table in read_config_file(f).items():
+                old = d.get(name)
+                d[name] = (
+                    {**old, **table} if isinstance(old, dict) and isinstance(table, dict) else table
+                )
     else:
         raise TypeError(f"config must be a Config, a dict or TOML path(s), not {type(config)}")
-    if dataset is not None and cfg.data.name != MEMORY:  # the data given is the data trained on
-        cfg = replace(cfg, data=replace(cfg.data, name=MEMORY, path=None))
+    if dataset is not None:
+        data = d.get("data") if isinstance(d.get("data"), dict) else {}
+        d["data"] = {"name": MEMORY, **({"hflip": data["hflip"]} if "hflip" in data else {})}
     if out_dir is not None:
-        cfg = replace(cfg, train=replace(cfg.train, out_dir=str(out_dir)))
-    return cfg
+        d["train"] = {**(d.get("train") or {}), "out_dir": str(out_dir)}
+    return config_from_dict(d)
 
 
 def train(config, *, dataset=None, out_dir=None, overwrite: bool = False, log=print) -> Trained:

@@ -13,6 +13,7 @@ from pathlib import Path
 from .config import config_to_dict
 from .interop import InteropError, write_diffusers
 from .models import UNetConfig
+from .resources import check_output_folder
 from .trained import load_trained
 
 
@@ -22,8 +23,8 @@ def export_diffusers(
     """Write the U-Net of ``checkpoint`` (a file or run folder; its EMA or online ``weights``)
     as a diffusers pipeline folder ``out``, which must not exist or be empty.  ValueError,
     with nothing written, for a model diffusers' UNet2DModel cannot express."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    out = check_output_folder(out, "out")  # can be a folder (before the checkpoint is read)
+    if out.exists() and any(out.iterdir()):
         raise InteropError(f"--out {str(out)!r} exists and is not an empty folder")
     if sampler not in ("ddpm", "ddim"):
         raise InteropError(f"--sampler {sampler!r} is not allowed; allowed: ddpm, ddim")

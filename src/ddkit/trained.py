@@ -73,12 +73,16 @@ class Trained:
         clip_x0: str = "auto",
         seed: int = 0,
         batch_size: int = 256,
-        device: str = "cpu",
+        device: str | None = None,
         **options,
     ) -> torch.Tensor:
         """``num`` samples [num, *shape] in memory (float32, CPU), as ``ddkit sample`` draws
         them: ``sampler`` on ``steps`` timesteps of ``spacing``, sampler ``options`` such as
-        ``eta=0.0`` (DDIM) or ``variance="fixed_large"`` (DDPM)."""
+        ``eta=0.0`` (DDIM) or ``variance="fixed_large"`` (DDPM).  ``device``: where to run
+        (the model moves there); default: where the model is."""
+        if device is None:
+            device = next(self.model.parameters()).device
+        self.model.to(device)
         spec = SampleSpec(sampler, steps, spacing, options, clip_x0)
         return generate(self, spec, num, seed=seed, batch_size=batch_size, device=device)
 
@@ -139,25 +143,40 @@ def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") ->
 
 
 def _load_diffusers(path, weights: str, device: str) -> Trained:
-    unet, diffusion, state = read_diffusers(path)
-    channels = unet.in_channels if unet.in_channels in (1, 3) else None
+    def fits(unet) -> int:  # before the weights are read: the model fits; their largest size
+        if unet.in_channels not in (1, 3):
+            raise InteropError(
+                f"{str(path)!r}: in_channels={unet.in_channels}; ddkit's image models have 1 or "
+                "3 channels (a latent-diffusion UNet needs its autoencoder, which ddkit lacks)"
+            )
+        params = model_size(unet)[0]
+        check_memory({"model": 4 * params}, "cpu", f"the model of {str(path)!r}", hint)
+        return 8 * params + 2**24  # float64 weights and a generous header
+
+    hint = "its config is not one this machine can hold"
+    unet, diffusion, state = read_diffusers(path, check=fits)
+    where = f"the noise schedule of {str(path)!r}"
+    check_memory({"schedule": schedule_memory(diffusion["T"])}, "cpu", where, hint)
     cfg = config_from_dict(
         {
             "model": model_config_to_dict(unet),
             # a diffusers folder names no data set
-            "data": {"name": "memory", "image_size": unet.image_size, "channels": channels},
+            "data": {"name": "memory", "image_size": unet.image_size, "channels": unet.in_channels},
             "diffusion": diffusion,
             "train": {"max_steps": 1},  # a diffusers folder records no training run
         }
     )
-    check_memory(
-        {"model": 4 * model_size(unet)[0], "schedule": schedule_memory(diffusion["T"])},
-        "cpu",
-        f"the model of {str(path)!r}",
-        "its config is not one this machine can hold",
-    )
     model = unet.build()
     own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or extra:
+        what = (
+            f"lacks {missing[0]!r}" if missing else f"has {extra[0]!r}, which it has no place for"
+        )
+        raise InteropError(
+            f"{str(path)!r}: the weights do not fit the UNet its config describes: "
+            f"it {what} (in ddkit's names)"
+        )
     for name, t in state.items():  # the config is the weights' own: check it, cast float only
         if t.shape != own[name].shape or not t.is_floating_point():
             raise InteropError(

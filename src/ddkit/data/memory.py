@@ -15,15 +15,17 @@ def as_dataset(data) -> Dataset:
     """A ddkit :class:`~ddkit.data.Dataset` of ``data``: a ddkit Dataset as it is; a tensor or
     numpy array [N, *shape] (uint8 images, or floats in [-1, 1]); or any map-style torch
     ``Dataset`` whose items are such arrays or ``(x, label)`` pairs (read once into memory)."""
-    if isinstance(data, Dataset) or all(hasattr(data, a) for a in ("get_batch", "shape", "name")):
-        return data  # a ddkit Dataset, or one with its interface
+    duck = ("get_batch", "shape", "name", "quantized", "__len__")
+    if isinstance(data, Dataset) or all(hasattr(data, a) for a in duck):
+        return data  # a ddkit Dataset, or one with its whole interface
     labels = None
     if isinstance(data, torch.utils.data.Dataset) and not torch.is_tensor(data):
         if not hasattr(data, "__len__") or len(data) == 0:
             raise DataError("the torch Dataset is empty or has no length")
         items = [data[i] for i in range(len(data))]
-        if isinstance(items[0], tuple | list):
-            labels = torch.as_tensor([int(it[1]) for it in items])
+        if isinstance(items[0], tuple | list):  # (x,), (x, label) or (x, label, ...)
+            if len(items[0]) > 1:
+                labels = _labels([it[1] for it in items])
             items = [it[0] for it in items]
         try:
             data = torch.stack([torch.as_tensor(np.asarray(it)) for it in items])
@@ -44,4 +46,20 @@ def as_dataset(data) -> Dataset:
         if not x.is_floating_point():
             raise DataError(f"data must be uint8 images or floats in [-1, 1], got {x.dtype}")
         x = x.float()
+        if not torch.isfinite(x).all():
+            raise DataError("data holds NaN or infinite values")
     return ArrayDataset(MEMORY, x, labels=labels)
+
+
+def _labels(values) -> torch.Tensor:
+    """Class indices [N] from per-item labels (integers, or 0-d integer tensors/arrays)."""
+    try:
+        items = [np.asarray(v).item() for v in values]
+        if not all(isinstance(i, int | bool) or float(i).is_integer() for i in items):
+            raise ValueError("not whole numbers")
+        out = torch.as_tensor([int(i) for i in items], dtype=torch.long)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"labels must be one integer class index per item ({e})") from None
+    if (out < 0).any():
+        raise DataError("labels must be class indices >= 0")
+    return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -183,30 +182,35 @@ def feature_network(
 def inception_dirs(cache_dir=None) -> list[Path]:
     """Where :func:`find_inception` looks: ``<cache>/inception`` (ddkit's cache, default
     ``~/.cache/ddkit``), then torch hub's checkpoints folder, where pytorch-fid downloads the
-    weights (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``)."""
-    torch_home = os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch"
+    weights (``torch.hub.get_dir()/checkpoints``: ``$TORCH_HOME/hub``, by default under
+    ``~/.cache/torch``)."""
     return [
         Path(cache_dir or default_cache_dir()) / "inception",
-        Path(torch_home) / "hub" / "checkpoints",
+        Path(torch.hub.get_dir()) / "checkpoints",
     ]
+
+
+# the sizes of the files in KNOWN_INCEPTION_FILES: only files of these sizes are hashed
+INCEPTION_FILE_SIZES = (95_628_359, 87_335_461)
 
 
 def find_inception(cache_dir=None) -> Path | None:
     """The first regular file in :func:`inception_dirs` that is the standard FID Inception
-    weights (its sha256 is one of ``KNOWN_INCEPTION_FILES``), or None."""
+    weights (pytorch-fid's name or one of ``INCEPTION_FILE_SIZES``, then its sha256 one of
+    ``KNOWN_INCEPTION_FILES``), or None."""
     from .features import file_digest
     from .inception import KNOWN_INCEPTION_FILES
 
     for folder in inception_dirs(cache_dir):
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.iterdir()):
-            if path.suffix in (".pth", ".pt") and path.is_file():
-                try:
+        try:
+            paths = sorted(folder.iterdir()) if folder.is_dir() else []
+            for path in paths:
+                named = path.name == "pt_inception-2015-12-05-6726825d.pth"
+                if path.is_file() and (named or path.stat().st_size in INCEPTION_FILE_SIZES):
                     if file_digest(path)[:8] in KNOWN_INCEPTION_FILES:
                         return path
-                except OSError:
-                    continue
+        except OSError:  # an unreadable folder or file is not the weights
+            continue
     return None
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import viz
 from ..data import load_dataset
-from ..data.config import SPLITS
+from ..data.config import MEMORY, SPLITS
 from ..memory import check_memory, sampling_memory
 from ..paths import atomic_write_bytes
 from ..resources import (
@@ -145,6 +145,12 @@ def evaluate(
                 SampleSpec("ddim", s, "leading").timesteps(trained.schedule)
             except ValueError as e:
                 raise ValueError(f"--inversion-steps {s}: {e}") from None
+    if trained.config.data.name == MEMORY and (bpd or fid or sweep or inversion):
+        raise ValueError(
+            f"{trained.path!r} names no data set (a diffusers folder, or a run on data handed in "
+            "from Python): --bpd, --fid, --sweep and --inversion measure against one; from "
+            "Python, ddkit.fid(samples, data, ...) takes the data directly"
+        )
     if bpd or inversion:
         check_shape(trained, load_dataset(data_config_for(trained, split)))
     ode = bpd and "ode" in bpd_methods
@@ -182,6 +188,8 @@ def evaluate(
 
     def save() -> None:  # after every stage: an interrupted run keeps what it finished
         atomic_write_bytes(out / "eval.json", json.dumps(report, indent=2).encode())
+
+    save()  # at once: an earlier eval.json in --out must not stand beside this run's files
 
     log(f"ddkit eval: {trained.path} (step {trained.step}, {trained.weights} weights)")
     if bpd:

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..models import UNetConfig
-from ..paths import atomic_write_bytes
+from ..paths import DiskFullError, atomic_write_bytes
 from .scheduler import diffusion_from_scheduler, scheduler_to_diffusers
 from .unet import (
     InteropError,
+    short,
     state_from_diffusers,
     state_to_diffusers,
     unet_from_diffusers,
@@ -59,13 +58,23 @@ def _holds_checkpoints(p: Path) -> bool:
     return any(p.glob("ckpt-*.safetensors")) or any(p.glob("checkpoints/ckpt-*.safetensors"))
 
 
-def read_diffusers(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict[str, torch.Tensor]]:
+def read_diffusers(
+    path: str | os.PathLike, check=None
+) -> tuple[UNetConfig, dict, dict[str, torch.Tensor]]:
     """(ddkit U-Net config, ddkit ``[diffusion]`` dict, ddkit U-Net state_dict) of a diffusers
-    pipeline or UNet folder; InteropError (one line, naming the file and key) otherwise."""
-    root = Path(path)
+    pipeline or UNet folder; InteropError (one line, naming the file and key) otherwise.
+    ``check(config)``, run before the weights are read, may refuse the model (ValueError) and
+    returns the largest weights file in bytes it accepts."""
+    root = Path(path).resolve()
     if (root / "model_index.json").is_file():
         index = _json(root / "model_index.json")
-        unet_entry = index.get("unet") if isinstance(index, dict) else None
+        if index.get("_class_name") not in ("DDPMPipeline", "DDIMPipeline"):
+            raise InteropError(
+                f"{str(root / 'model_index.json')!r}: _class_name="
+                f"{short(index.get('_class_name'))} is not DDPMPipeline or DDIMPipeline "
+                "(ddkit reads pixel-space DDPM-family pipelines)"
+            )
+        unet_entry = index.get("unet")
         if not (isinstance(unet_entry, list) and unet_entry[-1:] == ["UNet2DModel"]):
             raise InteropError(
                 f"{str(root / 'model_index.json')!r}: its unet is {unet_entry!r}, not a "
@@ -85,7 +94,8 @@ def read_diffusers(path: str | os.PathLike) -> tuple[UNetConfig, dict, dict[str,
     diffusion = diffusion_from_scheduler(
         _json(sched_path), learned_variance=cfg.learn_sigma, where=str(sched_path)
     )
-    weights = _weights(unet_dir)
+    limit = check(cfg) if check is not None else None
+    weights = _weights(unet_dir, limit)
     state = state_from_diffusers(cfg, weights, str(unet_dir))
     return cfg, diffusion, state
 
@@ -102,6 +112,11 @@ def write_diffusers(
         raise InteropError(f"--out {str(out)!r} exists and is not an empty folder")
     if sampler not in ("ddpm", "ddim"):
         raise InteropError(f"sampler {sampler!r} is not allowed; allowed: ddpm, ddim")
+    if sampler == "ddim" and cfg.learn_sigma:
+        raise InteropError(
+            "a model with a learned variance exports as a DDPMPipeline only: diffusers' "
+            "DDIMScheduler takes no variance output"
+        )
     unet_cfg = unet_to_diffusers(cfg)
     pipeline, scheduler = (
         ("DDPMPipeline", "DDPMScheduler")
@@ -109,8 +124,11 @@ def write_diffusers(
         else ("DDIMPipeline", "DDIMScheduler")
     )
     sched_cfg = scheduler_to_diffusers(diffusion, image=True, cls=scheduler)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise InteropError(f"cannot write {str(out)!r}: {e.strerror or e}") from None
     try:
         index = {
             "_class_name": pipeline,
@@ -128,8 +146,10 @@ def write_diffusers(
         if out.exists():
             out.rmdir()
         tmp.rename(out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, DiskFullError):
+            raise InteropError(f"cannot write {str(out)!r}: {err.strerror or err}") from None
         raise
     return out
 
@@ -165,26 +185,24 @@ def _json(path: Path) -> dict:
     return value
 
 
-def _weights(folder: Path) -> dict[str, torch.Tensor]:
+def _weights(folder: Path, limit: int | None) -> dict[str, torch.Tensor]:
     for name in WEIGHTS:
         path = folder / name
         if not path.exists():
             continue
-        f, _ = _open_regular(path)
+        f, size = _open_regular(path)
+        if limit is not None and size > limit:
+            f.close()
+            raise InteropError(
+                f"{str(path)!r} is {size} bytes, more than weights of the UNet its config "
+                f"describes can take ({limit})"
+            )
         with f:
             try:
                 if name.endswith(".safetensors"):
                     return st_load(f.read())
                 state = torch.load(f, map_location="cpu", weights_only=True)
-            except (
-                SafetensorError,
-                pickle.UnpicklingError,
-                RuntimeError,
-                ValueError,
-                TypeError,
-                EOFError,
-                OSError,
-            ) as e:
+            except Exception as e:  # noqa: BLE001 (a malformed file fails in many ways)
                 raise InteropError(f"{str(path)!r} is not a weights file ({e})") from None
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
             raise InteropError(f"{str(path)!r} is not a dict of tensors")

@@ -18,9 +18,26 @@ import math
 import numpy as np
 
 from ..diffusion.schedule import cosine_betas, linear_betas
-from .unet import InteropError
+from .unet import InteropError, short
 
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+# schedulers of a discrete, beta-parameterised forward process (the DDPM family's); others
+# (EDM, score-SDE VE, flow matching, ...) describe another process and are refused
+BETA_SCHEDULERS = (
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "LMSDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
+    "DEISMultistepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+)
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
@@ -61,25 +78,37 @@ def diffusion_from_scheduler(d: dict, *, learned_variance: bool, where: str) -> 
     naming the key that has no ddkit equivalent."""
 
     def refuse(key, why):
-        raise InteropError(f"{where}: {key}={d.get(key)!r} {why}")
+        raise InteropError(f"{where}: {key}={short(d.get(key))} {why}")
 
+    if d.get("_class_name") not in BETA_SCHEDULERS:
+        refuse("_class_name", "is not a scheduler of the DDPM family's discrete beta schedule")
+    for key in ("num_train_timesteps", "beta_schedule"):
+        if key not in d:
+            refuse(key, "is missing; the forward process cannot be read without it")
     T = d.get("num_train_timesteps", 1000)
     if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= 10**7:
         refuse("num_train_timesteps", "is not an integer in 1..10^7")
     kind = d.get("beta_schedule", "linear")
     trained = d.get("trained_betas")
+    if not isinstance(kind, str):
+        refuse("beta_schedule", "is not a name")
     if trained is not None:
-        schedule = _named(np.asarray(trained, dtype=np.float64), T)
+        try:
+            betas = np.asarray(trained, dtype=np.float64)
+        except (TypeError, ValueError):
+            refuse("trained_betas", "is not a list of numbers")
+        schedule = _named(betas, T)
         if schedule is None:
             refuse("trained_betas", "are neither ddkit's linear nor its cosine betas for this T")
     elif kind == "linear":
         lo, hi = d.get("beta_start", 1e-4), d.get("beta_end", 0.02)
         want = (1e-4 * 1000 / T, 0.02 * 1000 / T)
-        if not all(isinstance(v, int | float) for v in (lo, hi)) or not (
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi))
+        if not numbers or not (
             math.isclose(lo, want[0], rel_tol=1e-6) and math.isclose(hi, want[1], rel_tol=1e-6)
         ):
             raise InteropError(
-                f"{where}: linear betas {lo!r}..{hi!r} for T={T} are not ddkit's linear "
+                f"{where}: linear betas {short(lo)}..{short(hi)} for T={T} are not ddkit's linear "
                 f"schedule ({want[0]:.6g}..{want[1]:.6g}: 1e-4..0.02 scaled by 1000/T)"
             )
         schedule = "linear"
@@ -87,13 +116,17 @@ def diffusion_from_scheduler(d: dict, *, learned_variance: bool, where: str) -> 
         schedule = "cosine"
     else:
         refuse("beta_schedule", "has no ddkit equivalent; allowed: linear, squaredcos_cap_v2")
-    prediction = PREDICTIONS.get(d.get("prediction_type", "epsilon"))
+    kind = d.get("prediction_type", "epsilon")
+    prediction = PREDICTIONS.get(kind) if isinstance(kind, str) else None
     if prediction is None:
         refuse("prediction_type", f"is not one of {', '.join(PREDICTIONS)}")
     zero = d.get("rescale_betas_zero_snr", False)
     if not isinstance(zero, bool):
         refuse("rescale_betas_zero_snr", "is not true or false")
     variance = d.get("variance_type", "fixed_small")
+    variance = "fixed_small" if variance in (None, "fixed_small_log") else variance  # same Sigma
+    if not isinstance(variance, str):
+        refuse("variance_type", "is not a name")
     if learned_variance:
         if variance != "learned_range":
             refuse("variance_type", "must be learned_range for a UNet with 2x output channels")

@@ -17,6 +17,7 @@ original diffusers checkpoints (``query``, ``key``, ``value``, ``proj_attn``) ar
 from __future__ import annotations
 
 import math
+import reprlib
 
 import torch
 
@@ -26,6 +27,18 @@ from ..models.layers import GROUPNORM_EPS
 
 class InteropError(ValueError):
     """A diffusers model or folder that does not map onto ddkit (one line, naming the key)."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 40, 40, 6, 4
+_SHORT.maxlong = 40
+
+MAX_LEVELS, MAX_BLOCKS = 12, 64  # beyond any U-Net of the DDPM family
+
+
+def short(value) -> str:
+    """``repr(value)`` cut to a short line, for messages about hostile files."""
+    return _SHORT.repr(value)
 
 
 # diffusers UNet2DModel keys whose value must be exactly this for the DDPM family
@@ -99,13 +112,21 @@ def unet_to_diffusers(cfg: UNetConfig) -> dict:
 
 def unet_from_diffusers(d: dict, where: str = "config.json") -> UNetConfig:
     """ddkit's U-Net config for a ``UNet2DModel`` config; InteropError naming the key that has
-    no ddkit equivalent."""
+    no ddkit equivalent (or of the wrong type)."""
+    try:
+        return _unet_from_diffusers(d, where)
+    except InteropError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InteropError(f"{where}: not a UNet2DModel config ddkit can read ({e})") from None
 
+
+def _unet_from_diffusers(d: dict, where: str) -> UNetConfig:
     def get(key, default=None):
         return d.get(key, default)
 
     def refuse(key, why):
-        raise InteropError(f"{where}: {key}={get(key)!r} {why}")
+        raise InteropError(f"{where}: {key}={short(get(key))} {why}")
 
     if get("_class_name", "UNet2DModel") != "UNet2DModel":
         refuse("_class_name", "is not a UNet2DModel")
@@ -128,6 +149,11 @@ def unet_from_diffusers(d: dict, where: str = "config.json") -> UNetConfig:
     widths = get("block_out_channels")
     if not isinstance(widths, list) or not widths or not all(_int(w) for w in widths):
         refuse("block_out_channels", "is not a list of positive integers")
+    if len(widths) > MAX_LEVELS:
+        refuse("block_out_channels", f"has more than {MAX_LEVELS} levels")
+    blocks = get("layers_per_block", 2)
+    if not _int(blocks) or blocks > MAX_BLOCKS:
+        refuse("layers_per_block", f"is not an integer in 1..{MAX_BLOCKS}")
     base = widths[0]
     if any(w % base for w in widths):
         refuse("block_out_channels", f"are not multiples of the first ({base})")
@@ -137,15 +163,16 @@ def unet_from_diffusers(d: dict, where: str = "config.json") -> UNetConfig:
     if not isinstance(up, list) or len(up) != len(widths):
         refuse("up_block_types", "is not one block type per width")
     kinds = {"DownBlock2D": False, "AttnDownBlock2D": True}
-    if any(b not in kinds for b in down):
+    if any(not isinstance(b, str) or b not in kinds for b in down):
         refuse("down_block_types", f"has blocks other than {', '.join(kinds)}")
     attended = [kinds[b] for b in down]
     mirrored = ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attended)]
     if up != mirrored:
         refuse("up_block_types", f"does not mirror down_block_types (expected {mirrored})")
-    if get("time_embedding_dim") not in (None, 4 * base):
+    if get("time_embedding_dim") not in (None, 0, 4 * base):  # 0 and None: diffusers' default
         refuse("time_embedding_dim", f"is not 4 x block_out_channels[0] = {4 * base}")
-    if not math.isclose(float(get("norm_eps", 1e-5)), GROUPNORM_EPS, rel_tol=1e-9):
+    eps = get("norm_eps", 1e-5)
+    if not isinstance(eps, int | float) or not math.isclose(eps, GROUPNORM_EPS, rel_tol=1e-9):
         refuse("norm_eps", f"is not the DDPM U-Net's {GROUPNORM_EPS}")
     groups = get("norm_num_groups", 32)
     if get("attn_norm_num_groups") not in (None, groups):
@@ -172,7 +199,7 @@ def unet_from_diffusers(d: dict, where: str = "config.json") -> UNetConfig:
             in_channels=cin,
             base_channels=base,
             channel_mult=tuple(w // base for w in widths),
-            num_res_blocks=get("layers_per_block", 2),
+            num_res_blocks=blocks,
             attention_resolutions=tuple(r for r, a in zip(res, attended, strict=True) if a),
             dropout=float(get("dropout", 0.0)),
             num_heads=heads,
@@ -252,6 +279,9 @@ def _names(kind: str, ours: str, theirs: str) -> list[tuple[str, str]]:
 def state_from_diffusers(cfg: UNetConfig, theirs: dict, where: str = "weights") -> dict:
     """ddkit's U-Net state_dict from a ``UNet2DModel`` state_dict (new or original attention
     names); InteropError naming a missing or unexpected tensor."""
+    bad = [k for k, v in theirs.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise InteropError(f"{where}: entry {short(bad[0])} is not a named tensor")
     theirs = {_new_name(k): v for k, v in theirs.items()}
     out, used = {}, set()
     for kind, ours, name in _pairs(cfg):

@@ -91,7 +91,7 @@ class UNetConfig:
             )
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.downsample_padding not in (0, 1) or isinstance(self.downsample_padding, bool):
+        if not _is_int(self.downsample_padding) or self.downsample_padding not in (0, 1):
             raise ValueError(f"downsample_padding must be 0 or 1, got {self.downsample_padding!r}")
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")

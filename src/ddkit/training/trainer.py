@@ -283,7 +283,7 @@ class Trainer:
             batch_size=num,
             device=self.device,
             autocast=self.amp_dtype,
-            progress=f"preview grid ({weights} weights)",
+            progress=f"preview grid ({weights} weights)" if tr.progress else None,
         )
 
     def save_sample_grids(self) -> None:

@@ -92,6 +92,8 @@ def test_as_dataset_takes_a_tensordataset_and_refuses_bad_labels_and_nan():
         ddkit.as_dataset(Pairs(x, ["a"] * 6))
     with pytest.raises(DataError, match="NaN"):
         ddkit.as_dataset(torch.full((3, 2), float("nan")))
+    with pytest.raises(DataError, match=r"look like \[N, H, W, C\]"):
+        ddkit.as_dataset(torch.zeros(2, 28, 28, 1, dtype=torch.uint8))
 
 
 def test_train_from_a_toml_file_with_a_dataset_records_memory_data(tmp_path):

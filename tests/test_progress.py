@@ -25,7 +25,7 @@ def test_plain_lines_with_rate_and_eta_only_after_the_delay(monkeypatch):
     p.update(10)  # 2 s in: under the delay, nothing
     assert out.getvalue() == ""
     clock.now += 10.0
-    p.update(20)  # 12 s for 30 steps: 2.5 steps/s, 70 left -> 28 s
+    p.update(20)  # past the delay, the first line: 12 s for 30 steps, 2.5/s, 70 left -> 28 s
     assert out.getvalue().strip() == "sampling: 30/100 steps (30%), 0:12 elapsed, ETA 0:28"
     clock.now += 1.0
     p.update(5)  # within 10 s of the last line: nothing new
@@ -53,3 +53,13 @@ def test_a_short_phase_prints_nothing():
     with P.Progress(3, "quick", stream=out) as p:
         p.update(3)
     assert out.getvalue() == ""
+
+
+def test_the_first_plain_line_comes_at_the_delay(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(P.time, "perf_counter", clock)
+    out = io.StringIO()
+    p = P.Progress(10, "grid", stream=out, delay=5.0, every=10.0)
+    clock.now += 6.0
+    p.update(3)  # 6 s: past the delay, though under the 10 s interval
+    assert out.getvalue().startswith("grid: 3/10 steps (30%), 0:06 elapsed")

@@ -1,7 +1,8 @@
 """Progress of a long phase (sampling, training, an evaluation stage), with its rate and ETA.
 
-On a terminal it is a tqdm bar; anywhere else (a log file, CI, a pipe) a plain line every
-``every`` seconds and one at the end, so that logs stay readable.  Either way nothing is shown
+On a terminal it is a tqdm bar; anywhere else (a log file, CI, a pipe) a plain line once the
+phase has run ``delay`` seconds, then every ``every`` seconds and one at the end, so that logs
+stay readable.  Either way nothing is shown
 for a phase that ends within ``delay`` seconds.
 """
 
@@ -68,7 +69,8 @@ class Progress:
                 self.bar.set_postfix(postfix, refresh=False)
             return
         now = time.perf_counter()
-        if now - self.start >= self.delay and now - self.last >= self.every:
+        due = not self.printed or now - self.last >= self.every  # the first line at ``delay``
+        if now - self.start >= self.delay and due:
             self.last = now
             self._line(now, postfix)
 

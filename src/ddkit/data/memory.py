@@ -42,6 +42,11 @@ def as_dataset(data) -> Dataset:
         ) from None
     if x.ndim < 2:
         raise DataError(f"data must be [N, *shape] with N examples, got shape {tuple(x.shape)}")
+    if x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        raise DataError(
+            f"images of shape {tuple(x.shape)} look like [N, H, W, C]; ddkit takes [N, C, H, W] "
+            "(x.permute(0, 3, 1, 2))"
+        )
     if x.dtype != torch.uint8:
         if not x.is_floating_point():
             raise DataError(f"data must be uint8 images or floats in [-1, 1], got {x.dtype}")

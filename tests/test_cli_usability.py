@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_run import MLP_CONFIG, write_checkpoint
 
 from ddkit import __version__
-from ddkit import checkpoint as ckpt
 from ddkit.cli import build_parser, main
-from ddkit.config import config_from_dict, config_to_dict
 
 
 def _stdout(argv) -> str:
@@ -63,13 +62,7 @@ def _image_checkpoint(tmp_path: Path) -> Path:
         "diffusion": {"T": 100},
         "train": {"max_steps": 1},
     }
-    cfg = config_from_dict(d)
-    net = cfg.model.build()
-    tensors = ckpt.state_to_tensors("model", net.state_dict())
-    tensors |= ckpt.state_to_tensors("ema", dict(net.named_parameters()))
-    path = tmp_path / "c.safetensors"
-    ckpt.save_checkpoint(path, tensors, {"config": config_to_dict(cfg), "step": 1})
-    return path
+    return write_checkpoint(tmp_path / "c.safetensors", d)
 
 
 def test_sample_format_png_writes_one_file_per_sample(tmp_path, capsys):
@@ -87,18 +80,7 @@ def test_sample_format_png_writes_one_file_per_sample(tmp_path, capsys):
 
 
 def test_sample_format_png_needs_an_image_model(tmp_path, capsys):
-    d = {
-        "model": {"preset": "mlp-2d", "hidden": 16, "depth": 1, "time_dim": 8},
-        "data": {"name": "moons"},
-        "diffusion": {"T": 25},
-        "train": {"max_steps": 1},
-    }
-    cfg = config_from_dict(d)
-    net = cfg.model.build()
-    tensors = ckpt.state_to_tensors("model", net.state_dict())
-    tensors |= ckpt.state_to_tensors("ema", dict(net.named_parameters()))
-    path = tmp_path / "m.safetensors"
-    ckpt.save_checkpoint(path, tensors, {"config": config_to_dict(cfg), "step": 1})
+    path = write_checkpoint(tmp_path / "m.safetensors", MLP_CONFIG)
     argv = ["sample", str(path), "--steps", "3", "--num", "5", "--out", str(tmp_path / "o")]
     assert main([*argv, "--format", "png"]) == 2
     assert "needs an image model" in capsys.readouterr().err

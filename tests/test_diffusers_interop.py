@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_run import MLP_CONFIG, write_checkpoint
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is a test extra (setup.sh --test)")
 
@@ -164,14 +165,8 @@ def _tiny_checkpoint(tmp_path: Path, diffusion: dict | None = None, **model) -> 
     }
     if model.get("learn_sigma"):
         d["diffusion"] |= {"variance": "learned_range", "loss": "hybrid"}
-    cfg = config_from_dict(d)
-    net = _perturbed(cfg.model.build(), seed=3)
-    state = net.state_dict()
-    tensors = ckpt.state_to_tensors("model", state)
-    tensors |= ckpt.state_to_tensors("ema", dict(net.named_parameters()))
-    path = tmp_path / "run" / "checkpoints" / ckpt.checkpoint_name(1)
-    ckpt.save_checkpoint(path, tensors, {"config": config_to_dict(cfg), "step": 1})
-    return path
+    net = _perturbed(config_from_dict(d).model.build(), seed=3)
+    return write_checkpoint(tmp_path / "run" / "checkpoints" / ckpt.checkpoint_name(1), d, net)
 
 
 @pytest.mark.parametrize(
@@ -297,18 +292,7 @@ def test_pickled_weights_are_read_without_running_code(tmp_path):
 
 
 def test_export_refuses_what_diffusers_cannot_express_before_writing(tmp_path, capsys):
-    mlp = {
-        "model": {"preset": "mlp-2d", "hidden": 16, "depth": 1, "time_dim": 8},
-        "data": {"name": "moons"},
-        "diffusion": {"T": 25},
-        "train": {"max_steps": 1},
-    }
-    cfg = config_from_dict(mlp)
-    net = cfg.model.build()
-    tensors = ckpt.state_to_tensors("model", net.state_dict())
-    tensors |= ckpt.state_to_tensors("ema", dict(net.named_parameters()))
-    path = tmp_path / "mlp.safetensors"
-    ckpt.save_checkpoint(path, tensors, {"config": config_to_dict(cfg), "step": 1})
+    path = write_checkpoint(tmp_path / "mlp.safetensors", MLP_CONFIG)
     assert main(["export", str(path), str(tmp_path / "out")]) == 2
     assert "only U-Nets export" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import stat
 from pathlib import Path
 
 import torch
@@ -27,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .paths import atomic_write_bytes
-from .resources import available_memory, file_kind, format_bytes
+from .resources import NotRegularFileError, available_memory, format_bytes, open_regular
 
 SCHEMA_VERSION = 2  # 2: tensors_sha256, metadata_sha256 and run_id in the metadata
 HASH_KEYS = ("tensors_sha256", "metadata_sha256")
@@ -104,16 +102,14 @@ def _read(path: Path, header_only: bool) -> bytes:
     before reading it (a FIFO or device would block or never end) and what cannot fit memory."""
     name = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        f, st = open_regular(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {name!r} does not exist") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {name!r}: {e.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise CheckpointError(f"checkpoint {name!r} is {file_kind(st.st_mode)}, not a file")
-    with os.fdopen(fd, "rb") as f:
+    except NotRegularFileError as e:
+        raise CheckpointError(f"checkpoint {name!r} is {e.kind}, not a file") from None
+    with f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if not 0 < n <= min(MAX_HEADER, st.st_size - 8):

@@ -175,6 +175,26 @@ def check_regular_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+class NotRegularFileError(ValueError):
+    """A path that is a folder, FIFO, device or socket where a file's bytes are wanted."""
+
+    def __init__(self, path, kind: str):
+        super().__init__(f"{str(path)!r} is {kind}, not a regular file")
+        self.kind = kind
+
+
+def open_regular(path: str | os.PathLike):
+    """(binary file, its ``os.stat`` result) for a regular file, opened without blocking and
+    checked on the open descriptor, so that nothing waits on a FIFO or reads a device.
+    OSError if it cannot be opened; :class:`NotRegularFileError` if it is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegularFileError(path, file_kind(st.st_mode))
+    return os.fdopen(fd, "rb"), st
+
+
 def file_kind(mode: int) -> str:
     """'a folder', 'a FIFO', ... for an ``os.stat`` mode."""
     for test, name in (

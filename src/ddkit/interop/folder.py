@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from ..models import UNetConfig
 from ..paths import DiskFullError, atomic_write_bytes
+from ..resources import NotRegularFileError, open_regular
 from .scheduler import diffusion_from_scheduler, scheduler_to_diffusers
 from .unet import (
     InteropError,
@@ -161,14 +161,12 @@ def _write_json(path: Path, value: dict) -> None:
 
 def _open_regular(path: Path):
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        f, st = open_regular(path)
     except OSError as e:
         raise InteropError(f"cannot read {str(path)!r}: {e.strerror}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise InteropError(f"{str(path)!r} is not a regular file")
-    return os.fdopen(fd, "rb"), st.st_size
+    except NotRegularFileError as e:
+        raise InteropError(str(e)) from None
+    return f, st.st_size
 
 
 def _json(path: Path) -> dict:

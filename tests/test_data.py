@@ -110,7 +110,13 @@ def test_config_accepts_pathlike(tmp_path):
 def test_toys_shape_range_and_seed(name):
     ds = load_dataset(DataConfig(name, num_samples=2000, seed=3))
     x = check_dataset(ds, (2,), quantized=False)
-    assert len(ds) == 2000 and ds.labels is None and ds.name == name
+    assert len(ds) == 2000 and ds.name == name
+    from ddkit.data.toys import TOY_CLASSES
+
+    if name in TOY_CLASSES:  # the components as class labels, every one present
+        assert ds.labels.unique().tolist() == list(range(TOY_CLASSES[name]))
+    else:
+        assert ds.labels is None
     assert x.std(0).min() > 0.2  # spread over the square, not collapsed
     again = load_dataset(DataConfig(name, num_samples=2000, seed=3)).get_batch(torch.arange(2000))
     assert torch.equal(x, again)

@@ -277,6 +277,24 @@ def entry_error(meta: dict, entry: str, problem: str) -> CheckpointError:
     return CheckpointError(f"{meta['path']!r}: entry {entry!r} {problem}")
 
 
+def read_class_names(meta: dict, num_classes: int) -> tuple[str, ...] | None:
+    """The class names a checkpoint records for its ``num_classes`` classes ("0", "1", ... when it
+    records none); None for an unconditional model.  CheckpointError for any other form."""
+    names = meta.get("class_names")
+    if not num_classes:
+        if names is not None:
+            raise entry_error(meta, "class_names", "is set, but the model is unconditional")
+        return None
+    if names is None:
+        return tuple(str(i) for i in range(num_classes))
+    ok = isinstance(names, list) and len(names) == num_classes
+    if not ok or not all(isinstance(n, str) and 0 < len(n) <= 200 for n in names):
+        raise entry_error(
+            meta, "class_names", f"must be a list of {num_classes} names of 1 to 200 characters"
+        )
+    return tuple(names)
+
+
 def describe(t: torch.Tensor) -> str:
     """'float32 [3, 3]'."""
     return f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}"

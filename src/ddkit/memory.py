@@ -50,6 +50,7 @@ def _unet(cfg: UNetConfig) -> tuple[int, int, int, int]:
     res = cfg.resolutions()
     last = len(widths) - 1
     params = ch * emb + emb + emb * emb + emb + cfg.in_channels * ch * 9 + ch
+    params += (cfg.num_classes + 1) * emb if cfg.num_classes else 0
     modules = 8
     acts = ch * res[0] ** 2
     skips = ch * res[0] ** 2
@@ -94,6 +95,7 @@ def _mlp(cfg: MLPConfig) -> tuple[int, int, int, int]:
     block = 2 * h + 3 * (h * h + h)
     params = cfg.dim * h + h + cfg.time_dim * h + h + h * h + h + cfg.depth * block
     params += 2 * h + h * cfg.out_dim + cfg.out_dim
+    params += (cfg.num_classes + 1) * h if cfg.num_classes else 0
     return params, 8 + 6 * cfg.depth, (4 + 4 * cfg.depth) * h + cfg.time_dim, 0
 
 

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import viz
+from .generation import check_labels, class_index
 from .paths import atomic_write_bytes
 from .resources import check_device, check_output_files, check_output_folder, check_seed
 from .trained import SampleSpec, generate, load_trained
@@ -44,6 +46,9 @@ def sample_to_folder(
     weights: str = "ema",
     device: str = "cpu",
     png: bool = False,
+    class_label=None,
+    guidance: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
     log=print,
 ) -> dict:
     """Draw ``num`` samples from the checkpoint (a file, or a run folder's newest) with the
@@ -52,6 +57,9 @@ def sample_to_folder(
     (``x``, and ``images`` as uint8 for image models), ``samples.png`` (the first ``grid``) and
     ``sampler.json``, the settings, which are returned; with ``png``, also ``png/NNNNNN.png``,
     one file per sample (image models), as FID tools such as clean-fid read a folder.
+    A class-conditional model draws ``class_label`` (an index or class name) with classifier-free
+    ``guidance`` in ``guidance_interval``, or without a class the classes in turn, and then
+    ``samples.png`` shows one row per class (``labels`` in ``samples.npz``).
     ValueError, before any model call and with nothing written, when an input is not allowed
     (the output folder, device and seed are checked before the checkpoint is read) or the
     samples would not fit in memory;
@@ -65,17 +73,32 @@ def sample_to_folder(
     check_seed(seed, "--seed")
     for name, value in (("num", num), ("batch_size", batch_size), ("grid", grid)):
         _check_count(name, value)
-    spec = SampleSpec(sampler, steps, spacing, sampler_options or {}, clip_x0)
+    spec = SampleSpec(
+        sampler, steps, spacing, sampler_options or {}, clip_x0, guidance, guidance_interval
+    )
     trained = load_trained(checkpoint, weights, device)
+    labels = None
+    if class_label is not None:
+        labels = torch.full((num,), class_index(trained, class_label))
+    labels = check_labels(trained, spec, num, labels)
     if png and not trained.is_image:
         raise ValueError("--format png needs an image model; this one draws points")
     spec.timesteps(trained.schedule)  # validate steps against the model's T before any work
     t0 = time.perf_counter()
     x = generate(
-        trained, spec, num, seed=seed, batch_size=batch_size, device=device, progress="sampling"
+        trained,
+        spec,
+        num,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress="sampling",
+        labels=labels,
     )
     wall = time.perf_counter() - t0
     arrays = {"x": x.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
     if trained.is_image:
         arrays["images"] = viz.to_uint8(x)
     buf = io.BytesIO()
@@ -88,6 +111,8 @@ def sample_to_folder(
         "timesteps": spec.timesteps(trained.schedule),
         "nfe": spec.nfe(),
         "seed": seed,
+        "class": None if class_label is None else int(labels[0]),
+        "class_names": list(trained.class_names) if trained.class_names else None,
         "num": num,
         "batch_size": batch_size,
         "device": device,
@@ -95,12 +120,30 @@ def sample_to_folder(
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "samples.npz", buf.getvalue())
-    viz.save_samples(x[:grid], out / "samples.png")
+    if labels is not None and class_label is None and trained.is_image:
+        shown, per_row = class_grid(x, labels, trained.num_classes, grid)
+        viz.save_image_grid(shown, out / "samples.png", nrow=per_row)
+    else:
+        viz.save_samples(x[:grid], out / "samples.png")
     if png:
         write_pngs(arrays["images"], out / "png")
     atomic_write_bytes(out / "sampler.json", json.dumps(settings, indent=2).encode())
     log(f"wrote {num} samples to {out} ({wall:.1f} s, {spec.nfe()} model calls each)")
     return settings
+
+
+def class_grid(x: torch.Tensor, labels: torch.Tensor, num_classes: int, grid: int):
+    """(images, per_row): up to ``grid`` of the samples ``x`` with one row per class (the first
+    ``max(1, grid // num_classes)`` of each class that has any)."""
+    per_row = max(1, grid // num_classes)
+    rows = [x[labels == c][:per_row] for c in range(num_classes)]
+    rows = [r for r in rows if len(r)]
+    if any(len(r) < per_row for r in rows):  # pad short rows with white
+        rows = [
+            torch.cat([r, torch.ones_like(r[:1]).expand(per_row - len(r), *r.shape[1:])])
+            for r in rows
+        ]
+    return torch.cat(rows), per_row
 
 
 def write_pngs(images: np.ndarray, folder: Path) -> None:

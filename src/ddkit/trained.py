@@ -7,8 +7,7 @@ checkpoint itself, so no training flags are needed.
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,23 +16,23 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import Config, config_from_dict
 from .diffusion.denoiser import Denoiser, check_clip_x0
-from .diffusion.schedule import SPACINGS, NoiseSchedule
+from .diffusion.guidance import guided
+from .diffusion.schedule import NoiseSchedule
+from .generation import SAMPLER_OPTIONS, NonFiniteSamplesError, SampleSpec, generate
 from .interop import InteropError, is_diffusers_folder, read_diffusers
 from .memory import check_memory, model_size, schedule_memory
 from .models import model_config_to_dict
-from .progress import Progress
-from .samplers import SAMPLERS, get_sampler
 
-# sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
-SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {
-    "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
-    "ddim": {"eta": None},
-}
-
-
-class NonFiniteSamplesError(RuntimeError):
-    """Sampling produced NaN or infinite values (broken weights, or a sampler setting that
-    diverges); nothing is written."""
+__all__ = [  # SampleSpec and generate live in ddkit.generation; importable from here too
+    "SAMPLER_OPTIONS",
+    "NonFiniteSamplesError",
+    "SampleSpec",
+    "Trained",
+    "checkpoint_config",
+    "generate",
+    "load_trained",
+    "make_denoiser",
+]
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,12 @@ class Trained:
     step: int
     path: str
     weights: str  # "ema" | "online"
+    class_names: tuple[str, ...] | None = None  # of a class-conditional model
+
+    @property
+    def num_classes(self) -> int:
+        """The classes of a class-conditional model; 0 for an unconditional one."""
+        return self.config.model.num_classes
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -59,9 +64,25 @@ class Trained:
         """Whether the examples are images (C, H, W)."""
         return len(self.data_shape) == 3
 
-    def denoiser(self, clip_x0: str = "auto") -> Denoiser:
-        """The model as a :class:`Denoiser`; ``clip_x0`` as in :class:`SampleSpec`."""
-        return make_denoiser(self.model, self.config, self.schedule, clip_x0=clip_x0)
+    def denoiser(
+        self,
+        clip_x0: str = "auto",
+        *,
+        labels: torch.Tensor | None = None,
+        guidance: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
+    ) -> Denoiser:
+        """The model as a :class:`Denoiser`; ``clip_x0`` as in :class:`SampleSpec`; a
+        class-conditional model's ``labels`` and guidance as in :func:`make_denoiser`."""
+        return make_denoiser(
+            self.model,
+            self.config,
+            self.schedule,
+            clip_x0,
+            labels=labels,
+            guidance=guidance,
+            guidance_interval=guidance_interval,
+        )
 
     def sample(
         self,
@@ -88,19 +109,42 @@ class Trained:
 
 
 def make_denoiser(
-    model: nn.Module, cfg: Config, schedule: NoiseSchedule, clip_x0: str = "auto"
+    model: nn.Module,
+    cfg: Config,
+    schedule: NoiseSchedule,
+    clip_x0: str = "auto",
+    *,
+    labels: torch.Tensor | None = None,
+    guidance: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
 ) -> Denoiser:
     """The sampling interface for a model of config ``cfg``: the prediction half of a
     learned-variance output; x0 clipped to [-1, 1] for image data (``clip_x0="auto"``), always
-    ("on") or never ("off")."""
+    ("on") or never ("off").  A class-conditional model is conditioned on ``labels`` [N] (the
+    null label ``num_classes``: unconditional) with classifier-free ``guidance`` (scale w, applied
+    inside ``guidance_interval`` of noise levels: :func:`ddkit.diffusion.guidance.guided`)."""
     check_clip_x0(clip_x0)
     shape = cfg.model.input_shape()
     fn = model
+    if cfg.model.num_classes:
+        if labels is None:
+            raise ValueError("a class-conditional model needs labels to sample")
+        fn = guided(
+            model,
+            labels,
+            cfg.model.num_classes,
+            scale=guidance,
+            interval=guidance_interval,
+            schedule=schedule,
+        )
+    elif labels is not None or guidance:
+        raise ValueError("this model is unconditional (num_classes = 0): no labels or guidance")
+    net = fn
     if cfg.model.learn_sigma:
         channels = shape[0]
 
         def fn(x, t):
-            return model(x, t)[:, :channels]
+            return net(x, t)[:, :channels]
 
     clip = (-1.0, 1.0) if clip_x0 == "on" or (clip_x0 == "auto" and len(shape) == 3) else None
     return Denoiser(fn, schedule, cfg.diffusion.prediction, clip=clip)
@@ -137,9 +181,9 @@ def load_trained(path: str | Path, weights: str = "ema", device: str = "cpu") ->
     ckpt.check_model_tensors(meta, tensors, model, weights)
     model.load_state_dict(ckpt.model_weights(tensors, weights))
     model.to(device).eval()
-    return Trained(
-        model, cfg, cfg.diffusion.make_schedule(), int(meta["step"]), meta["path"], weights
-    )
+    names = ckpt.read_class_names(meta, cfg.model.num_classes)
+    schedule = cfg.diffusion.make_schedule()
+    return Trained(model, cfg, schedule, int(meta["step"]), meta["path"], weights, names)
 
 
 def _load_diffusers(path, weights: str, device: str) -> Trained:
@@ -186,143 +230,3 @@ def _load_diffusers(path, weights: str, device: str) -> Trained:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.to(device).eval()
     return Trained(model, cfg, cfg.diffusion.make_schedule(), 0, str(path), weights)
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """A sampler, its number of timesteps, their spacing, its options and whether x0_hat is
-    clamped to [-1, 1] at each step (``clip_x0``, one of ``denoiser.CLIP_X0``), validated."""
-
-    sampler: str = "ddim"
-    steps: int = 50
-    spacing: str = "trailing"
-    options: dict = field(default_factory=dict)
-    clip_x0: str = "auto"
-
-    def __post_init__(self):
-        get_sampler(self.sampler)
-        check_clip_x0(self.clip_x0)
-        if self.spacing not in SPACINGS:
-            raise ValueError(
-                f"spacing {self.spacing!r} is not allowed; allowed: {', '.join(SPACINGS)}"
-            )
-        allowed = SAMPLER_OPTIONS.get(self.sampler, {})
-        for k, v in self.options.items():
-            if k not in allowed:
-                names = ", ".join(allowed) or "none"
-                raise ValueError(
-                    f"sampler {self.sampler!r} takes no option {k!r}; it takes: {names}"
-                )
-            choices = allowed[k]
-            if choices is None and not (isinstance(v, (int, float)) and v >= 0):
-                raise ValueError(f"{k}={v!r} must be a number >= 0")
-            if choices is not None and v not in choices:
-                raise ValueError(f"{k}={v!r} is not allowed; allowed: {', '.join(choices)}")
-
-    def timesteps(self, schedule: NoiseSchedule) -> list[int]:
-        """The decreasing timesteps of this spec on ``schedule`` (steps checked against T)."""
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
-            raise ValueError(f"steps={self.steps!r} must be an integer")
-        if not 1 <= self.steps <= schedule.T:
-            raise ValueError(f"steps={self.steps} must lie in 1..{schedule.T} (the model's T)")
-        return schedule.timesteps(self.steps, self.spacing)
-
-    def nfe(self) -> int:
-        """Model evaluations per sample."""
-        return SAMPLERS[self.sampler].nfe(self.steps, **self.options)
-
-    def as_dict(self) -> dict:
-        """The spec as a JSON-able dict."""
-        return asdict(self)
-
-
-@torch.no_grad()
-def generate(
-    trained: Trained,
-    spec: SampleSpec,
-    num: int,
-    *,
-    seed: int = 0,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    progress: str | None = None,
-    autocast: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``num`` samples [num, *shape] (float32, CPU).  All initial noise x_T is drawn first from
-    one generator seeded with ``seed``, so deterministic samplers (DDIM eta=0, Heun, DPM-Solver++)
-    give the same samples whatever the batch size; the noise stochastic samplers add inside is
-    drawn from a generator seeded by (seed, batch index).  ``autocast``: a lower-precision dtype
-    (e.g. torch.bfloat16) for the model calls, as in training; None runs them as they are.
-    ``progress``: a name for the phase, shown with the steps done, rate and ETA when it runs over
-    a few seconds (:class:`ddkit.progress.Progress`); None shows nothing.
-
-    ValueError before any model call when an input is not allowed (``seed`` outside
-    0..2**63-1, a non-finite option) or when the samples would not fit in the device's memory;
-    :class:`NonFiniteSamplesError` as soon as a batch holds a NaN or infinite sample."""
-    import math
-
-    from .memory import check_memory, sampling_memory, timesteps_memory
-    from .resources import check_seed
-
-    for name, v in (("num", num), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}={v!r} must be an integer >= 1")
-    check_seed(seed, "seed")
-    for k, v in spec.options.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{k}={v!r} must be a finite number")
-    T = trained.schedule.T
-    parts = sampling_memory(trained.config.model, num, batch_size, T)
-    parts["timesteps"] = timesteps_memory(T, spec.steps, spec.spacing)
-    what = f"sampling {num} x {list(trained.data_shape)} in batches of {batch_size}"
-    check_memory(parts, device, what, "lower the number of samples (--num) or --batch-size")
-    ts = spec.timesteps(trained.schedule)
-    sampler = get_sampler(spec.sampler)
-    den = trained.denoiser(spec.clip_x0)
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn((num, *trained.data_shape), generator=g)
-    device_type = torch.device(device).type
-    out = []
-    batches = range(0, num, batch_size)
-    bar = Progress(len(batches) * len(ts), progress or "", enabled=progress is not None)
-    try:
-        for b, start in enumerate(batches):
-            out.append(
-                _batch(
-                    sampler,
-                    den,
-                    x_T[start : start + batch_size],
-                    ts,
-                    spec,
-                    b,
-                    len(batches),
-                    seed=seed,
-                    device=device,
-                    device_type=device_type,
-                    autocast=autocast,
-                    callback=lambda *_: bar.update(1),
-                )
-            )
-    finally:
-        bar.close()
-    return torch.cat(out)
-
-
-def _batch(
-    sampler, den, x, ts, spec, b, n_batches, *, seed, device, device_type, autocast, callback
-) -> torch.Tensor:
-    """Batch ``b`` of :func:`generate`: its own generator, the sampler, the finiteness check."""
-    gb = torch.Generator(device=device).manual_seed((seed * 1_000_003 + b + 1) % 2**64)
-    x = x.to(device)
-    amp = torch.autocast(device_type, dtype=autocast) if autocast is not None else None
-    with amp if amp is not None else contextlib.nullcontext():
-        x = sampler(den, x, ts, generator=gb, callback=callback, **spec.options)
-    bad = int((~torch.isfinite(x).flatten(1).all(1)).sum())
-    if bad:
-        raise NonFiniteSamplesError(
-            f"{bad} of {len(x)} samples (batch {b + 1} of {n_batches}) are NaN or "
-            f"infinite with sampler {spec.sampler}, {spec.steps} {spec.spacing} steps, "
-            f"options {spec.options}, clip_x0 {spec.clip_x0}: the weights are broken (NaN "
-            "or huge values) or the sampler diverges with these settings"
-        )
-    return x.float().cpu()

@@ -73,6 +73,7 @@ class Dataset(torch.utils.data.Dataset):
         quantized   True for 8-bit image data (values ``-1 + 2k/255``), False for continuous data
         data_range  always ``(-1.0, 1.0)``
         labels      LongTensor [N] of class indices, or None
+        class_names the name of each class index, or None ("0", "1", ...)
     Subclasses implement ``__len__`` and ``get_batch``.
     """
 
@@ -80,6 +81,7 @@ class Dataset(torch.utils.data.Dataset):
     shape: tuple[int, ...]
     quantized: bool
     labels: torch.Tensor | None
+    class_names: tuple[str, ...] | None = None
     data_range: tuple[float, float] = DATA_RANGE
 
     def __len__(self) -> int:
@@ -110,7 +112,12 @@ class ArrayDataset(Dataset):
     ``get_batch`` is a single indexing operation."""
 
     def __init__(
-        self, name: str, data: torch.Tensor, *, labels: torch.Tensor | None = None
+        self,
+        name: str,
+        data: torch.Tensor,
+        *,
+        labels: torch.Tensor | None = None,
+        class_names=None,
     ) -> None:
         if data.dtype == torch.uint8:
             quantized = True
@@ -132,6 +139,7 @@ class ArrayDataset(Dataset):
         self.shape = tuple(int(s) for s in data.shape[1:])
         self.quantized = quantized
         self.labels = labels
+        self.class_names = None if class_names is None else tuple(str(c) for c in class_names)
         self._data = data.contiguous()
 
     def __len__(self) -> int:

@@ -152,12 +152,13 @@ def load_hf(
         values = np.asarray(table[label_col])
         if values.ndim == 1 and np.issubdtype(values.dtype, np.integer):
             labels = values.astype(np.int64)
+    names = getattr(table.features[label_col], "names", None) if labels is not None else None
     if indices is not None and len(indices) == 0:
         raise DataError(
             f"{path}: split {split!r} is empty ({len(table)} rows; the test split holds out 1 "
             "in 10)"
         )
-    return ImageFileDataset(
+    ds = ImageFileDataset(
         name,
         HFSource(path, table, column),
         channels=channels,
@@ -167,3 +168,6 @@ def load_hf(
         labels=labels,
         cache_bytes=cache_bytes,
     )
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        ds.class_names = tuple(n[:200] or "?" for n in names)  # a ClassLabel's names
+    return ds

@@ -12,7 +12,7 @@ from .folder import load_folder
 from .hf import load_hf
 from .idx import read_fashion_mnist
 from .images import resize_uint8
-from .toys import make_toy
+from .toys import toy_labels
 
 __all__ = ["load_dataset"]
 
@@ -20,8 +20,25 @@ __all__ = ["load_dataset"]
 def _toy(cfg: DataConfig) -> ArrayDataset:
     # train and test are independent streams of the same seed: SeedSequence([seed, 0 or 1])
     rng = np.random.default_rng([cfg.seed, SPLITS.index(cfg.split)])
-    points = make_toy(cfg.name, cfg.num_samples, rng)
-    return ArrayDataset(cfg.name, torch.from_numpy(points.astype(np.float32)))
+    points, labels = toy_labels(cfg.name, cfg.num_samples, rng)
+    labels = None if labels is None else torch.from_numpy(labels)
+    return ArrayDataset(cfg.name, torch.from_numpy(points.astype(np.float32)), labels=labels)
+
+
+# the class names of the labelled image sets
+DIGIT_NAMES = tuple(str(i) for i in range(10))
+FASHION_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def _images(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, split_given: bool):
@@ -30,9 +47,9 @@ def _images(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, split_given
         keep = held_out_indices(len(images), cfg.split)
         images, labels = images[keep], labels[keep]
     data = resize_uint8(images, cfg.channels or 1, cfg.image_size)
-    return ArrayDataset(
-        cfg.name, torch.from_numpy(data), labels=torch.from_numpy(labels.astype(np.int64))
-    )
+    names = FASHION_NAMES if cfg.name == "fashion_mnist" else DIGIT_NAMES
+    y = torch.from_numpy(labels.astype(np.int64))
+    return ArrayDataset(cfg.name, torch.from_numpy(data), labels=y, class_names=names)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:

@@ -24,6 +24,10 @@ moons          two interleaved half circles (after scikit-learn's make_moons): u
 checkerboard   uniform on the 8 black squares of a 4 x 4 board covering [-1, 1]^2 (square
                (i, j), i, j = 0..3, is black iff i + j is even); exactly inside [-1, 1].
 =============  ==============================================================================
+
+Three toys have components, which are their class labels (:func:`toy_labels`): 8gaussians (the
+Gaussian, 0..7 counter-clockwise from angle 0), moons (0 upper, 1 lower) and checkerboard (the
+black square, 0..7 in row-major order of (i, j)).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["TOYS", "make_toy"]
+__all__ = ["TOY_CLASSES", "TOYS", "make_toy", "toy_labels"]
+
+TOY_CLASSES = {"8gaussians": 8, "moons": 2, "checkerboard": 8}  # toys with components
 
 
 def _swiss_roll(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,9 +57,10 @@ def _spiral(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
-    angle = rng.integers(0, 8, size=n) * (math.pi / 4.0)
+    k = rng.integers(0, 8, size=n)
+    angle = k * (math.pi / 4.0)
     centres = 0.7 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    return centres + 0.06 * rng.standard_normal((n, 2))
+    return centres + 0.06 * rng.standard_normal((n, 2)), k
 
 
 def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -62,16 +69,17 @@ def _moons(n: int, rng: np.random.Generator) -> np.ndarray:
     x = np.where(lower, 1.0 - np.cos(a), np.cos(a))
     y = np.where(lower, 0.5 - np.sin(a), np.sin(a))
     pts = np.stack([x, y], axis=1) + 0.05 * rng.standard_normal((n, 2))
-    return (pts - np.array([0.5, 0.25])) / 1.8
+    return (pts - np.array([0.5, 0.25])) / 1.8, lower.astype(np.int64)
 
 
 def _checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
     black = np.array([(i, j) for i in range(4) for j in range(4) if (i + j) % 2 == 0], float)
-    cell = black[rng.integers(0, len(black), size=n)]
-    return -1.0 + 0.5 * (cell + rng.random((n, 2)))
+    k = rng.integers(0, len(black), size=n)
+    return -1.0 + 0.5 * (black[k] + rng.random((n, 2))), k
 
 
-TOYS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
+# name -> generator of points [n, 2] (or (points, component labels [n]) for the labelled toys)
+TOYS: dict[str, Callable] = {
     "swiss_roll": _swiss_roll,
     "spiral": _spiral,
     "8gaussians": _eight_gaussians,
@@ -80,8 +88,16 @@ TOYS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
 }
 
 
-def make_toy(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n points of the toy ``name`` as float64 [n, 2] in [-1, 1] (tails clipped to the border)."""
+def toy_labels(name: str, n: int, rng: np.random.Generator):
+    """(points float64 [n, 2] in [-1, 1], component labels int64 [n] or None): the toy
+    ``name`` with its components as classes where it has them (``TOY_CLASSES``)."""
     if name not in TOYS:
         raise KeyError(f"unknown toy {name!r}; one of {', '.join(TOYS)}")
-    return np.clip(TOYS[name](n, rng), -1.0, 1.0)
+    out = TOYS[name](n, rng)
+    points, labels = out if isinstance(out, tuple) else (out, None)
+    return np.clip(points, -1.0, 1.0), labels
+
+
+def make_toy(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n points of the toy ``name`` as float64 [n, 2] in [-1, 1] (tails clipped to the border)."""
+    return toy_labels(name, n, rng)[0]

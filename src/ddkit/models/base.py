@@ -28,6 +28,16 @@ class ModelConfig(Protocol):
         ...
 
 
+def check_class_fields(num_classes, p_uncond) -> None:
+    """ValueError unless ``num_classes`` is an int >= 0 (0: unconditional) and ``p_uncond`` (the
+    label-dropout probability used in training) a number in [0, 1)."""
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: unconditional), got {num_classes!r}")
+    ok = isinstance(p_uncond, (int, float)) and not isinstance(p_uncond, bool)
+    if not ok or not 0.0 <= p_uncond < 1.0:
+        raise ValueError(f"p_uncond must be a number in [0, 1), got {p_uncond!r}")
+
+
 def count_parameters(module: nn.Module, *, trainable_only: bool = False) -> int:
     """Number of scalar parameters of ``module`` (only those requiring grad if asked)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -46,6 +46,35 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def class_labels(y: torch.Tensor | None, n: int, num_classes: int, device) -> torch.Tensor | None:
+    """The labels a class-conditional network embeds: ``y`` [n] long in 0..num_classes, the index
+    ``num_classes`` being the null label of the unconditional branch (``y=None``: all null).
+    None for an unconditional network (``num_classes=0``), which refuses labels."""
+    if num_classes == 0:
+        if y is not None:
+            raise ValueError("this model is unconditional (num_classes = 0); it takes no labels")
+        return None
+    if y is None:
+        return torch.full((n,), num_classes, dtype=torch.long, device=device)
+    if not torch.is_tensor(y) or y.dtype != torch.long or tuple(y.shape) != (n,):
+        shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"labels must be a long tensor of shape [{n}], got {shape}")
+    return y
+
+
+def time_label_embedding(
+    time_embed: nn.Sequential, label_emb: nn.Embedding | None, sinusoid: torch.Tensor, y
+) -> torch.Tensor:
+    """The block embedding of the U-Net and the MLP: ``time_embed`` (Linear, SiLU, Linear, SiLU)
+    of the sinusoidal features, with the label embedding of a class-conditional model added
+    before the last SiLU (where improved-diffusion and diffusers add it)."""
+    linear1, act, linear2, act_out = time_embed
+    emb = linear2(act(linear1(sinusoid)))
+    if y is not None:
+        emb = emb + label_emb(y).to(emb.dtype)
+    return act_out(emb)
+
+
 def zero_(module: nn.Module) -> nn.Module:
     """Set every parameter of ``module`` to zero (the DDPM code's ``init_scale=0``); returns it."""
     for p in module.parameters():

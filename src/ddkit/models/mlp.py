@@ -2,6 +2,7 @@
 
     h = Linear(x)                                         [N, hidden]
     e = SiLU(Linear(SiLU(Linear(sinusoidal(t)))))         [N, hidden]
+        (+ Embedding(y), class-conditional: y in 0..num_classes, num_classes = the null label)
     depth x:  h = h + Linear(dropout(SiLU(Linear(LN(h)) + Linear(e))))   (last Linear zero-init)
     out = Linear(SiLU(LN(h)))                             [N, D] or [N, 2D]
 
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import timestep_embedding, zero_
+from .base import check_class_fields
+from .layers import class_labels, time_label_embedding, timestep_embedding, zero_
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,9 @@ class MLPConfig:
     """Architecture of :class:`MLP`; ``build()`` makes the module.
 
     dim: D of the data; hidden: block width; depth: residual blocks; time_dim: width of the
-    sinusoidal embedding (>= 4); dropout: inside each block; learn_sigma: output [eps, v] (2D).
+    sinusoidal embedding (>= 4); dropout: inside each block; learn_sigma: output [eps, v] (2D);
+    num_classes: class-conditional on that many classes (0: unconditional); p_uncond: the
+    probability that training replaces a label by the null label (classifier-free guidance).
     """
 
     dim: int = 2
@@ -35,6 +39,8 @@ class MLPConfig:
     time_dim: int = 128
     dropout: float = 0.0
     learn_sigma: bool = False
+    num_classes: int = 0
+    p_uncond: float = 0.1
 
     def __post_init__(self):
         for name, low in (("dim", 1), ("hidden", 1), ("depth", 1), ("time_dim", 4)):
@@ -45,6 +51,7 @@ class MLPConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")
+        check_class_fields(self.num_classes, self.p_uncond)
 
     @property
     def out_dim(self) -> int:
@@ -79,7 +86,8 @@ class _Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """``model(x [N, D] float, t [N] long) -> [N, D]`` (or [N, 2D] with ``learn_sigma``)."""
+    """``model(x [N, D] float, t [N] long, y [N] long | None) -> [N, D]`` (or [N, 2D] with
+    ``learn_sigma``); ``y`` only for a class-conditional config (None: the null label)."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
@@ -92,13 +100,18 @@ class MLP(nn.Module):
             nn.Linear(cfg.hidden, cfg.hidden),
             nn.SiLU(),
         )
+        # class-conditional: one row per class and the null label
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, cfg.hidden) if cfg.num_classes else None
         self.blocks = nn.ModuleList(_Block(cfg.hidden, cfg.dropout) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.out_dim)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x [N, D] float, t [N] long -> [N, D] (or [N, 2D] with ``learn_sigma``); ValueError
-        for other shapes."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [N, D] float, t [N] long, y [N] long class labels (class-conditional configs; None:
+        the null label) -> [N, D] (or [N, 2D] with ``learn_sigma``); ValueError for other
+        shapes."""
         cfg = self.config
         if x.ndim != 2 or x.shape[1] != cfg.dim:
             raise ValueError(
@@ -108,7 +121,9 @@ class MLP(nn.Module):
             raise ValueError(
                 f"timesteps must have shape [{x.shape[0]}] (one per row), got {tuple(t.shape)}"
             )
-        emb = self.time_embed(timestep_embedding(t, cfg.time_dim).to(x.dtype))
+        y = class_labels(y, x.shape[0], cfg.num_classes, x.device)
+        sinusoid = timestep_embedding(t, cfg.time_dim).to(x.dtype)
+        emb = time_label_embedding(self.time_embed, self.label_emb, sinusoid, y)
         h = self.in_proj(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -6,6 +6,9 @@
     -> GroupNorm, SiLU, conv_out.
 
 The time embedding is sinusoidal(t, base_channels) -> Linear(4 base) -> SiLU -> Linear(4 base).
+A class-conditional U-Net (``num_classes > 0``) adds a learned embedding of the label to it
+(improved-diffusion's ``label_emb``, diffusers' ``class_embedding``); label ``num_classes`` is the
+null label of the unconditional branch that classifier-free guidance needs.
 With the ``ddpm-cifar10`` preset this is the paper's CIFAR-10 model: 35,746,307 parameters.
 
 Two deliberate, documented differences from the TF code, neither changing the parameter count:
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .base import check_class_fields
 from .layers import (
     GROUPNORM_EPS,
     AttentionBlock,
@@ -33,6 +37,8 @@ from .layers import (
     GroupNormSiLU,
     ResBlock,
     Upsample,
+    class_labels,
+    time_label_embedding,
     timestep_embedding,
     zero_,
 )
@@ -58,6 +64,9 @@ class UNetConfig:
     groups: GroupNorm groups (every channel width must be divisible by it).
     downsample_padding: 1 pads every side of a Downsample's input by one pixel; 0 only its bottom
         and right (TensorFlow's "SAME", the official code and diffusers' google/ddpm-*).
+    num_classes: class-conditional on that many classes (0: unconditional).
+    p_uncond: the probability that training replaces a label by the null label (classifier-free
+        guidance, Ho & Salimans 2022); not part of the architecture.
     """
 
     image_size: int
@@ -71,6 +80,8 @@ class UNetConfig:
     learn_sigma: bool = False
     groups: int = 32
     downsample_padding: int = 1
+    num_classes: int = 0
+    p_uncond: float = 0.1
 
     def __post_init__(self):
         # lists (e.g. from JSON) become tuples, so configs stay hashable and compare equal
@@ -95,6 +106,7 @@ class UNetConfig:
             raise ValueError(f"downsample_padding must be 0 or 1, got {self.downsample_padding!r}")
         if not isinstance(self.learn_sigma, bool):
             raise ValueError(f"learn_sigma must be a bool, got {self.learn_sigma!r}")
+        check_class_fields(self.num_classes, self.p_uncond)
         factor = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % factor:
             raise ValueError(
@@ -146,7 +158,8 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """The DDPM U-Net: ``model(x [N, C, H, W] float, t [N] long) -> [N, C_out, H, W]``.
+    """The DDPM U-Net: ``model(x [N, C, H, W] float, t [N] long) -> [N, C_out, H, W]``, and
+    ``model(x, t, y)`` with class labels y [N] long for a class-conditional config.
 
     C_out = C, or 2C with ``learn_sigma`` (channels [0, C): eps; [C, 2C): the variance
     interpolation v of improved DDPM, Sigma = exp(v log beta + (1 - v) log beta-tilde) with v
@@ -170,6 +183,8 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim), nn.SiLU()
         )
+        # class-conditional: one row per class and the null label
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         # down path: a flat list of stages; each stage's output is kept as a skip
@@ -206,9 +221,12 @@ class UNet(nn.Module):
         self.norm_out = GroupNormSiLU(cfg.groups, width, eps=GROUPNORM_EPS)
         self.conv_out = zero_(nn.Conv2d(width, cfg.out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x [N, C, H, W] float, t [N] long -> [N, C_out, H, W]; ValueError for shapes that do
-        not match the config."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [N, C, H, W] float, t [N] long, y [N] long class labels (class-conditional configs;
+        None: the null label) -> [N, C_out, H, W]; ValueError for shapes that do not match the
+        config."""
         cfg = self.config
         if x.ndim != 4 or tuple(x.shape[1:]) != cfg.input_shape():
             raise ValueError(
@@ -219,7 +237,9 @@ class UNet(nn.Module):
             raise ValueError(
                 f"timesteps must have shape [{x.shape[0]}] (one per image), got {tuple(t.shape)}"
             )
-        emb = self.time_embed(timestep_embedding(t, cfg.base_channels).to(x.dtype))
+        y = class_labels(y, x.shape[0], cfg.num_classes, x.device)
+        sinusoid = timestep_embedding(t, cfg.base_channels).to(x.dtype)
+        emb = time_label_embedding(self.time_embed, self.label_emb, sinusoid, y)
         h = self.conv_in(x)
         skips = [h]
         for stage in self.down:

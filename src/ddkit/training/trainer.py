@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import uuid
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from . import distributed as D
 from . import runfolder, state
 from .device import autocast_dtype, pick_device
 from .ema import EMA
+from .labels import class_names, drop_labels
 from .optim import lr_at, lr_schedule_meta, make_optimizer
 from .runlog import RunLog, progress_bar
 from .state import EpochBatches
@@ -87,6 +89,7 @@ class Trainer:
         self.micro = per_rank // tr.grad_accum
         self.dataset = as_dataset(dataset) if dataset is not None else load_dataset(cfg.data)
         check_model_fits_data(cfg, self.dataset.shape)
+        self.class_names = class_names(cfg.model.num_classes, self.dataset)
         self.schedule = cfg.diffusion.make_schedule()
 
         torch.manual_seed(tr.seed + self.dist.rank)  # dropout: per-rank global RNG, checkpointed
@@ -136,6 +139,10 @@ class Trainer:
         t, w = self.t_sampler.sample(B, self.gen)
         noise = torch.randn((B, *self.dataset.shape), generator=self.gen)
         flips = torch.rand(B, generator=self.gen) < 0.5 if cfg.data.hflip else None
+        y = None  # class labels, some dropped to the null label (classifier-free guidance)
+        if self.class_names is not None:
+            m = cfg.model
+            y = drop_labels(self.dataset.labels[idx], m.p_uncond, m.num_classes, self.gen)
 
         per_rank = B // world
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
@@ -144,6 +151,7 @@ class Trainer:
             f = flips[mine]
             x0[f] = x0[f].flip(-1)
         x0, t_r, w_r, n_r = (v.to(self.device) for v in (x0, t[mine], w[mine], noise[mine]))
+        y_r = y[mine].to(self.device) if y is not None else None
 
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step)
@@ -158,8 +166,9 @@ class Trainer:
                 with torch.autocast(
                     self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
                 ):
+                    net = self.net if y_r is None else partial(self.net, y=y_r[mb])
                     terms = training_losses(
-                        self.net,
+                        net,
                         self.schedule,
                         x0[mb],
                         t_r[mb],
@@ -322,6 +331,7 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "data_position": self.batches.state_dict(),
                 "data_shape": list(self.dataset.shape),
+                "class_names": self.class_names,
                 "optimizer": opt_meta,
                 "lr_schedule": lr_schedule_meta(o, max_steps, self.step),
                 "ema": self.ema.state_dict(),

@@ -8,6 +8,13 @@ If x0 ~ sum_k pi_k N(m_k, S_k), then under the VP forward process x_t = a x0 + s
 and the MMSE denoiser is E[x0 | x_t] = sum_k r_k(x) (m_k + a S_k C_k^{-1} (x - a m_k)) with
 responsibilities r_k proportional to pi_k N(x; a m_k, C_k).  With S_k = Q_k diag(l_k) Q_k^T, every
 C_k shares Q_k, so each evaluation costs one projection per component.  All arithmetic is float64.
+
+Two conditionals are again mixtures, which makes them exact answers too:
+* labelled components (``classes``): p(x | c) is the sub-mixture of class c's components, so the
+  exact class-conditional denoiser is that sub-mixture's (:meth:`class_model`);
+* observed coordinates x_o: each component conditioned on x_o is Gaussian (mean
+  m_u + S_uo S_oo^{-1} (x_o - m_o), covariance S_uu - S_uo S_oo^{-1} S_ou) and its weight becomes
+  proportional to pi_k N(x_o; m_o, S_oo) (:meth:`condition`): the exact answer for inpainting.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from ..diffusion.schedule import NoiseSchedule
 
 
 class GaussianMixture:
-    """sum_k weights[k] N(means[k], covs[k]) in R^d, with exact diffused densities and denoisers."""
+    """sum_k weights[k] N(means[k], covs[k]) in R^d, with exact diffused densities and denoisers.
 
-    def __init__(self, weights, means, covs):
+    ``classes``: optional [K] class index (0..C-1) of each component; every class needs one."""
+
+    def __init__(self, weights, means, covs, classes=None):
         w = torch.as_tensor(np.asarray(weights), dtype=torch.float64)
         m = torch.as_tensor(np.asarray(means), dtype=torch.float64)
         c = torch.as_tensor(np.asarray(covs), dtype=torch.float64)
@@ -51,6 +60,58 @@ class GaussianMixture:
             raise ValueError("covariances must be positive definite")
         self.weights, self.means, self.covs = w, m, c
         self.eigvals, self.eigvecs = lam, Q  # [K, d], [K, d, d]
+        self.classes = None
+        if classes is not None:
+            cls = torch.as_tensor(np.asarray(classes), dtype=torch.long)
+            if cls.shape != w.shape or cls.min() < 0:
+                raise ValueError(f"classes must be [K] indices >= 0, got {tuple(cls.shape)}")
+            if len(torch.unique(cls)) != int(cls.max()) + 1:
+                raise ValueError("every class 0..C-1 needs at least one component")
+            self.classes = cls
+        self._class_mixtures: dict[int, GaussianMixture] = {}
+
+    @property
+    def n_classes(self) -> int:
+        """C, the number of classes (0 when the components carry no classes)."""
+        return 0 if self.classes is None else int(self.classes.max()) + 1
+
+    def of_class(self, c: int) -> GaussianMixture:
+        """p(x | c): the mixture of class ``c``'s components, weights renormalised."""
+        if not 0 <= c < self.n_classes:
+            raise ValueError(f"class {c!r} is not one of the {self.n_classes} classes")
+        if c not in self._class_mixtures:
+            keep = self.classes == c
+            w = self.weights[keep]
+            self._class_mixtures[c] = GaussianMixture(
+                w / w.sum(), self.means[keep], self.covs[keep]
+            )
+        return self._class_mixtures[c]
+
+    def condition(self, observed, values) -> GaussianMixture:
+        """p(x_u | x_o = values) over the unobserved coordinates u (in increasing order), with
+        ``observed`` the indices o: again a mixture, each component conditioned and reweighted by
+        pi_k N(values; m_o, S_oo).  Component classes are kept."""
+        o = torch.as_tensor(np.asarray(observed), dtype=torch.long)
+        u = torch.tensor([i for i in range(self.dim) if i not in set(o.tolist())])
+        if len(torch.unique(o)) != len(o) or len(u) == 0 or len(o) == 0:
+            raise ValueError("observed must be distinct indices leaving some coordinates free")
+        xo = torch.as_tensor(np.asarray(values), dtype=torch.float64)
+        S = self.covs
+        S_oo, S_uo, S_uu = S[:, o][:, :, o], S[:, u][:, :, o], S[:, u][:, :, u]
+        gain = torch.linalg.solve(S_oo, S_uo.transpose(1, 2)).transpose(1, 2)  # S_uo S_oo^-1
+        diff = xo[None] - self.means[:, o]  # [K, |o|]
+        means = self.means[:, u] + torch.einsum("kij,kj->ki", gain, diff)
+        covs = S_uu - gain @ S_uo.transpose(1, 2)
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        _, logdet = torch.linalg.slogdet(S_oo)
+        maha = torch.einsum("ki,ki->k", diff, torch.linalg.solve(S_oo, diff[:, :, None])[..., 0])
+        logw = torch.log(self.weights) - 0.5 * (maha + logdet + len(o) * math.log(2 * math.pi))
+        w = torch.softmax(logw, 0)
+        keep = w > 1e-300  # components with no mass at x_o drop out
+        classes = None if self.classes is None else self.classes[keep]
+        if classes is not None:  # renumber the classes that remain
+            classes = torch.unique(classes, return_inverse=True)[1]
+        return GaussianMixture(w[keep] / w[keep].sum(), means[keep], covs[keep], classes)
 
     @property
     def dim(self) -> int:
@@ -137,6 +198,26 @@ class GaussianMixture:
                     sel = t == tv
                     out[sel] = self.posterior_mean(flat[sel], float(ab_table[tv]))
             return out.to(x.dtype).reshape(x.shape)
+
+        return predict_x0
+
+    def class_model(self, schedule: NoiseSchedule):
+        """A class-conditional network-like callable (x_t, t[N], y[N]) -> E[x0 | x_t, y]: the
+        exact x0-predictor of class y's sub-mixture, and of the whole mixture at the null label
+        y = C (as a network trained with label dropout is)."""
+        if self.classes is None:
+            raise ValueError("this mixture's components carry no classes")
+        models = {c: self.of_class(c).model(schedule) for c in range(self.n_classes)}
+        models[self.n_classes] = self.model(schedule)
+
+        def predict_x0(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            out = torch.empty_like(x)
+            for c in torch.unique(y).tolist():
+                if c not in models:
+                    raise ValueError(f"label {c} is not a class 0..{self.n_classes - 1} or null")
+                sel = y == c
+                out[sel] = models[c](x[sel], t[sel])
+            return out
 
         return predict_x0
 

@@ -2,7 +2,8 @@
 
 Each command calls one library function: ``verify`` :func:`ddkit.verify.runner.run_to_folder`,
 ``train`` :class:`ddkit.training.trainer.Trainer`, ``sample`` :func:`ddkit.sample.sample_to_folder`,
-``eval`` :func:`ddkit.evaluation.run.evaluate`, ``features``
+``eval`` :func:`ddkit.evaluation.run.evaluate`, ``inpaint`` and ``edit`` (``cli/edit.py``),
+``features``
 :func:`ddkit.evaluation.quality.train_or_show_classifier`, ``demo`` :func:`ddkit.demo.run_demo`.
 Errors in what the user asked for (ValueError) print one line and exit with status 2.
 """
@@ -13,8 +14,10 @@ import argparse
 import os
 import sys
 
-from . import __version__
-from .cli_checks import MAX_DEMO_SCALE, Parser, finite_float, one_line, positive_int, random_seed
+from .. import __version__
+from ..cli_checks import MAX_DEMO_SCALE, Parser, finite_float, one_line, positive_int, random_seed
+from .edit import add_commands, add_guidance_options
+from .features import add_features_command
 
 # OpenMP's default spin-waiting makes every parallel op wait a scheduler tick for a descheduled
 # worker thread when the machine has more runnable threads than cores (any shared machine): a
@@ -43,8 +46,8 @@ _CLIP_X0_HELP = (
 
 
 def _cmd_verify(args) -> int:
-    from .cli_checks import check_verify
-    from .verify.runner import run_to_folder
+    from ..cli_checks import check_verify
+    from ..verify.runner import run_to_folder
 
     check_verify(args)
     run_to_folder(
@@ -62,10 +65,10 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .cli_checks import check_resume_overrides, check_train
-    from .config import load_config
-    from .training.trainer import Trainer
-    from .training.validate import RESUMABLE_TRAIN_KEYS
+    from ..cli_checks import check_resume_overrides, check_train
+    from ..config import load_config
+    from ..training.trainer import Trainer
+    from ..training.validate import RESUMABLE_TRAIN_KEYS
 
     if args.resume:
         if args.config:
@@ -74,7 +77,7 @@ def _cmd_train(args) -> int:
             raise ValueError(
                 "--overwrite is for a new run; --resume continues the checkpoint's own run"
             )
-        from .config import parse_override
+        from ..config import parse_override
 
         overrides = {}
         for text in args.set or []:
@@ -103,7 +106,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from .sample import sample_to_folder
+    from ..sample import sample_to_folder
 
     sample_to_folder(
         args.checkpoint,
@@ -120,12 +123,15 @@ def _cmd_sample(args) -> int:
         weights=args.weights,
         device=args.device,
         png=args.format == "png",
+        class_label=args.class_label,
+        guidance=args.guidance,
+        guidance_interval=args.guidance_interval,
     )
     return 0
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(args.out, steps_scale=args.scale, progress=not args.quiet)
     return 0
@@ -141,7 +147,7 @@ def _sampler_options(args) -> dict:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluation.run import evaluate
+    from ..evaluation.run import evaluate
 
     evaluate(
         args.checkpoint,
@@ -181,24 +187,10 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import export_diffusers
+    from ..export import export_diffusers
 
     out = export_diffusers(args.checkpoint, args.out, weights=args.weights, sampler=args.sampler)
     print(f"wrote a diffusers pipeline folder to {out}")
-    return 0
-
-
-def _cmd_features(args) -> int:
-    from .evaluation.quality import train_or_show_classifier
-
-    train_or_show_classifier(
-        args.data,
-        path=args.path,
-        cache_dir=args.cache,
-        retrain=args.retrain,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
     return 0
 
 
@@ -267,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="npz",
         help="png: also one PNG per sample in OUT/png/ (for clean-fid, torch-fidelity)",
     )
+    add_guidance_options(s)
     s.set_defaults(func=_cmd_sample)
+    add_commands(sub)
 
     e = sub.add_parser("eval", help="bits/dim, FID/KID, quality-vs-steps sweep of a checkpoint")
     e.add_argument("checkpoint", help="a checkpoint file or a run folder (its newest checkpoint)")
@@ -338,16 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--sampler", default="ddpm", help="the pipeline: ddpm or ddim (default: ddpm)")
     x.set_defaults(func=_cmd_export)
 
-    f = sub.add_parser(
-        "features", help="train (or show) ddkit's FID feature network for a data set"
-    )
-    f.add_argument("--data", required=True, help="digits, mnist5k or fashion_mnist")
-    f.add_argument("--path", help="folder of the data set's files, where it has one")
-    f.add_argument("--epochs", type=positive_int, default=4)
-    f.add_argument("--seed", type=random_seed, default=0)
-    f.add_argument("--retrain", action="store_true", help="replace a cached network")
-    f.add_argument("--cache", help="cache folder (default $DDKIT_CACHE or ~/.cache/ddkit)")
-    f.set_defaults(func=_cmd_features)
+    add_features_command(sub)
 
     d = sub.add_parser("demo", help="train on bundled data (2-D spiral, 8x8 digits) and sample")
     d.add_argument("--out", default="demo-out")
@@ -375,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     def one_line_warning(message, category, filename, lineno, file=None, line=None):
         print(one_line(f"ddkit {args.command}: warning: {message}"), file=sys.stderr)
 
-    from .paths import DiskFullError
-    from .trained import NonFiniteSamplesError
-    from .training.trainer import NonFiniteLossError
+    from ..paths import DiskFullError
+    from ..trained import NonFiniteSamplesError
+    from ..training.trainer import NonFiniteLossError
 
     try:
         with warnings.catch_warnings():

@@ -171,7 +171,12 @@ def _tiny_checkpoint(tmp_path: Path, diffusion: dict | None = None, **model) -> 
 
 @pytest.mark.parametrize(
     "model",
-    [{}, {"num_heads": 2, "base_channels": 32, "channel_mult": [1, 1]}, {"learn_sigma": True}],
+    [
+        {},
+        {"num_heads": 2, "base_channels": 32, "channel_mult": [1, 1]},
+        {"learn_sigma": True},
+        {"num_classes": 3},
+    ],
 )
 def test_export_round_trip_is_bit_identical(tmp_path, capsys, model):
     path = _tiny_checkpoint(tmp_path, **model)
@@ -218,6 +223,22 @@ def test_an_exported_run_loads_in_diffusers_offline_and_computes_the_same(tmp_pa
         assert abs((x0 / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() - images).max() < 1e-5
 
 
+def test_a_class_conditional_run_exports_its_classes_and_null_label(tmp_path):
+    """num_class_embeds = classes + 1 (the null label last): diffusers' UNet with class_labels
+    computes ddkit's conditional and unconditional outputs."""
+    path = _tiny_checkpoint(tmp_path, num_classes=3)
+    out = tmp_path / "exported"
+    assert main(["export", str(path), str(out)]) == 0
+    unet = diffusers.UNet2DModel.from_pretrained(out / "unet", local_files_only=True)
+    assert unet.config.num_class_embeds == 4
+    ours = load_trained(path)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    t, y = torch.tensor([0, 30, 60, 99]), torch.tensor([0, 1, 2, 3])  # 3: the null label
+    with torch.no_grad():
+        assert _rel(ours.model(x, t, y), unet(x, t, class_labels=y).sample) < 1e-5
+        assert _rel(ours.model(x, t, torch.zeros_like(y)), ours.model(x, t, y)) > 1e-3
+
+
 # ---- what does not map --------------------------------------------------------------------------
 def _pipeline(folder: Path, unet: dict | None = None, scheduler: dict | None = None) -> Path:
     """A pipeline folder with small configs edited by ``unet`` / ``scheduler``."""
@@ -248,6 +269,7 @@ def _pipeline(folder: Path, unet: dict | None = None, scheduler: dict | None = N
         (None, {"beta_end": 0.012}, "linear betas"),
         (None, {"prediction_type": "sample"}, None),  # x0 prediction: maps
         (None, {"variance_type": "learned_range"}, "variance_type"),
+        ({"num_class_embeds": 10}, None, "null label"),  # not ddkit's: no null label
     ],
 )
 def test_what_does_not_map_is_refused_in_one_line(tmp_path, capsys, unet, scheduler, words):

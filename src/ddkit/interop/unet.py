@@ -55,8 +55,10 @@ _FIXED = {
     "resnet_time_scale_shift": "default",
     "add_attention": True,
     "class_embed_type": None,
-    "num_class_embeds": None,
 }
+# a class-conditional ddkit U-Net exports num_class_embeds = classes + 1, the last row being the
+# null label of classifier-free guidance; this key (ignored by diffusers) says so on the way back
+NULL_LABEL_KEY = "_ddkit_null_label"
 _DEPRECATED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
@@ -107,6 +109,8 @@ def unet_to_diffusers(cfg: UNetConfig) -> dict:
         "downsample_padding": cfg.downsample_padding,
         "time_embedding_dim": None,
         **_FIXED,
+        "num_class_embeds": cfg.num_classes + 1 if cfg.num_classes else None,
+        **({NULL_LABEL_KEY: cfg.num_classes} if cfg.num_classes else {}),
     }
 
 
@@ -146,6 +150,17 @@ def _unet_from_diffusers(d: dict, where: str) -> UNetConfig:
     for key, want in _FIXED.items():
         if get(key, defaults.get(key)) != want:
             refuse(key, f"has no ddkit equivalent (the DDPM U-Net has {want!r})")
+    classes = 0
+    if get("num_class_embeds") is not None:  # only ddkit's own: the last row is the null label
+        k = get("num_class_embeds")
+        if not _int(k) or k < 2 or get(NULL_LABEL_KEY) != k - 1:
+            refuse(
+                "num_class_embeds",
+                "has no ddkit equivalent: ddkit reads class embeddings only with the null label "
+                f"of classifier-free guidance as their last row ({NULL_LABEL_KEY} = "
+                "num_class_embeds - 1, as ddkit export writes)",
+            )
+        classes = k - 1
     widths = get("block_out_channels")
     if not isinstance(widths, list) or not widths or not all(_int(w) for w in widths):
         refuse("block_out_channels", "is not a list of positive integers")
@@ -206,6 +221,7 @@ def _unet_from_diffusers(d: dict, where: str) -> UNetConfig:
             learn_sigma=cout == 2 * cin,
             groups=groups,
             downsample_padding=get("downsample_padding", 1),
+            num_classes=classes,
         )
     except (ValueError, TypeError) as e:
         raise InteropError(f"{where}: {e}") from None
@@ -225,6 +241,8 @@ def _pairs(cfg: UNetConfig) -> list[tuple[str, str, str]]:
         ("plain", "norm_out", "conv_norm_out"),
         ("plain", "conv_out", "conv_out"),
     ]
+    if cfg.num_classes:
+        out.append(("plain", "label_emb", "class_embedding"))
     levels = len(cfg.channel_mult)
     attended = [r in cfg.attention_resolutions for r in cfg.resolutions()]
     k = 0

@@ -92,7 +92,7 @@ def sample_inpaint(
         raise ValueError(f"variance {variance!r} is not allowed; allowed: fixed_small, fixed_large")
     ab = denoiser.schedule.alpha_bar
     grid = ts + [DATA]
-    known = known.to(x_T.dtype)
+    known = known.to(device=x_T.device, dtype=x_T.dtype)
     free = 1.0 - m
 
     def replace(x: torch.Tensor, t: int) -> torch.Tensor:

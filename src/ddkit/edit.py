@@ -45,7 +45,7 @@ def read_image_file(path: str | Path, what: str = "--image") -> np.ndarray:
     ``MAX_IMAGE_BYTES`` and PIL's pixel limit."""
     from PIL import Image, UnidentifiedImageError
 
-    from .data.images import _to_8bit, native_channels
+    from .data.images import native_channels, to_8bit
 
     try:
         f, st = open_regular(path)
@@ -64,7 +64,7 @@ def read_image_file(path: str | Path, what: str = "--image") -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             img.load()
-            img = _to_8bit(img)
+            img = to_8bit(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{what} {str(path)!r} is not a readable image: {e}") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):

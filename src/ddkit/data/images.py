@@ -69,7 +69,7 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
     return Image.fromarray(out[..., 0] if gray else out, "L" if gray else "RGB")
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
+def to_8bit(img: Image.Image) -> Image.Image:
     """Any PIL image -> mode 'L' or 'RGB' (step 1 of the module docstring)."""
     mode = img.mode
     if mode == "P":
@@ -107,7 +107,7 @@ def _center_crop_resize(img: Image.Image, size: int | None) -> Image.Image:
 
 def to_uint8(img: Image.Image, channels: int, size: int | None) -> np.ndarray:
     """A decoded PIL image -> uint8 [channels, H, W] (H = W = size when size is set)."""
-    img = _to_8bit(img)
+    img = to_8bit(img)
     if channels == 1 and img.mode == "RGB":
         img = img.convert("L")
     img = _center_crop_resize(img, size)

@@ -80,13 +80,15 @@ def guided(
                 f"labels must be [{x.shape[0]}] (one per row), got {tuple(labels.shape)}"
             )
         y = labels.to(x.device)
-        w = torch.full((x.shape[0],), scale, dtype=x.dtype, device=x.device)
-        if interval is not None:
-            sigma = noise_level(schedule, t)
-            inside = (sigma > interval[0]) & (sigma <= interval[1])
-            w = w * inside.to(device=x.device, dtype=x.dtype)
-        if scale == 0.0 or not bool(w.any()):
+        if scale == 0.0:
             return model(x, t, y)
+        w = torch.full((x.shape[0],), scale, dtype=torch.float64)
+        if interval is not None:  # the noise levels come from the (host) schedule table
+            sigma = noise_level(schedule, t)
+            w = w * ((sigma > interval[0]) & (sigma <= interval[1]))
+            if not bool(w.any()):
+                return model(x, t, y)
+        w = w.to(device=x.device, dtype=x.dtype)
         both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null)]))
         cond, uncond = both.chunk(2)
         c = x.shape[1]  # a learned-variance output keeps the conditional variance channels

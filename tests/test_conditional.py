@@ -384,3 +384,19 @@ def test_trained_sample_conditions_on_labels_and_guides(tmp_path):
     assert not torch.allclose(trained.sample(5, steps=6, labels=y, seed=4, guidance=2.0), x)
     with pytest.raises(ValueError, match="label 3 is not a class"):
         trained.sample(5, steps=6, labels=torch.tensor([0, 1, 3, 0, 1]))
+
+
+def test_the_null_label_is_refused_for_a_model_trained_without_label_dropout(tmp_path):
+    from tiny_run import MLP_CONFIG, write_checkpoint
+
+    from ddkit.trained import load_trained
+
+    model = {**MLP_CONFIG["model"], "num_classes": 2, "p_uncond": 0.0}
+    trained = load_trained(
+        write_checkpoint(tmp_path / "c.safetensors", {**MLP_CONFIG, "model": model})
+    )
+    assert trained.sample(2, steps=3, labels=torch.tensor([0, 1])).shape == (2, 2)
+    with pytest.raises(ValueError, match="label 2 asks for the unconditional branch"):
+        trained.sample(2, steps=3, labels=torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="p_uncond = 0"):
+        trained.sample(2, steps=3, guidance=1.0)

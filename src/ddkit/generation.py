@@ -76,7 +76,8 @@ class SampleSpec:
         return schedule.timesteps(self.steps, self.spacing)
 
     def nfe(self) -> int:
-        """Model evaluations per sample (a guided step evaluates both branches: counted twice)."""
+        """Model evaluations per sample, at most: a guided step evaluates both branches (counted
+        twice, also for steps that a guidance interval leaves unguided)."""
         calls = SAMPLERS[self.sampler].nfe(self.steps, **self.options)
         return 2 * calls if self.guidance else calls
 
@@ -98,7 +99,8 @@ def check_labels(trained, spec: SampleSpec, num: int, labels) -> torch.Tensor | 
                 f"{what} given, but the model is unconditional (trained without classes)"
             )
         return None
-    if spec.guidance and trained.config.model.p_uncond == 0:
+    untrained = trained.config.model.p_uncond == 0  # no label dropout: no unconditional branch
+    if spec.guidance and untrained:
         raise ValueError(
             f"guidance {spec.guidance} needs an unconditional branch, but the model was trained "
             "with p_uncond = 0 (no label dropout); sample with guidance 0"
@@ -116,6 +118,11 @@ def check_labels(trained, spec: SampleSpec, num: int, labels) -> torch.Tensor | 
         raise ValueError(
             f"label {int(bad[0])} is not a class of the model: allowed 0..{C - 1} "
             f"({C} = the unconditional branch)"
+        )
+    if untrained and bool((y == C).any()):
+        raise ValueError(
+            f"label {C} asks for the unconditional branch, but the model was trained with "
+            f"p_uncond = 0 (no label dropout): allowed 0..{C - 1}"
         )
     return y
 

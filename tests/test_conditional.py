@@ -400,3 +400,24 @@ def test_the_null_label_is_refused_for_a_model_trained_without_label_dropout(tmp
         trained.sample(2, steps=3, labels=torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="p_uncond = 0"):
         trained.sample(2, steps=3, guidance=1.0)
+
+
+def test_a_folder_of_class_folders_is_labelled_by_its_subfolders(tmp_path):
+    from PIL import Image
+
+    from ddkit.data.folder import load_folder
+
+    rng = np.random.default_rng(0)
+    for cls, n in (("cat", 12), ("dog", 8), ("ant", 10)):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+            Image.fromarray(img, "L").save(tmp_path / "pets" / cls / f"{i}.png")
+    ds = load_folder(str(tmp_path / "pets"), split="train", channels=1)
+    test = load_folder(str(tmp_path / "pets"), split="test", channels=1)
+    assert ds.class_names == ("ant", "cat", "dog")
+    counts = torch.bincount(torch.cat([ds.labels, test.labels]), minlength=3)
+    assert counts.tolist() == [10, 12, 8]
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "pets" / "loose.png")
+    loose = load_folder(str(tmp_path / "pets"), split="train", channels=1)
+    assert loose.labels is None and loose.class_names is None  # an image outside the classes

@@ -5,7 +5,10 @@ the order is the same on every machine).  A file counts as an image when its ext
 ``RASTER_EXTENSIONS`` (.png .jpg .jpeg .jpe .jfif .bmp .dib .gif .tif .tiff .webp .ppm .pgm .pbm
 .pnm .tga .qoi .avif .jp2 .j2k .pcx .ico) and this PIL build has a reader for it (PIL's stub
 formats such as .h5, .eps or .fits are not images here); other files, and hidden files or
-folders (name starting with '.'), are ignored.  The folder has no labels.  A listed name that
+folders (name starting with '.'), are ignored.  When every image lies in a first-level subfolder
+(one per class, as torchvision's ``ImageFolder`` expects), the sorted subfolder names are the
+class names and each image's label is its subfolder's index; an image directly in the folder
+leaves the set unlabelled.  A listed name that
 is not a regular file (a FIFO, socket or device, or a symlink to one) is never opened: it counts
 as unreadable (``on_corrupt``), as do empty, truncated and non-image files and images of more
 than PIL's ``Image.MAX_IMAGE_PIXELS`` pixels.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from PIL import Image
 
 from .base import DataError, held_out_indices
@@ -28,6 +32,7 @@ __all__ = [
     "RASTER_EXTENSIONS",
     "FolderSource",
     "image_extensions",
+    "folder_classes",
     "list_image_files",
     "load_folder",
 ]
@@ -76,6 +81,20 @@ def list_image_files(folder: str) -> list[str]:
     return [os.path.join(folder, *rel.split("/")) for rel in sorted(found)]
 
 
+def folder_classes(folder: str, files: list[str]):
+    """(labels int64 [len(files)], class names) when every file lies in a first-level
+    subfolder of ``folder`` (the sorted subfolder names are the classes), else (None, None)."""
+    tops = []
+    for f in files:
+        parts = os.path.relpath(f, folder).split(os.sep)
+        if len(parts) < 2:
+            return None, None
+        tops.append(parts[0])
+    names = sorted(set(tops))
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[t] for t in tops], dtype=np.int64), tuple(names)
+
+
 class FolderSource:
     """``ImageSource`` over a list of image file paths."""
 
@@ -113,12 +132,16 @@ def load_folder(
             f"{folder}: split {split!r} is empty ({len(files)} image files; the test split "
             "holds out 1 in 10)"
         )
-    return ImageFileDataset(
+    labels, names = folder_classes(folder, files)
+    ds = ImageFileDataset(
         name,
         FolderSource(folder, files),
         channels=channels,
         size=image_size,
         on_corrupt=on_corrupt,
         indices=indices,
+        labels=labels,
         cache_bytes=cache_bytes,
     )
+    ds.class_names = names
+    return ds

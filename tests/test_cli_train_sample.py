@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ddkit.cli import main
 from ddkit.trained import SampleSpec, generate, load_trained
@@ -192,6 +193,11 @@ def test_demo_runs_end_to_end_at_small_scale(tmp_path):
     for name in times:
         for f in ("samples.png", "trajectory.png", "loss.png", "config.json"):
             assert (tmp_path / name / f).stat().st_size > 0, (name, f)
+    digits = load_trained(tmp_path / "digits")  # class-conditional: a grid row per digit
+    assert digits.class_names == tuple(str(i) for i in range(10))
+    grid = np.asarray(Image.open(tmp_path / "digits" / "samples.png"))
+    cell = 32 + 2  # 8x8 digits enlarged to 32 pixels, 2 pixels apart
+    assert (grid.shape[0] - 2) // cell == 10 and (grid.shape[1] - 2) // cell == 8
     # running it again replaces the earlier demo runs (the quick start may be run twice)
     lines = []
     run_demo(tmp_path, steps_scale=0.005, progress=False, log=lines.append)

@@ -3,7 +3,8 @@
 Two runs, each a normal ``ddkit train`` run (config, checkpoints, metrics, sample grids):
 
 * ``spiral``: the 2-D spiral of Sohl-Dickstein et al. (2015) with the time-conditioned MLP;
-* ``digits``: scikit-learn's 8x8 digits with the small U-Net.
+* ``digits``: scikit-learn's 8x8 digits with the small U-Net, class-conditional (one row of
+  samples per digit).
 
 Each run ends with 1000-step DDPM samples (``samples.png``) and a forward/reverse trajectory
 figure (``trajectory.png``, the layout of Sohl-Dickstein et al.'s Fig. 1).
@@ -20,6 +21,7 @@ import torch
 from . import viz
 from .config import config_from_dict, config_to_dict
 from .diffusion.process import q_sample
+from .generation import SampleSpec, check_labels
 from .resources import check_output_folder
 from .samplers import sample_ddpm
 from .trained import load_trained
@@ -34,7 +36,7 @@ DEMOS = {
         "train": {"max_steps": 3000, "batch_size": 256, "sample_every": 1000, "sample_num": 2000},
     },
     "digits": {
-        "model": {"preset": "ddpm-8", "num_res_blocks": 1, "dropout": 0.0},
+        "model": {"preset": "ddpm-8", "num_res_blocks": 1, "dropout": 0.0, "num_classes": 10},
         "data": {"name": "digits"},
         "optim": {
             "lr": 2e-3,
@@ -93,10 +95,10 @@ def trajectory(trained, x0: torch.Tensor, num: int, seed: int = 0):
             snaps[t] = x.clone()
 
     x_T = torch.randn((num, *trained.data_shape), generator=g)
+    labels = check_labels(trained, SampleSpec(), num, None)  # a class-conditional model's classes
+    den = trained.denoiser(labels=labels)
     with torch.no_grad():
-        x = sample_ddpm(
-            trained.denoiser(), x_T, schedule.timesteps(T, "leading"), generator=g, callback=keep
-        )
+        x = sample_ddpm(den, x_T, schedule.timesteps(T, "leading"), generator=g, callback=keep)
     reverse = [(f"t = {t + 1}", snaps[t]) for t in reversed(marks[1:])] + [("t = 0 (sample)", x)]
     return forward, reverse, x
 
@@ -153,12 +155,16 @@ def run_demo(out: str | Path, steps_scale: float = 1.0, progress: bool = True, l
         trainer = Trainer(cfg, log=log, overwrite=replace[name])
         trainer.fit()
         trained = load_trained(trainer.last_checkpoint)
-        num = 2000 if name == "spiral" else 64
+        num = 2000 if name == "spiral" else 80  # digits: 8 of each class
         data = trainer.dataset.get_batch(torch.arange(min(len(trainer.dataset), num)))
         forward, reverse, x = trajectory(trained, data, min(num, len(data)))
         run = Path(cfg.train.out_dir)
-        extra = {"reference": data} if data.ndim == 2 else {}
-        viz.save_samples(x, run / "samples.png", **extra)
+        if data.ndim == 2:
+            viz.save_samples(x, run / "samples.png", reference=data)
+        else:  # one row per class
+            labels = check_labels(trained, SampleSpec(), len(x), None)
+            rows, per_row = viz.class_grid(x, labels, trained.num_classes, len(x))
+            viz.save_image_grid(rows, run / "samples.png", nrow=per_row)
         viz.save_trajectory(forward, reverse, run / "trajectory.png")
         times[name] = time.perf_counter() - t0
         pictures = ", ".join(str(run / f) for f in ("samples.png", "trajectory.png", "loss.png"))

@@ -121,7 +121,7 @@ def sample_to_folder(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "samples.npz", buf.getvalue())
     if labels is not None and class_label is None and trained.is_image:
-        shown, per_row = class_grid(x, labels, trained.num_classes, grid)
+        shown, per_row = viz.class_grid(x, labels, trained.num_classes, grid)
         viz.save_image_grid(shown, out / "samples.png", nrow=per_row)
     else:
         viz.save_samples(x[:grid], out / "samples.png")
@@ -130,20 +130,6 @@ def sample_to_folder(
     atomic_write_bytes(out / "sampler.json", json.dumps(settings, indent=2).encode())
     log(f"wrote {num} samples to {out} ({wall:.1f} s, {spec.nfe()} model calls each)")
     return settings
-
-
-def class_grid(x: torch.Tensor, labels: torch.Tensor, num_classes: int, grid: int):
-    """(images, per_row): up to ``grid`` of the samples ``x`` with one row per class (the first
-    ``max(1, grid // num_classes)`` of each class that has any)."""
-    per_row = max(1, grid // num_classes)
-    rows = [x[labels == c][:per_row] for c in range(num_classes)]
-    rows = [r for r in rows if len(r)]
-    if any(len(r) < per_row for r in rows):  # pad short rows with white
-        rows = [
-            torch.cat([r, torch.ones_like(r[:1]).expand(per_row - len(r), *r.shape[1:])])
-            for r in rows
-        ]
-    return torch.cat(rows), per_row
 
 
 def write_pngs(images: np.ndarray, folder: Path) -> None:

@@ -97,6 +97,20 @@ def save_scatter(
     _save_figure(fig, path)
 
 
+def class_grid(x: torch.Tensor, labels: torch.Tensor, num_classes: int, grid: int):
+    """(images, per_row): up to ``grid`` of the samples ``x`` with one row per class (the first
+    ``max(1, grid // num_classes)`` of each class that has any)."""
+    per_row = max(1, grid // num_classes)
+    rows = [x[labels == c][:per_row] for c in range(num_classes)]
+    rows = [r for r in rows if len(r)]
+    if any(len(r) < per_row for r in rows):  # pad short rows with white
+        rows = [
+            torch.cat([r, torch.ones_like(r[:1]).expand(per_row - len(r), *r.shape[1:])])
+            for r in rows
+        ]
+    return torch.cat(rows), per_row
+
+
 def save_samples(x: torch.Tensor, path: str | Path, **kwargs) -> None:
     """A grid for images [N, C, H, W], a scatter plot for 2-D points [N, 2]."""
     if x.ndim == 2 and x.shape[1] == 2:

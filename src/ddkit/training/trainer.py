@@ -304,7 +304,13 @@ class Trainer:
         extra = {"reference": ref} if ref is not None else {}
         for name, model in (("ema", self.ema.averaged_model(self.model)), ("online", self.model)):
             x = self.sample(model, self.cfg.train.sample_num, self.cfg.train.seed, name)
-            viz.save_samples(x, folder / f"step-{self.step:08d}-{name}.png", **extra)
+            path = folder / f"step-{self.step:08d}-{name}.png"
+            C = self.cfg.model.num_classes
+            if C and x.ndim == 4:  # generate's default labels: the classes in turn, a row each
+                rows, per_row = viz.class_grid(x, torch.arange(len(x)) * C // len(x), C, len(x))
+                viz.save_image_grid(rows, path, nrow=per_row)
+            else:
+                viz.save_samples(x, path, **extra)
 
     def _reference(self) -> torch.Tensor:
         return self.dataset.get_batch(torch.arange(min(len(self.dataset), 2000)))

@@ -156,3 +156,24 @@ def test_inpaint_and_edit_need_an_image_model(files, tmp_path, capsys):
     d, *_, points = files
     argv = ["edit", str(points), "--image", str(d / "img.png")]
     _refused(capsys, argv, "need an image model", tmp_path / "o")
+
+
+def test_eval_guidance_sweep_writes_fid_and_class_accuracy_per_scale(files, tmp_path):
+    d, cond, uncond, *_ = files
+    out, cache = tmp_path / "ev", tmp_path / "cache"
+    argv = ["eval", str(cond), "--guidance-sweep", "0", "2", "--num", "30", "--ref-num", "100"]
+    assert main([*argv, "--steps", "2", "--cache", str(cache), "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    rows = report["guidance_sweep"]
+    assert [r["guidance"] for r in rows] == [0.0, 2.0] and report["complete"]
+    assert all(0.0 <= r["class_accuracy"] <= 1.0 for r in rows)
+    assert [r["nfe"] for r in rows] == [2, 4]  # guided steps call both branches
+    assert report["class_accuracy_classifier"]["test_accuracy"] > 0.9
+    assert (out / "guidance.png").stat().st_size > 0
+    assert "| 2 |" in (out / "guidance.md").read_text()
+
+
+def test_eval_guidance_on_an_unconditional_model_is_refused(files, tmp_path, capsys):
+    d, cond, uncond, *_ = files
+    argv = ["eval", str(uncond), "--guidance-sweep", "0", "1", "--cache", str(tmp_path / "c")]
+    _refused(capsys, argv, "unconditional", tmp_path / "o")

@@ -190,3 +190,21 @@ def save_loss_curve(records: Sequence[dict], path: str | Path) -> None:
         if min(buckets.values()) > 0:
             ax2.set_yscale("log")
     _save_figure(fig, path)
+
+
+def save_guidance_curve(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """FID (left axis) and class accuracy (right axis) against the guidance scale w, from rows
+    with ``guidance``, ``fid``, ``metric`` and ``class_accuracy`` (None: not plotted)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    w = [r["guidance"] for r in rows]
+    ax.plot(w, [r["fid"] for r in rows], "o-", color="tab:blue")
+    ax.set_xlabel("guidance scale w")
+    ax.set_ylabel(rows[0]["metric"], color="tab:blue")
+    acc = [(r["guidance"], r["class_accuracy"]) for r in rows if r["class_accuracy"] is not None]
+    if acc:
+        right = ax.twinx()
+        right.plot(*zip(*acc, strict=True), "s--", color="tab:red")
+        right.set_ylabel("class accuracy of samples", color="tab:red")
+    ax.set_title(title, fontsize=9)
+    _save_figure(fig, Path(path))

@@ -16,7 +16,7 @@ import sys
 
 from .. import __version__
 from ..cli_checks import MAX_DEMO_SCALE, Parser, finite_float, one_line, positive_int, random_seed
-from .edit import add_commands, add_guidance_options
+from .edit import add_commands, add_eval_guidance_options, add_guidance_options
 from .features import add_features_command
 
 # OpenMP's default spin-waiting makes every parallel op wait a scheduler tick for a descheduled
@@ -177,6 +177,9 @@ def _cmd_eval(args) -> int:
         spacing=args.spacing,
         sampler_options=_sampler_options(args),
         clip_x0=args.clip_x0,
+        guidance=args.guidance,
+        guidance_interval=args.guidance_interval,
+        guidance_scales=args.guidance_sweep,
         batch_size=args.batch_size,
         nfes=args.nfe,
         families=args.families,
@@ -307,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--spacing", default="trailing", help="spacing for --fid")
     e.add_argument("--eta", type=finite_float(), help="DDIM eta for --fid")
     e.add_argument("--variance", help="DDPM variance for --fid")
+    add_eval_guidance_options(e)
     e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP + "; for --fid and --sweep")
     e.add_argument("--batch-size", type=positive_int, default=250)
     e.add_argument("--nfe", type=positive_int, nargs="+", default=[5, 10, 20, 50, 100, 1000])

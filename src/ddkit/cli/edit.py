@@ -17,6 +17,23 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
         help="class index or name (class-conditional models; default for sample: every class, "
         "one grid row each)",
     )
+    _guidance(p)
+
+
+def add_eval_guidance_options(p: argparse.ArgumentParser) -> None:
+    """--guidance and --guidance-interval for --fid and --sweep, and --guidance-sweep."""
+    _guidance(p)
+    p.add_argument(
+        "--guidance-sweep",
+        type=finite_float(0.0),
+        nargs="+",
+        metavar="W",
+        help="FID and class accuracy of --sampler's samples at each guidance scale W "
+        "(class-conditional models; guidance.md, guidance.png)",
+    )
+
+
+def _guidance(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--guidance",
         type=finite_float(0.0),

@@ -15,15 +15,18 @@ from pathlib import Path
 import torch
 
 from ..data import DataConfig, load_dataset
+from ..generation import check_labels
 from ..paths import atomic_write_bytes, default_cache_dir
 from ..resources import check_output_folder, check_seed
 from ..trained import SampleSpec, Trained, generate
 from .features import (
     ClassifierFeatures,
+    accuracy,
     classifier_path,
     extract,
     feature_scale,
     load_classifier,
+    quantize,
     save_classifier,
     train_classifier,
 )
@@ -264,12 +267,15 @@ class QualityResult:
     reference_split: str
     nfe: int
     seconds_per_sample: float
+    # class-conditional models: the share of samples ddkit's classifier gives their class
+    class_accuracy: float | None = None
 
     def line(self) -> str:
         """One line for the terminal."""
+        acc = "" if self.class_accuracy is None else f", class accuracy {self.class_accuracy:.3f}"
         return (
-            f"{self.metric} = {self.fid:.3f}, KID x 1e3 = {self.kid:.3f} +- {self.kid_std:.3f} "
-            f"({self.num_samples} samples vs {self.num_reference} {self.reference_split} "
+            f"{self.metric} = {self.fid:.3f}, KID x 1e3 = {self.kid:.3f} +- {self.kid_std:.3f}"
+            f"{acc} ({self.num_samples} samples vs {self.num_reference} {self.reference_split} "
             f"images; {self.nfe} model calls, {self.seconds_per_sample * 1e3:.1f} ms/sample)"
         )
 
@@ -300,12 +306,28 @@ def sample_quality(
     batch_size: int = 250,
     device: str = "cpu",
     samples_out: Path | None = None,
+    classifier: ClassifierFeatures | None = None,
 ) -> QualityResult:
-    """FID and KID of ``num`` samples of ``spec`` against reference features."""
+    """FID and KID of ``num`` samples of ``spec`` against reference features; for a
+    class-conditional model (drawn class by class in turn) with a ``classifier`` of its data,
+    also the share of samples it assigns to the class they were drawn for."""
     t0 = time.perf_counter()
     desc = f"sampling ({spec.sampler}, {spec.steps} steps)"
-    x = generate(trained, spec, num, seed=seed, batch_size=batch_size, device=device, progress=desc)
+    labels = check_labels(trained, spec, num, None)
+    x = generate(
+        trained,
+        spec,
+        num,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=desc,
+        labels=labels,
+    )
     wall = time.perf_counter() - t0
+    acc = None
+    if classifier is not None and labels is not None:
+        acc = accuracy(classifier.net, quantize(x), labels)
     if samples_out is not None:
         from .. import viz
 
@@ -321,4 +343,5 @@ def sample_quality(
         reference_split,
         spec.nfe(),
         wall / num,
+        acc,
     )

@@ -11,13 +11,14 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
 from .. import viz
 from ..data import load_dataset
 from ..data.config import MEMORY, SPLITS
+from ..generation import check_labels
 from ..memory import check_memory, sampling_memory
 from ..paths import atomic_write_bytes
 from ..resources import (
@@ -30,6 +31,8 @@ from ..resources import (
 from ..trained import SampleSpec, Trained, load_trained
 from .bpd import ODE_BATCH_SIZE, bits_per_dim_ode, bits_per_dim_vlb
 from .fid import FIDWarning
+from .guidance import OUTPUT_FILES as GUIDANCE_FILES
+from .guidance import check_scales, guidance_sweep, sample_classifier
 from .heldout import check_shape, data_config_for
 from .inversion import interpolation_grid, reconstruction_error
 from .quality import feature_network, min_samples, reference_features, sample_quality
@@ -50,6 +53,7 @@ OUTPUT_FILES = (
     "sweep.md",
     "sweep.png",
     "interpolation.png",
+    *GUIDANCE_FILES,
 )
 BPD_METHODS = ("vlb", "ode")
 
@@ -85,6 +89,9 @@ def evaluate(
     spacing: str = "trailing",
     sampler_options: dict | None = None,
     clip_x0: str = "auto",
+    guidance: float = 0.0,
+    guidance_interval: tuple[float, float] | None = None,
+    guidance_scales: Sequence[float] | None = None,
     batch_size: int = 250,
     nfes: Sequence[int] = DEFAULT_NFES,
     families: Sequence[str] = DEFAULT_FAMILIES,
@@ -102,15 +109,23 @@ def evaluate(
     ``ref_split``, on Inception from the weights file ``inception``, the ddkit feature network
     file ``feature_net``, or else the data set's cached ddkit network (trained when absent).
     ``sweep``: the same for each family of ``families`` at each NFE of ``nfes`` (sweep.csv,
-    sweep.md, sweep.png, rewritten after each run).  ``inversion``: DDIM encode-decode error of
-    ``inversion_num`` images of ``split`` at each of ``inversion_steps``.  ``interpolation``:
-    interpolation.png, decoded with ``steps`` DDIM steps.
+    sweep.md, sweep.png, rewritten after each run).  A class-conditional model samples the
+    classes in turn with classifier-free ``guidance`` (in ``guidance_interval``), and its
+    samples' class accuracy is measured by ddkit's classifier of the data; ``guidance_scales``:
+    FID and class accuracy of ``sampler`` at each scale (guidance.md, guidance.png).
+    ``inversion``: DDIM encode-decode error of ``inversion_num`` images of ``split`` at each of
+    ``inversion_steps``.  ``interpolation``: interpolation.png, decoded with ``steps`` DDIM
+    steps.
 
     ValueError, before any model call and with nothing written, when an input is not allowed.
     A FIDWarning says when ``num`` is too small for an unbiased FID."""
     # everything that can be checked is checked before the first model call
-    if not (bpd or fid or sweep or inversion or interpolation):
-        raise ValueError("say what to measure: --bpd, --fid, --sweep, --inversion, --interpolation")
+    scales = None if guidance_scales is None else check_scales(guidance_scales)
+    if not (bpd or fid or sweep or inversion or interpolation or scales):
+        raise ValueError(
+            "say what to measure: --bpd, --fid, --sweep, --guidance-sweep, --inversion, "
+            "--interpolation"
+        )
     out = check_output_folder(out, "--out")
     check_output_files(out, OUTPUT_FILES)
     check_device(device, "--device")
@@ -134,10 +149,16 @@ def evaluate(
         raise ValueError("give either --inception or --feature-net, not both")
     if feature_net is not None:
         check_regular_file(feature_net, "--feature-net")
-    spec = SampleSpec(sampler, steps, spacing, sampler_options or {}, clip_x0)
+    spec = SampleSpec(
+        sampler, steps, spacing, sampler_options or {}, clip_x0, guidance, guidance_interval
+    )
     trained = load_trained(checkpoint, weights, device)
+    check_labels(trained, spec, num, None)
+    if scales and max(scales) > 0:
+        check_labels(trained, replace(spec, guidance=max(scales)), num, None)
+    samples = fid or sweep or bool(scales)
     T = trained.schedule.T
-    if fid or interpolation:
+    if fid or scales or interpolation:  # the sweep chooses its own steps
         spec.timesteps(trained.schedule)
     if inversion:
         for s in inversion_steps:
@@ -145,7 +166,7 @@ def evaluate(
                 SampleSpec("ddim", s, "leading").timesteps(trained.schedule)
             except ValueError as e:
                 raise ValueError(f"--inversion-steps {s}: {e}") from None
-    if trained.config.data.name == MEMORY and (bpd or fid or sweep or inversion):
+    if trained.config.data.name == MEMORY and (bpd or samples or inversion):
         raise ValueError(
             f"{trained.path!r} names no data set (a diffusers folder, or a run on data handed in "
             "from Python): --bpd, --fid, --sweep and --inversion measure against one; from "
@@ -158,9 +179,9 @@ def evaluate(
         ode_steps = min(100, T - 1)
     if ode and not ode_steps <= T - 1:
         raise ValueError(f"--ode-steps {ode_steps} must lie in 1..{T - 1} (the model's T - 1)")
-    _check_memory(trained, device, fid or sweep, num, batch_size, ode, ode_num, probes)
-    featnet = plan = None
-    if fid or sweep:
+    _check_memory(trained, device, samples, num, batch_size, ode, ode_num, probes)
+    featnet = plan = classifier = None
+    if samples:
         if not trained.is_image:
             raise ValueError("FID needs an image model; this checkpoint models 2-D points")
         if num < 2:
@@ -175,6 +196,7 @@ def evaluate(
                 FIDWarning,
                 stacklevel=2,
             )
+        classifier = sample_classifier(trained, featnet, cache, log)
 
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -217,6 +239,12 @@ def evaluate(
             # a classifier's features are only as good as the classifier: always on record
             "test_accuracy": getattr(featnet, "test_accuracy", None),
         }
+        if classifier is not None:  # scores the class accuracy of a conditional model
+            report["class_accuracy_classifier"] = {
+                "network": classifier.label,
+                "sha256": classifier.digest,
+                "test_accuracy": classifier.test_accuracy,
+            }
         quality = partial(
             sample_quality,
             trained,
@@ -227,6 +255,7 @@ def evaluate(
             seed=seed,
             batch_size=batch_size,
             device=device,
+            classifier=classifier,
         )
     if fid:
         q = quality(spec, samples_out=out / "fid_samples.png")
@@ -244,6 +273,10 @@ def evaluate(
         )
         report["sweep"] = []
         _sweep(plan, quality, out, title, log, report["sweep"], save)
+    if scales:
+        title = f"{trained.config.data.name}, {Path(trained.path).name}, {num} samples"
+        report["guidance_sweep"] = []
+        guidance_sweep(quality, spec, scales, out, title, log, report["guidance_sweep"], save)
     if inversion:
         report["inversion"] = reconstruction_error(
             trained, inversion_steps, split=split, num=inversion_num, device=device, log=log

@@ -24,6 +24,7 @@ import torch
 from . import viz
 from .generation import SampleSpec, check_labels, class_index
 from .paths import atomic_write_bytes
+from .progress import Progress
 from .resources import (
     NotRegularFileError,
     check_device,
@@ -168,7 +169,9 @@ def inpaint_to_folder(
     known = x0.expand(num, *x0.shape).contiguous()
     t0 = time.perf_counter()
     kw = dict(known=known, mask=m, jump_length=jump_length, resample=resample, generator=g)
-    x = sample_inpaint(den, x_T.to(device), ts, **kw).cpu()
+    with Progress(len(ts) * resample, "inpainting") as bar:
+        kw["callback"] = lambda *_: bar.update(1)
+        x = sample_inpaint(den, x_T.to(device), ts, **kw).cpu()
     settings = {
         "checkpoint": trained.path,
         "image": str(image),
@@ -223,7 +226,9 @@ def edit_to_folder(
     g = torch.Generator().manual_seed(seed)
     x_start = noise_to(trained.schedule, x0.expand(num, *x0.shape), ts[0], g)
     t0 = time.perf_counter()
-    x = get_sampler(sampler)(den, x_start.to(device), ts, generator=g).cpu()
+    with Progress(len(ts), "editing") as bar:
+        step = lambda *_: bar.update(1)  # noqa: E731
+        x = get_sampler(sampler)(den, x_start.to(device), ts, generator=g, callback=step).cpu()
     settings = {
         "checkpoint": trained.path,
         "image": str(image),

@@ -107,3 +107,50 @@ def test_train_from_a_toml_file_with_a_dataset_records_memory_data(tmp_path):
     x = torch.rand(16, 2) * 2 - 1
     trained = ddkit.train(toml, dataset=x, out_dir=tmp_path / "r", log=lambda s: None)
     assert trained.config.data.name == "memory" and trained.config.data.image_size is None
+
+
+class Counted(torch.utils.data.Dataset):
+    """A torch Dataset of ``n`` items that counts the items read."""
+
+    def __init__(self, n, shape=(1, 4, 4), odd=None):
+        self.n, self.shape, self.odd, self.reads = n, shape, odd, 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.reads += 1
+        shape = (1, 5, 5) if i == self.odd else self.shape
+        return torch.full(shape, i % 256, dtype=torch.uint8), i % 3
+
+
+def test_a_torch_dataset_too_big_for_memory_is_refused_after_one_item(monkeypatch):
+    """The estimate (items x the first item's bytes) is checked before the rest is read."""
+    from ddkit import resources
+
+    data = Counted(1000)
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": (10_000, "test"))
+    words = r"1000 items of \[1, 4, 4\], torch.uint8\) needs about 15.6 KiB.*Subset"
+    with pytest.raises(ValueError, match=words):
+        ddkit.as_dataset(data)
+    assert data.reads == 1
+
+
+def test_reading_a_torch_dataset_shows_progress_and_names_a_misshapen_item(monkeypatch):
+    import io
+
+    from ddkit.data import memory
+
+    stream = io.StringIO()
+
+    class Shown(memory.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "stream": stream, "delay": 0.0})
+
+    monkeypatch.setattr(memory, "Progress", Shown)
+    ds = ddkit.as_dataset(Counted(10))
+    assert torch.equal(ds.labels, torch.arange(10) % 3) and ds.quantized
+    assert torch.equal(ds.get_batch(torch.tensor([7]))[0, 0, 0, 0], torch.tensor(7 / 127.5 - 1))
+    assert "reading the torch Dataset: 10/10 items (100%)" in stream.getvalue()
+    with pytest.raises(DataError, match=r"item 4 is torch.uint8 \[1, 5, 5\] but item 0"):
+        ddkit.as_dataset(Counted(10, odd=4))

@@ -79,6 +79,33 @@ def test_sample_format_png_writes_one_file_per_sample(tmp_path, capsys):
     assert len(list((out / "png").iterdir())) == 5
 
 
+def test_sample_format_png_on_a_full_disk_exits_1_in_one_line_leaving_no_partial_set(
+    tmp_path, monkeypatch, capsys
+):
+    """The disk fills up at the fourth PNG: one line naming it and the free space, exit 1, no
+    png/ folder and no temporary folder beside it; the samples written before it are whole."""
+    import errno
+
+    from PIL import Image as PILImage
+
+    real_save = PILImage.Image.save
+
+    def save(self, fp, *args, **kwargs):
+        if str(fp).endswith("000003.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "save", save)
+    path, out = _image_checkpoint(tmp_path), tmp_path / "o"
+    argv = ["sample", str(path), "--steps", "3", "--num", "5", "--out", str(out)]
+    assert main([*argv, "--format", "png"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no space left" in err and "MiB free" in err, err
+    assert str(out / "png" / "000003.png") in err
+    assert sorted(p.name for p in out.iterdir()) == ["samples.npz", "samples.png"]
+    assert np.load(out / "samples.npz")["images"].shape[0] == 5
+
+
 def test_sample_format_png_needs_an_image_model(tmp_path, capsys):
     path = write_checkpoint(tmp_path / "m.safetensors", MLP_CONFIG)
     argv = ["sample", str(path), "--steps", "3", "--num", "5", "--out", str(tmp_path / "o")]

@@ -688,3 +688,148 @@ def test_sharpness_closed_forms_and_blur_lowers_it():
         sharpness(noise, cutoff=0.9)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         sharpness(noise[0])
+
+
+# --- measuring against examples handed in -----------------------------------------------------
+
+
+def _as_uint8(data) -> torch.Tensor:
+    """The 8-bit images of a ddkit data set, exactly (its floats are k / 127.5 - 1)."""
+    return ((data.get_batch(torch.arange(len(data))) + 1) * 127.5).round().to(torch.uint8)
+
+
+@pytest.mark.filterwarnings("ignore::ddkit.evaluation.fid.FIDWarning")
+def test_eval_on_examples_handed_in_equals_eval_on_the_named_data_set(run, digits, cache, tmp_path):
+    """The digits test split handed in as a uint8 tensor gives the same bits/dim, image by
+    image, and (train split as reference) the same FID as naming the data set: the same
+    examples reach the same measurements by either route."""
+    from ddkit.evaluation.run import evaluate
+
+    train, test = digits
+    common = dict(bpd=True, bpd_methods=["vlb"], bpd_num=12, fid=True, num=40, ref_num=300)
+    common.update(steps=4, cache_dir=cache, log=lambda line: None)
+    named = evaluate(run, out=tmp_path / "named", **common)
+    given = evaluate(run, out=tmp_path / "given", data=_as_uint8(test), **common)
+    assert given["bpd"][0]["per_image"] == named["bpd"][0]["per_image"]
+    assert given["data"] == f"{len(test)} examples handed in" and named["data"] == "digits"
+    ref = evaluate(run, out=tmp_path / "ref", data=_as_uint8(train), **{**common, "bpd": False})
+    # the named route's reference features may come from the cache, stored in float32
+    assert ref["fid"]["fid"] == pytest.approx(named["fid"]["fid"], rel=1e-6)
+
+
+def test_eval_cli_data_file_measures_a_run_trained_on_memory_data(digits, tmp_path, capsys):
+    """A run trained from Python on a tensor names no data set: `ddkit eval` says to hand its
+    examples in, and with `--data FILE.npy` measures them, with a progress line per S of the
+    inversion (ETA included)."""
+    import numpy as np
+
+    import ddkit
+
+    train, test = digits
+    cfg = {**_toml_dict(), "train": {**_toml_dict()["train"], "max_steps": 1}}
+    ddkit.train(cfg, dataset=_as_uint8(train), out_dir=tmp_path / "mem", log=lambda s: None)
+    out = tmp_path / "ev"
+    argv = ["eval", str(tmp_path / "mem"), "--bpd", "--bpd-methods", "vlb", "--bpd-num", "6"]
+    assert main([*argv, "--out", str(out)]) == 2
+    one_line_error(capsys, "names no data set", "--data FILE.npy")
+    assert not out.exists()
+    np.save(tmp_path / "test.npy", _as_uint8(test).numpy())
+    argv += ["--inversion", "--inversion-steps", "3", "--inversion-num", "4"]
+    assert main([*argv, "--data", str(tmp_path / "test.npy"), "--out", str(out)]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["complete"] and report["data"] == f"{len(test)} examples handed in"
+    assert report["bpd"][0]["num_images"] == 6 and report["inversion"][0]["num_images"] == 4
+
+
+def _toml_dict() -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    return tomllib.loads(TOML)
+
+
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda p: np_save(p, [Planted(p)], allow_pickle=True), ["not a readable .npy array"]),
+        (lambda p: p.write_bytes(b"\x93NUMPY junk"), ["not a readable .npy array"]),
+        (lambda p: np_save(p, np_zeros((5, 1, 8, 8), "int64")), ["int64 values"]),
+        (lambda p: np_save(p, np_zeros((5, 1, 12, 12), "uint8")), ["has shape [1, 12, 12]"]),
+        (lambda p: np_save(p, np_zeros((5, 1, 8, 8), "float32") + 3), ["[-1, 1]"]),
+        (lambda p: p.mkdir(), ["not a regular file"]),
+    ],
+)
+def test_eval_cli_refuses_a_hostile_data_file(run, cache, tmp_path, capsys, make, words):
+    """Pickled objects (nothing in them runs), junk, integers, the wrong shape, floats outside
+    [-1, 1], a folder: one line, exit 2, nothing written."""
+    path = tmp_path / "data.npy"
+    make(path)
+    out = tmp_path / "never"
+    argv = ["eval", str(run), "--bpd", "--data", str(path), "--out", str(out)]
+    assert main([*argv, "--cache", str(cache)]) == 2
+    one_line_error(capsys, *words)
+    assert not out.exists() and not Path(f"{path}.ran").exists()
+
+
+class Planted:
+    """Unpickled, it would create the file ``<path>.ran``."""
+
+    def __init__(self, path):
+        self.path = f"{path}.ran"
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def np_save(path, value, allow_pickle=False):
+    import numpy as np
+
+    with open(path, "wb") as f:  # np.save would add .npy to a folder-less name; keep the name
+        np.save(f, np.asarray(value, dtype=object) if allow_pickle else value, allow_pickle=True)
+
+
+def np_zeros(shape, dtype):
+    import numpy as np
+
+    return np.zeros(shape, dtype=dtype)
+
+
+def test_fid_against_memory_data_needs_a_feature_network(tmp_path, capsys):
+    """ddkit trains classifier features only for named, labelled data sets: an image run on
+    data handed in gets FID only with Inception weights or a feature-network file."""
+    import numpy as np
+
+    import ddkit
+
+    x = torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    cfg = {**_toml_dict(), "train": {**_toml_dict()["train"], "max_steps": 1}}
+    ddkit.train(cfg, dataset=x, out_dir=tmp_path / "mem", log=lambda s: None)
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = tmp_path / "never"
+    argv = ["eval", str(tmp_path / "mem"), "--fid", "--steps", "3", "--data"]
+    assert main([*argv, str(tmp_path / "x.npy"), "--out", str(out)]) == 2
+    one_line_error(capsys, "needs Inception weights (--inception FILE)", "--feature-net FILE")
+    assert not out.exists()
+
+
+def test_inversion_progress_counts_every_model_call_of_every_s(run, monkeypatch):
+    """One progress display for all S together: its total is every step of the encodings and
+    decodings (2 S per batch of images), and it is complete when the last S is done."""
+    from ddkit.evaluation import inversion
+
+    shown = []
+
+    class Recorded(inversion.Progress):
+        def close(self):
+            shown.append((self.done, self.total, self.desc))
+            super().close()
+
+    monkeypatch.setattr(inversion, "Progress", Recorded)
+    trained = load_trained(run)
+    rows = inversion.reconstruction_error(
+        trained, [3, 7], num=5, batch_size=2, log=lambda line: None
+    )
+    assert [r["steps"] for r in rows] == [3, 7]
+    assert shown == [(2 * (3 + 7) * 3, 2 * (3 + 7) * 3, "inversion")]  # 3 batches of <= 2

@@ -3,6 +3,7 @@ the text around them says."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -34,3 +35,8 @@ def test_use_from_python_runs_as_written(tmp_path, monkeypatch, capsys):
     assert 0.0 <= fid < 0.01, fid
     assert namespace["samples"].shape == (2000, 2) and torch.isfinite(namespace["samples"]).all()
     assert (tmp_path / "runs" / "moons" / "checkpoints").is_dir()
+    # the model's likelihood of the points beats the best Gaussian's (bits per coordinate)
+    points, nll = namespace["points"].double(), namespace["nll"]
+    gauss = 0.5 * torch.logdet(2 * torch.pi * torch.e * torch.cov(points.T)) / 2 / math.log(2)
+    assert nll["method"] == "ode" and nll["num_images"] == 500
+    assert nll["bpd"] + 3 * nll["stderr"] < float(gauss), (nll, float(gauss))

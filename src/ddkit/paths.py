@@ -17,8 +17,11 @@ class DiskFullError(OSError):
 
 def disk_full_error(path: Path) -> DiskFullError:
     """The :class:`DiskFullError` for a failed write to ``path``."""
+    where = Path(path).parent
+    while not where.exists() and where != where.parent:  # a folder not made yet: its parent's
+        where = where.parent
     try:
-        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free"
+        free = f"{shutil.disk_usage(where).free / 2**20:.1f} MiB free"
     except OSError:
         free = "free space unknown"
     err = DiskFullError(f"no space left on the device writing {str(path)!r} ({free})")

@@ -6,6 +6,7 @@ the settings that made them.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import shutil
@@ -18,7 +19,7 @@ import torch
 
 from . import viz
 from .generation import check_labels, class_index
-from .paths import atomic_write_bytes
+from .paths import atomic_write_bytes, disk_full_error
 from .resources import check_device, check_output_files, check_output_folder, check_seed
 from .trained import SampleSpec, generate, load_trained
 
@@ -134,14 +135,19 @@ def sample_to_folder(
 
 def write_pngs(images: np.ndarray, folder: Path) -> None:
     """uint8 images [N, H, W, C] as ``folder/000000.png`` ...; written into a temporary folder
-    beside it and renamed into place, so that an interrupted run leaves no partial set."""
+    beside it and renamed into place, so that an interrupted run leaves no partial set.  A full
+    disk is a :class:`~ddkit.paths.DiskFullError` naming the file, with nothing of the set left."""
     from PIL import Image
 
     tmp = Path(tempfile.mkdtemp(prefix=".png.", dir=folder.parent))
+    name = tmp
     try:
         for i, img in enumerate(images):
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp / f"{i:06d}.png")
+            name = tmp / f"{i:06d}.png"
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(name)
         tmp.rename(folder)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(folder / name.name) from None
         raise

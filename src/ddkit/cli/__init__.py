@@ -185,6 +185,7 @@ def _cmd_eval(args) -> int:
         families=args.families,
         inversion_steps=args.inversion_steps,
         inversion_num=args.inversion_num,
+        data=args.data,
     )
     return 0
 
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=random_seed, default=0)
     e.add_argument("--split", default="test", help="held-out split for --bpd and --inversion")
+    e.add_argument(
+        "--data", metavar="FILE.npy", help="measure against these examples, not the run's data set"
+    )
     e.add_argument("--bpd-num", type=positive_int, default=1000, help="images for the VLB")
     e.add_argument("--bpd-methods", nargs="+", default=["vlb", "ode"], choices=["vlb", "ode"])
     e.add_argument("--ode-num", type=positive_int, default=100, help="images for the PF-ODE")

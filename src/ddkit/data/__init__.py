@@ -19,7 +19,7 @@ from .config import DATA_NAMES, IMAGE_NAMES, TOY_NAMES, DataConfig
 from .idx import FASHION_MNIST_DIR, read_fashion_mnist, read_idx
 from .images import ImageFileDataset
 from .load import load_dataset
-from .memory import as_dataset
+from .memory import as_dataset, read_array_file
 from .toys import make_toy
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "load_dataset",
     "make_toy",
     "random_hflip",
+    "read_array_file",
     "read_fashion_mnist",
     "read_idx",
 ]

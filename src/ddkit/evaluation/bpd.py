@@ -46,17 +46,19 @@ def bits_per_dim_vlb(
     batch_size: int = 50,
     seed: int = 0,
     device: str = "cpu",
+    data=None,
     log=_LOG,
 ) -> BPDResult:
     """The full bound -- L_T + sum_t L_{t-1} + L_0 over all T terms -- averaged over ``num``
-    images of ``split`` (a fixed random subset, seed 0), with its standard error over images.
+    images of ``split`` (a fixed random subset, seed 0; or of ``data``, a ddkit Dataset, when
+    given), with its standard error over images.
     8-bit data uses the discretized Gaussian decoder (DDPM eq. 13): a bound on the discrete code
     length.  The reverse variance is the model's: fixed (beta-tilde or beta) or learned.
     The image subset and, for one ``seed``, every noise draw are the same for any checkpoint of
     the data set, so two checkpoints can be compared image by image (``per_image``)."""
     from ..diffusion.likelihood import vlb_bpd
 
-    data, x0 = held_out(trained, split, num)
+    data, x0 = held_out(trained, split, num, data)
     d = trained.config.diffusion
     decoder = "discretized" if data.quantized else "gaussian"
     den = trained.denoiser() if d.variance != "learned_range" else None
@@ -110,14 +112,16 @@ def bits_per_dim_ode(
     batch_size: int = ODE_BATCH_SIZE,
     seed: int = 0,
     device: str = "cpu",
+    data=None,
     log=_LOG,
 ) -> BPDResult:
     """Bits/dim by the probability-flow ODE (Heun, ``steps`` quadratic intervals, Hutchinson
     divergence with Rademacher probes) with uniform dequantization for 8-bit data, averaged over
-    ``num`` images with its standard error over images (which includes the probe noise)."""
+    ``num`` images of ``split`` (or of ``data``, a ddkit Dataset) with its standard error over
+    images (which includes the probe noise)."""
     from ..diffusion.likelihood import ode_bpd
 
-    data, x0 = held_out(trained, split, num)
+    data, x0 = held_out(trained, split, num, data)
     den = trained.denoiser()
     gen = torch.Generator(device=device).manual_seed(seed)
     vals, t0 = [], time.perf_counter()

@@ -1,5 +1,6 @@
-"""The data a checkpoint is measured on: its data set at a split without augmentation, a fixed
-subset of it, and a mean over images with its standard error."""
+"""The data a checkpoint is measured on: its data set at a split without augmentation (or
+examples handed in, the same for every split), a fixed subset of it, and a mean over images
+with its standard error."""
 
 from __future__ import annotations
 
@@ -26,11 +27,20 @@ def check_shape(trained: Trained, data) -> None:
         )
 
 
-def held_out(trained: Trained, split: str, num: int):
-    """(data set, images) of ``min(num, len(data))`` items of ``split``: a fixed random subset
-    (seed 0), the same for every checkpoint of the data set.  ValueError if shapes differ."""
-    data = load_dataset(data_config_for(trained, split))
+def split_data(trained: Trained, split: str, data=None):
+    """``data`` (examples handed in, a ddkit Dataset) when given, else the checkpoint's data
+    set at ``split``; ValueError if its shape is not the model's."""
+    if data is None:
+        data = load_dataset(data_config_for(trained, split))
     check_shape(trained, data)
+    return data
+
+
+def held_out(trained: Trained, split: str, num: int, data=None):
+    """(data set, images) of ``min(num, len(data))`` items of ``split`` (or of ``data``, a
+    ddkit Dataset, when given): a fixed random subset (seed 0), the same for every checkpoint
+    of the data set.  ValueError if shapes differ."""
+    data = split_data(trained, split, data)
     n = min(num, len(data))
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
     return data, data.get_batch(idx)

@@ -8,6 +8,7 @@ from functools import partial
 
 import torch
 
+from ..progress import Progress
 from ..trained import SampleSpec, Trained
 from .heldout import held_out, mean_stderr
 
@@ -24,23 +25,33 @@ def reconstruction_error(
     spacing: str = "leading",
     batch_size: int = 100,
     device: str = "cpu",
+    data=None,
+    progress: bool = True,
     log=_LOG,
 ) -> list[dict]:
-    """DDIM Table 2: encode held-out images to x_T with DDIM run backwards and decode with
-    DDIM eta=0 on the same S timesteps; the per-dimension mean squared error (data in [-1, 1]),
-    mean over images with its standard error, for each S."""
+    """DDIM Table 2: encode held-out images (of ``split``, or of ``data``, a ddkit Dataset) to
+    x_T with DDIM run backwards and decode with DDIM eta=0 on the same S timesteps; the
+    per-dimension mean squared error (data in [-1, 1]), mean over images with its standard
+    error, for each S.  ``progress`` shows the model calls of all S together, with an ETA."""
     from ..samplers import ddim_invert, sample_ddim
 
-    _, x0 = held_out(trained, split, num)
+    _, x0 = held_out(trained, split, num, data)
     den = trained.denoiser()
+    batches = -(-len(x0) // batch_size)
+    total = sum(2 * s for s in steps_list) * batches  # S steps each way, per batch
+    bar = Progress(total, "inversion", unit="step", enabled=progress)
+
+    def tick(*_):
+        bar.update()
+
     rows = []
     for steps in steps_list:
         ts = SampleSpec("ddim", steps, spacing).timesteps(trained.schedule)
         t0, errs = time.perf_counter(), []
         for start in range(0, len(x0), batch_size):
             xb = x0[start : start + batch_size].to(device)
-            z = ddim_invert(den, xb, ts)
-            xr = sample_ddim(den, z, ts, eta=0.0)
+            z = ddim_invert(den, xb, ts, callback=tick)
+            xr = sample_ddim(den, z, ts, eta=0.0, callback=tick)
             errs.append((xr - xb).pow(2).flatten(1).mean(1).cpu())
         mean, se = mean_stderr(torch.cat(errs))
         rows.append(
@@ -55,6 +66,7 @@ def reconstruction_error(
             }
         )
         log(f"  S = {steps}: reconstruction MSE {mean:.3g} +- {se:.2g}")
+    bar.close()
     return rows
 
 

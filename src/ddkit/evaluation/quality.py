@@ -133,13 +133,16 @@ def feature_network(
     feature_net: str | None = None,
     *,
     cache_dir=None,
+    data=None,
     log=_LOG,
 ):
     """The features FID is computed on: Inception from a local weights file (``inception``), a
     given ddkit feature-network file (``feature_net``), or else the standard Inception weights
     where :func:`find_inception` finds them, or else ddkit's cached classifier for the
     checkpoint's data set (trained when absent).  Which one, and a classifier's test accuracy,
-    is logged.  Checked against the checkpoint's data."""
+    is logged.  Checked against the checkpoint's data; with ``data`` (examples handed in, a
+    ddkit Dataset, of the model's shape) any network for that shape will do, and when none is
+    given or found the run's data set must be one ddkit has a classifier of."""
     from .inception import KNOWN_INCEPTION_FILES, load_inception
 
     if not trained.is_image:
@@ -168,6 +171,12 @@ def feature_network(
         log(
             f"FID features: the Inception-v3 weights found at {found} (--feature-net FILE: ddkit's)"
         )
+    elif data is not None and trained.config.data.name not in LABELLED:
+        raise ValueError(
+            "FID against data handed in needs Inception weights (--inception FILE) or a ddkit "
+            "feature network (--feature-net FILE): ddkit trains its own only for a named, "
+            f"labelled data set ({', '.join(LABELLED)})"
+        )
     else:
         net = classifier_features(trained.config.data, cache_dir=cache_dir, log=log)
         where = " or ".join(str(d) for d in inception_dirs(cache_dir))
@@ -178,7 +187,12 @@ def feature_network(
         )
     if feature_net is not None:
         log(f"FID features: {net.label} from {feature_net}, test accuracy {net.test_accuracy:.1%}")
-    net.check_data(trained.config.data.name, trained.data_shape)
+    if data is None:
+        net.check_data(trained.config.data.name, trained.data_shape)
+    elif isinstance(net, ClassifierFeatures):  # any net of the right image shape will do
+        net.check_data(net.dataset, trained.data_shape)
+    else:
+        net.check_data("the data handed in", trained.data_shape)
     return net
 
 
@@ -230,28 +244,39 @@ def reference_features(
     num: int,
     *,
     cache_dir: Path | None = None,
+    data=None,
     log=_LOG,
 ) -> torch.Tensor:
     """Features [n, d] of ``n = min(num, len(data))`` real images (a fixed random subset, seed 0)
-    of the given split, cached per data set, split, feature network and n."""
-    data = load_dataset(data_cfg)
+    of the given split, cached per data set, split, feature network and n; or, with ``data``
+    (examples handed in, a ddkit Dataset), of its images, not cached."""
+    given = data is not None
+    data = data if given else load_dataset(data_cfg)
     n = min(num, len(data))
+    where = "the data handed in" if given else f"the {data_cfg.split} split of {data_cfg.name}"
     if n < num:
-        log(f"the {data_cfg.split} split of {data_cfg.name} has {n} images; using all of them")
+        log(f"{where} has {n} images; using all of them")
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
+    if given:
+        return _features(featnet, data, idx)
     cache = (cache_dir or default_cache_dir()) / "reference"
     name = f"{featnet.label}-{featnet.digest[:12]}-{_data_key(data_cfg)}-{data_cfg.split}-n{n}.pt"
     path = cache / name
     if path.exists():
         return torch.load(path, weights_only=True)["features"].double()
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n]
-    feats = torch.cat(
-        [extract(featnet, data.get_batch(idx[i : i + 1000])) for i in range(0, n, 1000)]
-    )
+    feats = _features(featnet, data, idx)
     buf = io.BytesIO()
     torch.save({"features": feats.float(), "split": data_cfg.split, "n": n}, buf)
     atomic_write_bytes(path, buf.getvalue())
     log(f"cached reference features of {n} {data_cfg.split} images: {path}")
     return feats
+
+
+def _features(featnet, data, idx: torch.Tensor) -> torch.Tensor:
+    """Features of the items ``idx`` of ``data``, a thousand images at a time."""
+    return torch.cat(
+        [extract(featnet, data.get_batch(idx[i : i + 1000])) for i in range(0, len(idx), 1000)]
+    )
 
 
 @dataclass(frozen=True)

@@ -7,19 +7,18 @@ every input checked before the first model call, results written to a folder.
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from functools import partial
+from os import PathLike
 from pathlib import Path
 
 from .. import viz
-from ..data import load_dataset
-from ..data.config import MEMORY, SPLITS
+from ..data import as_dataset, read_array_file
+from ..data.config import MEMORY
 from ..generation import check_labels
-from ..memory import check_memory, sampling_memory
 from ..paths import atomic_write_bytes
 from ..resources import (
     check_device,
@@ -29,11 +28,12 @@ from ..resources import (
     check_seed,
 )
 from ..trained import SampleSpec, Trained, load_trained
-from .bpd import ODE_BATCH_SIZE, bits_per_dim_ode, bits_per_dim_vlb
+from .bpd import bits_per_dim_ode, bits_per_dim_vlb
+from .checks import check_choices, check_counts, check_memory_use
 from .fid import FIDWarning
 from .guidance import OUTPUT_FILES as GUIDANCE_FILES
 from .guidance import check_scales, guidance_sweep, sample_classifier
-from .heldout import check_shape, data_config_for
+from .heldout import data_config_for, split_data
 from .inversion import interpolation_grid, reconstruction_error
 from .quality import feature_network, min_samples, reference_features, sample_quality
 from .sweep import (
@@ -55,7 +55,6 @@ OUTPUT_FILES = (
     "interpolation.png",
     *GUIDANCE_FILES,
 )
-BPD_METHODS = ("vlb", "ode")
 
 _LOG = partial(print, flush=True)
 
@@ -97,6 +96,7 @@ def evaluate(
     families: Sequence[str] = DEFAULT_FAMILIES,
     inversion_steps: Sequence[int] = INVERSION_STEPS,
     inversion_num: int = 100,
+    data=None,
     log=_LOG,
 ) -> dict:
     """Measure the checkpoint (a file, or a run folder's newest) and write ``eval.json`` with
@@ -115,7 +115,10 @@ def evaluate(
     FID and class accuracy of ``sampler`` at each scale (guidance.md, guidance.png).
     ``inversion``: DDIM encode-decode error of ``inversion_num`` images of ``split`` at each of
     ``inversion_steps``.  ``interpolation``: interpolation.png, decoded with ``steps`` DDIM
-    steps.
+    steps.  ``data``: examples to measure against instead of the run's data set, for every
+    split (a tensor or array [N, ...], a torch Dataset: see :func:`ddkit.data.as_dataset`; or
+    a ``.npy`` file of such an array, read by :func:`ddkit.data.memory.read_array_file`); FID
+    on them needs ``inception`` or ``feature_net``, or the standard Inception weights found.
 
     ValueError, before any model call and with nothing written, when an input is not allowed.
     A FIDWarning says when ``num`` is too small for an unbiased FID."""
@@ -131,7 +134,7 @@ def evaluate(
     check_device(device, "--device")
     check_seed(seed, "--seed")
     cache = check_output_folder(cache_dir, "--cache") if cache_dir else None
-    _check_counts(
+    check_counts(
         bpd_num=bpd_num,
         ode_num=ode_num,
         ode_steps=100 if ode_steps is None else ode_steps,
@@ -144,7 +147,7 @@ def evaluate(
         nfe=nfes,
         inversion_steps=inversion_steps,
     )
-    _check_choices(split, ref_split, bpd_methods, families)
+    check_choices(split, ref_split, bpd_methods, families)
     if inception is not None and feature_net is not None:
         raise ValueError("give either --inception or --feature-net, not both")
     if feature_net is not None:
@@ -166,20 +169,24 @@ def evaluate(
                 SampleSpec("ddim", s, "leading").timesteps(trained.schedule)
             except ValueError as e:
                 raise ValueError(f"--inversion-steps {s}: {e}") from None
-    if trained.config.data.name == MEMORY and (bpd or samples or inversion):
+    if isinstance(data, str | PathLike):
+        data = read_array_file(data)
+    if data is not None:
+        data = split_data(trained, split, as_dataset(data))
+    elif trained.config.data.name == MEMORY and (bpd or samples or inversion):
         raise ValueError(
             f"{trained.path!r} names no data set (a diffusers folder, or a run on data handed in "
-            "from Python): --bpd, --fid, --sweep and --inversion measure against one; from "
-            "Python, ddkit.fid(samples, data, ...) takes the data directly"
+            "from Python): --bpd, --fid, --sweep and --inversion measure against one; give its "
+            "examples with --data FILE.npy (or data= from Python)"
         )
-    if bpd or inversion:
-        check_shape(trained, load_dataset(data_config_for(trained, split)))
+    if data is None and (bpd or inversion):
+        split_data(trained, split)
     ode = bpd and "ode" in bpd_methods
     if ode_steps is None:  # the default: 100 Heun intervals, fewer for a short schedule
         ode_steps = min(100, T - 1)
     if ode and not ode_steps <= T - 1:
         raise ValueError(f"--ode-steps {ode_steps} must lie in 1..{T - 1} (the model's T - 1)")
-    _check_memory(trained, device, samples, num, batch_size, ode, ode_num, probes)
+    check_memory_use(trained, device, samples, num, batch_size, ode, ode_num, probes)
     featnet = plan = classifier = None
     if samples:
         if not trained.is_image:
@@ -188,7 +195,9 @@ def evaluate(
             raise ValueError(f"--num {num}: FID needs at least 2 samples")
         if sweep:
             plan = sweep_plan(trained, families, nfes, clip_x0=clip_x0)
-        featnet = feature_network(trained, inception, feature_net, cache_dir=cache, log=log)
+        featnet = feature_network(
+            trained, inception, feature_net, cache_dir=cache, data=data, log=log
+        )
         if num < min_samples(featnet):
             warnings.warn(
                 f"{num} samples for {featnet.dim}-dimensional features; FID is biased below "
@@ -203,7 +212,7 @@ def evaluate(
         "checkpoint": trained.path,
         "step": trained.step,
         "weights": trained.weights,
-        "data": trained.config.data.name,
+        "data": trained.config.data.name if data is None else f"{len(data)} examples handed in",
         "date": time.strftime("%Y-%m-%d"),
         "complete": False,  # true once every measurement asked for is in
     }
@@ -225,12 +234,15 @@ def evaluate(
             probes=probes,
             seed=seed,
             device=device,
+            data=data,
             log=log,
         )
         save()
     if featnet is not None:
         ref_cfg = data_config_for(trained, ref_split)
-        reference = reference_features(featnet, ref_cfg, ref_num, cache_dir=cache, log=log)
+        reference = reference_features(
+            featnet, ref_cfg, ref_num, cache_dir=cache, data=data, log=log
+        )
         report["features"] = {
             "network": featnet.label,
             "path": featnet.path,
@@ -279,7 +291,13 @@ def evaluate(
         guidance_sweep(quality, spec, scales, out, title, log, report["guidance_sweep"], save)
     if inversion:
         report["inversion"] = reconstruction_error(
-            trained, inversion_steps, split=split, num=inversion_num, device=device, log=log
+            trained,
+            inversion_steps,
+            split=split,
+            num=inversion_num,
+            device=device,
+            data=data,
+            log=log,
         )
         save()
     if interpolation:
@@ -292,11 +310,24 @@ def evaluate(
 
 
 def _bits_per_dim(
-    trained: Trained, methods, *, split, bpd_num, ode_num, ode_steps, probes, seed, device, log
+    trained: Trained,
+    methods,
+    *,
+    split,
+    bpd_num,
+    ode_num,
+    ode_steps,
+    probes,
+    seed,
+    device,
+    data,
+    log,
 ) -> list[dict]:
     res = []
     if "vlb" in methods:
-        r = bits_per_dim_vlb(trained, split=split, num=bpd_num, seed=seed, device=device, log=log)
+        r = bits_per_dim_vlb(
+            trained, split=split, num=bpd_num, seed=seed, device=device, data=data, log=log
+        )
         log(r.line())
         for name, v in r.parts.items():
             log(f"    {name}: {v:.4f}")
@@ -310,6 +341,7 @@ def _bits_per_dim(
             probes=probes,
             seed=seed,
             device=device,
+            data=data,
             log=log,
         )
         log(r.line())
@@ -335,46 +367,3 @@ def _interpolation(trained: Trained, path: Path, *, steps: int, seed: int, devic
         viz.save_image_grid(x, path, nrow=9)
     else:
         viz.save_scatter(x, path)
-
-
-def _check_counts(**counts) -> None:
-    """ValueError naming the option when a count (or one of a list of counts) is not an integer
-    >= 1, or a list is empty."""
-    for name, value in counts.items():
-        option = "--" + name.replace("_", "-")
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not values:
-            raise ValueError(f"{option} needs at least one integer >= 1")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{option} {v!r} must be an integer >= 1")
-
-
-def _check_choices(split: str, ref_split: str, bpd_methods, families) -> None:
-    """ValueError naming the option when a split, bpd method or sweep family is not allowed."""
-    for option, value in (("--split", split), ("--ref-split", ref_split)):
-        if value not in SPLITS:
-            raise ValueError(f"{option} {value!r} is not allowed; allowed: {', '.join(SPLITS)}")
-    for option, values, allowed in (
-        ("--bpd-methods", bpd_methods, BPD_METHODS),
-        ("--families", families, tuple(SWEEP_FAMILIES)),
-    ):
-        bad = [v for v in values if v not in allowed] if not isinstance(values, str) else [values]
-        if bad or not values:
-            what = "sweep family" if option == "--families" else "method"
-            shown = repr(bad[0]) if bad else "nothing"
-            raise ValueError(f"{option}: unknown {what} {shown}; allowed: {', '.join(allowed)}")
-
-
-def _check_memory(
-    trained: Trained, device, samples: bool, num: int, batch_size: int, ode: bool, ode_num, probes
-) -> None:
-    """ValueError when the samples for FID, or the PF-ODE's Hutchinson probes, would not fit."""
-    if samples:
-        parts = sampling_memory(trained.config.model, num, batch_size, trained.schedule.T)
-        what = f"--num {num} samples of {list(trained.data_shape)}"
-        check_memory(parts, device, what, "lower --num or --batch-size")
-    if ode:
-        batch = min(ode_num, ODE_BATCH_SIZE)
-        need = {"probes": 2 * probes * batch * math.prod(trained.data_shape) * 4}
-        check_memory(need, device, f"--probes {probes}", "lower --probes")

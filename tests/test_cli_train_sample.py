@@ -197,7 +197,7 @@ def test_demo_runs_end_to_end_at_small_scale(tmp_path):
     assert digits.class_names == tuple(str(i) for i in range(10))
     grid = np.asarray(Image.open(tmp_path / "digits" / "samples.png"))
     cell = 32 + 2  # 8x8 digits enlarged to 32 pixels, 2 pixels apart
-    assert (grid.shape[0] - 2) // cell == 10 and (grid.shape[1] - 2) // cell == 8
+    assert (grid.shape[0] - 2) // cell == 10 and (grid.shape[1] - 2) // cell == 4
     # running it again replaces the earlier demo runs (the quick start may be run twice)
     lines = []
     run_demo(tmp_path, steps_scale=0.005, progress=False, log=lines.append)

@@ -46,7 +46,7 @@ DEMOS = {
             "ema_decay": 0.995,
             "grad_clip": 1.0,
         },
-        "train": {"max_steps": 1500, "batch_size": 64, "sample_every": 500, "sample_num": 64},
+        "train": {"max_steps": 600, "batch_size": 64, "sample_every": 300, "sample_num": 64},
     },
 }
 
@@ -155,7 +155,7 @@ def run_demo(out: str | Path, steps_scale: float = 1.0, progress: bool = True, l
         trainer = Trainer(cfg, log=log, overwrite=replace[name])
         trainer.fit()
         trained = load_trained(trainer.last_checkpoint)
-        num = 2000 if name == "spiral" else 80  # digits: 8 of each class
+        num = 2000 if name == "spiral" else 40  # digits: 4 of each class
         data = trainer.dataset.get_batch(torch.arange(min(len(trainer.dataset), num)))
         forward, reverse, x = trajectory(trained, data, min(num, len(data)))
         run = Path(cfg.train.out_dir)

@@ -1,0 +1,108 @@
+"""The family of test distributions: every member's exact score and denoiser agree with
+autograd and with finite differences of its exact log-density, at several noise levels; the
+members cover the stated ranges; the tuning and held-out sets are disjoint and fixed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddkit.verify.family import HELD_OUT, SPREAD, TUNING, Member, members
+
+ALL = [*TUNING, *HELD_OUT]
+ALPHA_BARS = (0.999, 0.5, 0.01)  # near the data, midway, near the prior
+
+
+def _points(mixture, alpha_bar: float, n: int, seed: int) -> torch.Tensor:
+    """Draws of x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, where the score is evaluated."""
+    g = torch.Generator().manual_seed(seed)
+    x0, _ = mixture.sample(n, g, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    return math.sqrt(alpha_bar) * x0 + math.sqrt(1 - alpha_bar) * eps
+
+
+@pytest.mark.parametrize("member", ALL, ids=lambda m: m.name)
+def test_exact_score_is_the_gradient_of_the_exact_log_density(member):
+    """score(x) (from the posterior mean, Tweedie) equals autograd's gradient of log p_t, and
+    a central finite difference along a random direction, at three noise levels."""
+    mix = member.build()
+    for i, ab in enumerate(ALPHA_BARS):
+        x = _points(mix, ab, 6, seed=i).requires_grad_(True)
+        (grad,) = torch.autograd.grad(mix.log_prob(x, ab).sum(), x)
+        score = mix.score(x.detach(), ab)
+        assert torch.allclose(score, grad, rtol=1e-7, atol=1e-7 * grad.abs().max()), member.name
+        v = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        v /= v.norm(dim=1, keepdim=True)
+        h = 1e-4 * min(1.0, math.sqrt(1 - ab + ab * member.width**2 * SPREAD**2))
+        with torch.no_grad():
+            fd = (mix.log_prob(x + h * v, ab) - mix.log_prob(x - h * v, ab)) / (2 * h)
+        directional = (score * v).sum(1)
+        assert torch.allclose(fd, directional, rtol=1e-4, atol=1e-4 * directional.abs().max())
+
+
+@pytest.mark.parametrize("member", ALL, ids=lambda m: m.name)
+def test_denoiser_is_tweedies_formula_and_recovers_the_data_at_low_noise(member):
+    """E[x0 | x_t] = (x_t + (1 - ab) grad log p_t) / sqrt(ab) with autograd's gradient; and at
+    ab -> 1 the denoiser returns x_t itself (its error shrinks with the noise)."""
+    mix = member.build()
+    ab = 0.7
+    x = _points(mix, ab, 5, seed=3).requires_grad_(True)
+    (grad,) = torch.autograd.grad(mix.log_prob(x, ab).sum(), x)
+    tweedie = (x.detach() + (1 - ab) * grad) / math.sqrt(ab)
+    mean = mix.posterior_mean(x.detach(), ab)
+    assert torch.allclose(mean, tweedie, rtol=1e-7, atol=1e-7 * tweedie.abs().max())
+    x0, _ = mix.sample(5, torch.Generator().manual_seed(4), dtype=torch.float64)
+    errs = []
+    for ab in (1 - 1e-4, 1 - 1e-6):
+        xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn_like(x0)
+        errs.append(float((mix.posterior_mean(xt, ab) - x0).norm() / x0.norm()))
+    assert errs[1] < errs[0] and errs[1] < 0.05
+
+
+def test_the_family_covers_the_stated_ranges_in_both_sets():
+    for split in (TUNING, HELD_OUT):
+        dims = [m.dim for m in split]
+        ks = [m.components for m in split]
+        assert min(dims) == 2 and max(dims) == 256
+        assert min(ks) <= 3 and max(ks) >= 24
+        assert {m.covariance for m in split} == {"isotropic", "lowrank", "scales"}
+        widths = [m.width for m in split]
+        assert min(widths) == 0.01 and max(widths) >= 0.3
+    assert max(m.components for m in ALL) == 64 and max(m.width for m in ALL) == 0.5
+
+
+def test_the_sets_are_disjoint_and_fixed():
+    assert not {m.seed for m in TUNING} & {m.seed for m in HELD_OUT}
+    assert not {m.name for m in TUNING} & {m.name for m in HELD_OUT}
+    a, b = HELD_OUT[3].build(), HELD_OUT[3].build()
+    assert torch.equal(a.means, b.means) and torch.equal(a.covs, b.covs)
+    assert members("held_out") == HELD_OUT
+    with pytest.raises(ValueError, match="allowed: tuning, held_out"):
+        members("test")
+
+
+def test_weights_are_unequal_and_no_mode_is_empty():
+    for m in ALL:
+        w = m.build().weights
+        assert float(w.min()) >= 0.2 / m.components / 1.5
+        if m.components > 2:
+            assert float(w.max() / w.min()) > 1.5, m.name
+
+
+def test_scale_mixtures_are_heavy_tailed():
+    """Per coordinate about its centre, a scale mixture's excess kurtosis is far above a
+    Gaussian's 0."""
+    heavy = Member(2, 16, 0.01, "scales", 9).build()
+    x, k = heavy.sample(200_000, torch.Generator().manual_seed(0), dtype=torch.float64)
+    centred = x - heavy.means[k]
+    kurt = float((centred**4).mean(0).mean() / (centred**2).mean(0).mean() ** 2) - 3
+    assert kurt > 3.0, kurt
+
+
+def test_bad_members_are_refused():
+    with pytest.raises(ValueError, match="covariance 'diag'"):
+        Member(2, 2, 0.1, "diag", 0).build()
+    with pytest.raises(ValueError, match="width in"):
+        Member(2, 2, 0.0, "isotropic", 0).build()

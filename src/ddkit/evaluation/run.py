@@ -118,7 +118,8 @@ def evaluate(
     steps.  ``data``: examples to measure against instead of the run's data set, for every
     split (a tensor or array [N, ...], a torch Dataset: see :func:`ddkit.data.as_dataset`; or
     a ``.npy`` file of such an array, read by :func:`ddkit.data.memory.read_array_file`); FID
-    on them needs ``inception`` or ``feature_net``, or the standard Inception weights found.
+    on them takes ``inception``, ``feature_net``, the standard Inception weights where found,
+    or else ddkit's classifier of the run's data set where it has one.
 
     ValueError, before any model call and with nothing written, when an input is not allowed.
     A FIDWarning says when ``num`` is too small for an unbiased FID."""

@@ -833,3 +833,28 @@ def test_inversion_progress_counts_every_model_call_of_every_s(run, monkeypatch)
     )
     assert [r["steps"] for r in rows] == [3, 7]
     assert shown == [(2 * (3 + 7) * 3, 2 * (3 + 7) * 3, "inversion")]  # 3 batches of <= 2
+
+
+def test_feature_extraction_shows_its_progress(monkeypatch):
+    """Features of the samples and of the reference images (minutes with Inception on a CPU)
+    are progress phases; the features are the same with or without the display."""
+    import io
+
+    from ddkit.data import ArrayDataset
+    from ddkit.evaluation import features, quality
+
+    stream = io.StringIO()
+
+    class Shown(features.Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "stream": stream, "delay": 0.0})
+
+    monkeypatch.setattr(features, "Progress", Shown)
+    monkeypatch.setattr(quality, "Progress", Shown)
+    x = torch.rand(1200, 3) * 2 - 1
+    f = extract(lambda b: b.double() * 2, x, batch_size=500, progress="sample features")
+    assert torch.equal(f, x.double() * 2)
+    assert "sample features: 1200/1200 images (100%)" in stream.getvalue()
+    ref = quality._features(lambda b: b.double(), ArrayDataset("memory", x), torch.arange(1200))
+    assert torch.equal(ref, x.double())
+    assert "reference features: 1200/1200 images (100%)" in stream.getvalue()

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..paths import default_cache_dir
+from ..progress import Progress
 from ..resources import check_regular_file
 
 SCHEMA = 1
@@ -275,8 +276,14 @@ def feature_scale(net: Classifier, images: torch.Tensor, batch_size: int = 1000)
 
 
 @torch.no_grad()
-def extract(featnet, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Features [N, d] (float64) of [-1, 1] images [N, ...], in batches."""
-    return torch.cat(
-        [featnet(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    )
+def extract(
+    featnet, images: torch.Tensor, batch_size: int = 500, progress: str | None = None
+) -> torch.Tensor:
+    """Features [N, d] (float64) of [-1, 1] images [N, ...], in batches; ``progress`` names the
+    phase in a progress display (with its ETA, once it has run 5 s)."""
+    out = []
+    with Progress(len(images), progress or "", unit="image", enabled=progress is not None) as bar:
+        for i in range(0, len(images), batch_size):
+            out.append(featnet(images[i : i + batch_size]))
+            bar.update(len(out[-1]))
+    return torch.cat(out)

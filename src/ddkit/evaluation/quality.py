@@ -17,6 +17,7 @@ import torch
 from ..data import DataConfig, load_dataset
 from ..generation import check_labels
 from ..paths import atomic_write_bytes, default_cache_dir
+from ..progress import Progress
 from ..resources import check_output_folder, check_seed
 from ..trained import SampleSpec, Trained, generate
 from .features import (
@@ -273,10 +274,13 @@ def reference_features(
 
 
 def _features(featnet, data, idx: torch.Tensor) -> torch.Tensor:
-    """Features of the items ``idx`` of ``data``, a thousand images at a time."""
-    return torch.cat(
-        [extract(featnet, data.get_batch(idx[i : i + 1000])) for i in range(0, len(idx), 1000)]
-    )
+    """Features of the items ``idx`` of ``data``, a thousand images at a time, with progress."""
+    out = []
+    with Progress(len(idx), "reference features", unit="image") as bar:
+        for i in range(0, len(idx), 1000):
+            out.append(extract(featnet, data.get_batch(idx[i : i + 1000])))
+            bar.update(len(out[-1]))
+    return torch.cat(out)
 
 
 @dataclass(frozen=True)
@@ -357,7 +361,7 @@ def sample_quality(
         from .. import viz
 
         viz.save_samples(x[:64], samples_out)
-    fid, k = feature_quality(extract(featnet, x), reference, seed=seed)
+    fid, k = feature_quality(extract(featnet, x, progress="sample features"), reference, seed=seed)
     return QualityResult(
         featnet.metric_name,
         fid,

@@ -154,3 +154,15 @@ def test_reading_a_torch_dataset_shows_progress_and_names_a_misshapen_item(monke
     assert "reading the torch Dataset: 10/10 items (100%)" in stream.getvalue()
     with pytest.raises(DataError, match=r"item 4 is torch.uint8 \[1, 5, 5\] but item 0"):
         ddkit.as_dataset(Counted(10, odd=4))
+
+
+def test_an_npy_file_larger_than_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from ddkit import resources
+    from ddkit.data import read_array_file
+
+    np.save(tmp_path / "x.npy", np.zeros((100, 1, 8, 8), dtype=np.uint8))
+    monkeypatch.setattr(resources, "available_memory", lambda device="cpu": (1000, "test"))
+    with pytest.raises(ValueError, match=r"uint8 \[100, 1, 8, 8\]\) needs about 6.2 KiB"):
+        read_array_file(tmp_path / "x.npy")
+    monkeypatch.undo()
+    assert len(read_array_file(tmp_path / "x.npy")) == 100

@@ -116,7 +116,8 @@ def read_array_file(path, option: str = "--data") -> Dataset:
     """The examples in a numpy ``.npy`` file [N, *shape] (uint8 images, or floats in [-1, 1])
     as a ddkit Dataset (see :func:`as_dataset`).  The file is hostile until checked: a regular
     file, no pickled objects (nothing in it runs), its header's shape matching its size (it is
-    mapped, not read, until then); anything else is a DataError naming ``option``."""
+    mapped, not read, until then); anything else is a DataError naming ``option``, and an array
+    larger than the memory available a ValueError, before it is read."""
     p = check_regular_file(path, option)
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
@@ -128,6 +129,8 @@ def read_array_file(path, option: str = "--data") -> Dataset:
         raise DataError(
             f"{option} {str(p)!r} holds {arr.dtype} values; allowed: uint8 images or floats"
         )
+    what = f"{option} {str(p)!r} ({arr.dtype} {list(arr.shape)})"
+    check_fits({"examples": arr.nbytes}, "cpu", what, "hand in fewer examples")
     try:
         return as_dataset(np.array(arr), progress=False)
     except DataError as e:

@@ -10,11 +10,21 @@ probability-flow map of that x_T (``sample_adams`` on 400 log-SNR steps); the so
 is its difference from that row.
 
     .venv/bin/python benchmarks/few_step_vs_diffusers.py [--n-2d 10000] [--n-64d 4000]
+
+With ``--family held_out`` (or ``tuning``) it runs instead on every mixture of that split of the
+test family (:mod:`ddkit.verify.family`) at NFE 5, 10 and 20, with diffusers' best configuration
+(DPM-Solver++(2M), lu-lambdas), ddkit's few-step default (``runner.FEW_STEP``) and that default on
+a grid tuned for the mixture (:func:`ddkit.samplers.tuning.tune_timesteps`, 256 pilot noises from
+another seed than the measured ones), and prints the per-member and worst-case tables
+(:func:`ddkit.verify.family_report.worst_case`).
+
+    .venv/bin/python benchmarks/few_step_vs_diffusers.py --family held_out [--n 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import time
 import warnings
@@ -63,8 +73,67 @@ def run_diffusers(make, model, x_T, nfe):
     return x, len(sched.timesteps)
 
 
+def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
+    from ddkit.samplers.tuning import ode_reference, tune_timesteps
+    from ddkit.verify.family_report import WORST_HEADER, family_problems, format_worst, worst_case
+
+    schedule = NoiseSchedule.make("linear", 1000)
+    label_d, make_d = next(iter(diffusers_configs().items()))
+    cfg = verify.FEW_STEP
+    sampler = get_sampler(cfg.sampler)
+    results = {}
+    for problem in family_problems(split, n):
+        ref, ref_disp, floor, x_T = verify.setup(problem, seed, 8)
+        model = problem.mixture.model(schedule)
+        den = problem.mixture.denoiser(schedule)
+        pilot = torch.randn(
+            256,
+            problem.mixture.dim,
+            generator=torch.Generator().manual_seed(seed + 123),
+            dtype=torch.float64,
+        )
+        target = ode_reference(den, pilot)
+        rows = []
+        print(
+            f"\n## {problem.name}\n\n| NFE | sampler | ED | disp | ll gap | in floor |\n"
+            "|---|---|---|---|---|---|"
+        )
+        for nfe in nfes:
+            t0 = time.perf_counter()
+            tuned = tune_timesteps(
+                lambda ts, den=den, pilot=pilot: sampler(den, pilot, ts),
+                cfg.timesteps(schedule, nfe),
+                target,
+                schedule,
+                max_evals=evals,
+            )
+            tune_s = time.perf_counter() - t0
+            runs = {
+                label_d: run_diffusers(make_d, model, x_T, nfe)[0],
+                "ddkit " + cfg.label: sampler(den, x_T, cfg.timesteps(schedule, nfe)),
+                "ddkit " + cfg.label + " tuned grid": sampler(den, x_T, tuned.timesteps),
+            }
+            for label, x in runs.items():
+                m = verify.metrics(x, ref, problem.mixture, ref_disp)
+                row = {"sampler": label, "nfe": nfe, **m, "inside": floor.inside(m)}
+                rows.append(row)
+                ok = "".join("+" if v else "." for v in row["inside"].values())
+                print(
+                    f"| {nfe} | {label} | {m['ed']:.2e} | {m['disp']:.4f} | {m['ll']:.4f} | {ok} |",
+                    flush=True,
+                )
+            print(f"(grid tuned in {tune_s:.1f} s: {tuned.timesteps})", flush=True)
+        results[problem.name] = {"floor": dataclasses.asdict(floor), "rows": rows}
+    print(f"\n## worst case over the {len(results)} {split} mixtures, n={n} each\n\n{WORST_HEADER}")
+    for row in sorted(worst_case(results), key=lambda r: r["nfe"]):
+        print(format_worst(row))
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--family", choices=("tuning", "held_out"))
+    ap.add_argument("--n", type=int, default=2000, help="samples per --family mixture")
+    ap.add_argument("--evals", type=int, default=100, help="sampler runs to tune each grid")
     ap.add_argument("--n-2d", type=int, default=10_000)
     ap.add_argument("--n-64d", type=int, default=4_000)
     ap.add_argument("--seed", type=int, default=0)
@@ -77,6 +146,15 @@ def main():
         f"diffusers {diffusers.__version__}, {platform.processor() or platform.machine()}, "
         f"threads {torch.get_num_threads()}"
     )
+    if args.family:
+        family(
+            args.family,
+            args.n,
+            args.nfe if args.nfe != [10, 20] else [5, 10, 20],
+            args.seed,
+            args.evals,
+        )
+        return
     schedule = NoiseSchedule.make("linear", 1000)
     kinds = ("dpmpp_2m", "dpmpp_3m", "adams3", "heun", "ddim")
     ours = [c for c in verify.CONFIGS if c.sampler in kinds]

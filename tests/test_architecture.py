@@ -34,6 +34,7 @@ LAYERS = {
     "viz": 5,
     "generation": 6,
     "trained": 7,
+    "tuned_steps": 7,
     "training": 8,
     "sample": 9,
     "export": 9,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_run import one_line_error
 
 from ddkit.cli import main
 from ddkit.trained import SampleSpec, generate, load_trained
@@ -50,13 +51,6 @@ def trained_run(tmp_path_factory) -> Path:
     cfg = write_config(tmp)
     assert main(["train", str(cfg), "--set", f'train.out_dir="{tmp / "out"}"']) == 0
     return tmp / "out"
-
-
-def one_line_error(capsys, *words):
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err, err
-    for w in words:
-        assert w in err, err
 
 
 def test_train_writes_config_metrics_checkpoint(trained_run):

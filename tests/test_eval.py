@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_run import one_line_error
 
 from ddkit.cli import main
 from ddkit.data import DataConfig, load_dataset
@@ -111,13 +112,6 @@ def run(tmp_path_factory) -> Path:
     cfg.write_text(TOML)
     assert main(["train", str(cfg), "--set", f'train.out_dir="{tmp / "out"}"']) == 0
     return tmp / "out"
-
-
-def one_line_error(capsys, *words):
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err, err
-    for w in words:
-        assert w in err, err
 
 
 # --- feature networks -------------------------------------------------------------------------

@@ -106,3 +106,41 @@ def test_bad_members_are_refused():
         Member(2, 2, 0.1, "diag", 0).build()
     with pytest.raises(ValueError, match="width in"):
         Member(2, 2, 0.0, "isotropic", 0).build()
+
+
+def test_worst_case_takes_each_metric_relative_to_each_members_floor():
+    """Two members, one configuration: the worst ed/floor, the dispersion farthest from 1, the
+    lowest ll gap and the counts are those of the rows, each against its own floor."""
+    from ddkit.verify.family_report import worst_case
+
+    def res(floor_eds, ed, disp, ll, inside):
+        row = {"sampler": "s", "nfe": 5, "ed": ed, "disp": disp, "ll": ll, "inside": inside}
+        return {"floor": {"reps": [{"ed": e} for e in floor_eds]}, "rows": [row]}
+
+    yes, no = dict(ed=True, disp=True, ll=True), dict(ed=True, disp=False, ll=True)
+    results = {"a": res([1e-3, -4e-3], 2e-3, 0.95, -0.5, yes), "b": res([2e-2], 1e-2, 1.3, 0.1, no)}
+    (row,) = worst_case(results)
+    assert row["ed_over_floor"] == pytest.approx(0.5)  # a: 2e-3 / 4e-3; b: 1e-2 / 2e-2
+    assert row["disp"] == 1.3 and row["ll"] == -0.5
+    assert (row["inside"], row["disp_ok"], row["members"]) == (1, 1, 2)
+
+
+def test_verify_family_writes_per_member_and_worst_case_results(tmp_path, capsys):
+    """``ddkit verify --family held_out`` runs every held-out member and writes its JSON and plot;
+    ``--quick`` with ``--family`` is refused in one line."""
+    import json
+
+    from ddkit.cli import main
+
+    out = tmp_path / "fam"
+    argv = ["verify", "--family", "held_out", "--n", "150", "--nfe", "5", "--floor-reps", "2"]
+    assert main([*argv, "--config", "adams2 PC logSNR>-4", "--out", str(out)]) == 0
+    result = json.loads((out / "family.json").read_text())
+    assert sorted(result["members"]) == sorted(m.name for m in HELD_OUT)
+    (row,) = result["worst"]
+    assert row["members"] == len(HELD_OUT) and row["nfe"] == 5
+    assert (out / "family_worst_case.png").stat().st_size > 0
+    assert "worst case over the 11 held_out mixtures" in capsys.readouterr().out
+    assert main(["verify", "--family", "tuning", "--quick", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--quick" in err and not (tmp_path / "q").exists()

@@ -23,7 +23,7 @@ from ddkit.verify.oracle import mixture_2d, mixture_lowrank
 T = 1000
 NAMES = sorted(SAMPLERS)
 STOCHASTIC = {"ddpm", "euler_maruyama", "pc"}
-DETERMINISTIC = {"ddim", "heun", "dpmpp_2m", "dpmpp_3m", "adams3"}
+DETERMINISTIC = {"ddim", "heun", "dpmpp_2m", "dpmpp_3m", "adams2", "adams3"}
 
 _SCHEDULE = NoiseSchedule.make("linear", T)
 _MIX = mixture_2d()

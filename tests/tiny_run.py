@@ -42,3 +42,11 @@ def write_checkpoint(path, config: dict, net=None):
     tensors |= ckpt.state_to_tensors("ema", dict(net.named_parameters()))
     ckpt.save_checkpoint(path, tensors, {"config": config_to_dict(cfg), "step": 1})
     return path
+
+
+def one_line_error(capsys, *words):
+    """Assert that what was printed on stderr is one line holding each of ``words``."""
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    for w in words:
+        assert w in err, err

@@ -162,16 +162,23 @@ def check_verify(args) -> None:
     from .verify.runner import select_configs
 
     check_output_folder(args.out, "--out")
-    configs = select_configs(args.sampler, args.config)
+    family = getattr(args, "family", None)
+    configs = select_configs(args.sampler, args.config, family=bool(family))
+    if family and args.quick:
+        raise ValueError("--quick is for the two mixtures; with --family, lower --n instead")
     if args.quick:
         return
     for c in configs:
         top = get_sampler(c.sampler).nfe(VERIFY_T, **c.options)
-        for nfe in args.nfe:
+        for nfe in args.nfe or ():
             if nfe > top:
                 raise ValueError(
                     f"--nfe {nfe}: {c.label!r} reaches at most NFE {top} on the T = {VERIFY_T} "
                     "schedule; allowed: 1.." + str(top)
                 )
+    if family:
+        need = verify_memory(0, 0, args.floor_reps, family_n=args.n)
+        check_fits(need, "cpu", "verify --family at this sample size", "lower --n")
+        return
     need = verify_memory(args.n_2d, args.n_64d, args.floor_reps)
     check_fits(need, "cpu", "verify at these sample sizes", "lower --n-2d, --n-64d, --floor-reps")

@@ -30,15 +30,16 @@ class NonFiniteSamplesError(RuntimeError):
 
 @dataclass(frozen=True)
 class SampleSpec:
-    """A sampler, its number of timesteps, their spacing, its options and whether x0_hat is
-    clamped to [-1, 1] at each step (``clip_x0``, one of ``denoiser.CLIP_X0``), validated.
+    """A sampler, its number of timesteps, their spacing (a name in ``SPACINGS`` or the
+    timesteps themselves), its options and whether x0_hat is clamped to [-1, 1] at each step
+    (``clip_x0``, one of ``denoiser.CLIP_X0``), validated.
     Class-conditional models: classifier-free ``guidance`` scale w >= 0 (0: the conditional
     model) and the ``guidance_interval`` (low, high] of noise levels sigma where it applies
     (None: everywhere); :mod:`ddkit.diffusion.guidance`."""
 
     sampler: str = "ddim"
     steps: int = 50
-    spacing: str = "trailing"
+    spacing: str | tuple[int, ...] = "trailing"
     options: dict = field(default_factory=dict)
     clip_x0: str = "auto"
     guidance: float = 0.0
@@ -50,9 +51,15 @@ class SampleSpec:
         scale, interval = check_guidance(self.guidance, self.guidance_interval)
         object.__setattr__(self, "guidance", scale)
         object.__setattr__(self, "guidance_interval", interval)
-        if self.spacing not in SPACINGS:
+        if not isinstance(self.spacing, str):  # an explicit grid, e.g. a tuned one
+            grid = tuple(self.spacing)
+            if len(grid) != self.steps:
+                raise ValueError(f"a grid of {len(grid)} timesteps given for steps={self.steps}")
+            object.__setattr__(self, "spacing", grid)
+        elif self.spacing not in SPACINGS:
             raise ValueError(
-                f"spacing {self.spacing!r} is not allowed; allowed: {', '.join(SPACINGS)}"
+                f"spacing {self.spacing!r} is not allowed; allowed: {', '.join(SPACINGS)} "
+                "or a list of timesteps"
             )
         allowed = SAMPLER_OPTIONS.get(self.sampler, {})
         for k, v in self.options.items():

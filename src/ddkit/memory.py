@@ -117,7 +117,8 @@ def schedule_memory(T: int) -> int:
 def timesteps_memory(T: int, steps: int, spacing: str) -> int:
     """Bytes for choosing ``steps`` timesteps of ``T``: log-SNR spacing compares every step with
     every index ([steps, T] float64)."""
-    return int(steps) * int(T) * 8 if spacing == "log_snr" else int(steps) * 64
+    log_snr = isinstance(spacing, str) and spacing.startswith("log_snr")
+    return int(steps) * int(T) * 8 if log_snr else int(steps) * 64
 
 
 def sampling_memory(model_cfg, num: int, batch_size: int, T: int, *, outputs: int = 3) -> dict:
@@ -185,14 +186,14 @@ def training_memory(cfg) -> dict:
     return parts
 
 
-def verify_memory(n_2d: int, n_64d: int, floor_reps: int) -> dict:
+def verify_memory(n_2d: int, n_64d: int, floor_reps: int, *, family_n: int = 0) -> dict:
     """Estimated bytes of ``ddkit verify`` at these sample sizes: per 64-D sample its component's
     eigenvector matrix (64 x 64 float64) in the dispersion statistic, a few float64 copies of
     each sample set (reference, x_T, samples) and one row of metrics per noise-floor
-    repetition."""
+    repetition; ``family_n``: samples per mixture of ``--family``, whose widest is 256-D."""
     return {
-        "dispersion": int(n_64d) * 64 * 64 * 8,
-        "samples": (int(n_2d) * 2 + int(n_64d) * 64) * 8 * 4,
+        "dispersion": (int(n_64d) * 64 * 64 + int(family_n) * 256 * 256) * 8,
+        "samples": (int(n_2d) * 2 + int(n_64d) * 64 + int(family_n) * 256) * 8 * 4,
         "noise floor": int(floor_reps) * 512,
     }
 

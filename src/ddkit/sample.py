@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def sample_to_folder(
     out: str | Path = "samples",
     *,
     sampler: str = "ddim",
-    steps: int = 50,
+    steps: int | str = 50,
     spacing: str = "trailing",
     sampler_options: dict | None = None,
     clip_x0: str = "auto",
@@ -54,10 +55,12 @@ def sample_to_folder(
 ) -> dict:
     """Draw ``num`` samples from the checkpoint (a file, or a run folder's newest) with the
     sampler ``sampler`` (``steps`` timesteps of ``spacing``, ``sampler_options``, ``clip_x0`` as
-    in :class:`~ddkit.trained.SampleSpec`) and write to the folder ``out``: ``samples.npz``
-    (``x``, and ``images`` as uint8 for image models), ``samples.png`` (the first ``grid``) and
-    ``sampler.json``, the settings, which are returned; with ``png``, also ``png/NNNNNN.png``,
-    one file per sample (image models), as FID tools such as clean-fid read a folder.
+    in :class:`~ddkit.trained.SampleSpec`; ``steps="tuned"`` or ``"tuned:N"``: the grid that
+    ``ddkit tune-steps`` stored for this sampler, at N model calls, in the run folder) and write
+    to the folder ``out``: ``samples.npz`` (``x``, and ``images`` as uint8 for image models),
+    ``samples.png`` (the first ``grid``) and ``sampler.json``, the settings, which are returned;
+    with ``png``, also ``png/NNNNNN.png``, one file per sample (image models), as FID tools such
+    as clean-fid read a folder.
     A class-conditional model draws ``class_label`` (an index or class name) with classifier-free
     ``guidance`` in ``guidance_interval``, or without a class the classes in turn, and then
     ``samples.png`` shows one row per class (``labels`` in ``samples.npz``).
@@ -74,10 +77,14 @@ def sample_to_folder(
     check_seed(seed, "--seed")
     for name, value in (("num", num), ("batch_size", batch_size), ("grid", grid)):
         _check_count(name, value)
+    trained = None
+    if isinstance(steps, str):
+        trained = load_trained(checkpoint, weights, device)
+        steps, spacing = tuned_spacing(checkpoint, trained, sampler, steps, sampler_options or {})
     spec = SampleSpec(
         sampler, steps, spacing, sampler_options or {}, clip_x0, guidance, guidance_interval
     )
-    trained = load_trained(checkpoint, weights, device)
+    trained = trained or load_trained(checkpoint, weights, device)
     labels = None
     if class_label is not None:
         labels = torch.full((num,), class_index(trained, class_label))
@@ -131,6 +138,29 @@ def sample_to_folder(
     atomic_write_bytes(out / "sampler.json", json.dumps(settings, indent=2).encode())
     log(f"wrote {num} samples to {out} ({wall:.1f} s, {spec.nfe()} model calls each)")
     return settings
+
+
+def tuned_spacing(checkpoint, trained, sampler: str, steps: str, options: dict):
+    """(steps, timesteps) of the grid that ``steps`` ("tuned" or "tuned:N") names for
+    ``sampler`` in the run folder of ``checkpoint``; ValueError for anything else."""
+    from .tuned_steps import tuned_grid
+
+    name, _, nfe = steps.partition(":")
+    if name != "tuned" or (nfe and not nfe.isdigit()):
+        raise ValueError(f"steps={steps!r} is not allowed; allowed: an integer, tuned, tuned:N")
+    grid = tuned_grid(checkpoint, sampler, trained.schedule.T, int(nfe) if nfe else None)
+    if grid.get("options", {}) != options:
+        raise ValueError(
+            f"the tuned {sampler} grid was made with options {grid.get('options', {})}, "
+            f"not {options}"
+        )
+    if grid.get("checkpoint_step") != trained.step or grid.get("weights") != trained.weights:
+        warnings.warn(
+            f"the tuned grid was made for step {grid.get('checkpoint_step')} "
+            f"({grid.get('weights')} weights); this is step {trained.step} ({trained.weights})",
+            stacklevel=2,
+        )
+    return len(grid["timesteps"]), tuple(grid["timesteps"])
 
 
 def write_pngs(images: np.ndarray, folder: Path) -> None:

@@ -1,6 +1,8 @@
 """Command line: the only place that reads argv and turns strings into values.
 
-Each command calls one library function: ``verify`` :func:`ddkit.verify.runner.run_to_folder`,
+Each command calls one library function: ``verify`` :func:`ddkit.verify.runner.run_to_folder`
+(``--family``: :func:`ddkit.verify.family_report.run_family_to_folder`), ``tune-steps``
+:func:`ddkit.tuned_steps.tune_steps`,
 ``train`` :class:`ddkit.training.trainer.Trainer`, ``sample`` :func:`ddkit.sample.sample_to_folder`,
 ``eval`` :func:`ddkit.evaluation.run.evaluate`, ``inpaint`` and ``edit`` (``cli/edit.py``),
 ``features``
@@ -18,6 +20,8 @@ from .. import __version__
 from ..cli_checks import MAX_DEMO_SCALE, Parser, finite_float, one_line, positive_int, random_seed
 from .edit import add_commands, add_eval_guidance_options, add_guidance_options
 from .features import add_features_command
+from .steps import add_tune_steps_command, steps_arg
+from .verify import add_verify_command
 
 # OpenMP's default spin-waiting makes every parallel op wait a scheduler tick for a descheduled
 # worker thread when the machine has more runnable threads than cores (any shared machine): a
@@ -43,25 +47,6 @@ SWEEP_FAMILY_NAMES = (
 _CLIP_X0_HELP = (
     "clamp x0_hat to [-1, 1] at each step: auto (8-bit images), on, off (as DDIM's code)"
 )
-
-
-def _cmd_verify(args) -> int:
-    from ..cli_checks import check_verify
-    from ..verify.runner import run_to_folder
-
-    check_verify(args)
-    run_to_folder(
-        args.out,
-        samplers=args.sampler,
-        labels=args.config,
-        quick=args.quick,
-        nfes=tuple(args.nfe),
-        n_2d=args.n_2d,
-        n_64d=args.n_64d,
-        floor_reps=args.floor_reps,
-        seed=args.seed,
-    )
-    return 0
 
 
 def _cmd_train(args) -> int:
@@ -203,21 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="ddkit", description="Denoising diffusion models, verified.")
     p.add_argument("--version", action="version", version=f"ddkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    v = sub.add_parser(
-        "verify", help="run every sampler against an exact Gaussian-mixture denoiser"
-    )
-    v.add_argument("--quick", action="store_true", help="small sample sizes and NFE 10, 20, 100")
-    v.add_argument("--out", default="verify-out", help="folder for verify.json and the PNG plot")
-    v.add_argument("--seed", type=random_seed, default=0)
-    v.add_argument("--nfe", type=positive_int, nargs="+", default=[10, 20, 50, 100, 1000])
-    v.add_argument("--n-2d", type=positive_int, default=10_000, help="samples on the 2-D mixture")
-    v.add_argument("--n-64d", type=positive_int, default=4_000, help="samples on the 64-D mixture")
-    v.add_argument("--floor-reps", type=positive_int, default=8)
-    v.add_argument("--sampler", action="append", help="only this sampler (repeatable)")
-    v.add_argument(
-        "--config", action="append", help="only this configuration, by label (repeatable)"
-    )
-    v.set_defaults(func=_cmd_verify)
+    add_verify_command(sub)
 
     t = sub.add_parser("train", help="train a diffusion model from TOML config files")
     t.add_argument("config", nargs="*", help="TOML config files, merged in order")
@@ -236,14 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--sampler",
         default="ddim",
-        help="ddpm, ddim, euler_maruyama, pc, heun, dpmpp_2m, dpmpp_3m, adams3",
+        help="ddpm, ddim, euler_maruyama, pc, heun, dpmpp_2m, dpmpp_3m, adams2, adams3",
     )
-    s.add_argument("--steps", type=positive_int, default=50, help="number of timesteps")
+    s.add_argument(
+        "--steps", type=steps_arg, default=50, help="timesteps, or tuned[:NFE] (ddkit tune-steps)"
+    )
     s.add_argument(
         "--spacing",
         default="trailing",
         help="leading, trailing, linspace, quadratic, ddim_quadratic (DDIM's code: to 0.8 T), "
-        "log_snr",
+        "log_snr, log_snr_window (log-SNR, first step to -4)",
     )
     s.add_argument("--eta", type=finite_float(), help="DDIM eta (>= 0; 0 is deterministic)")
     s.add_argument(
@@ -341,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=_cmd_export)
 
     add_features_command(sub)
+    add_tune_steps_command(sub)
 
     d = sub.add_parser("demo", help="train on bundled data (2-D spiral, 8x8 digits) and sample")
     d.add_argument("--out", default="demo-out")

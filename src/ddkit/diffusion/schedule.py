@@ -24,7 +24,19 @@ DATA = -1
 """The index of clean data x_0 (alpha_bar = 1); the step after a sampler's last timestep."""
 
 SCHEDULES = ("linear", "cosine")
-SPACINGS = ("leading", "trailing", "linspace", "quadratic", "ddim_quadratic", "log_snr")
+SPACINGS = (
+    "leading",
+    "trailing",
+    "linspace",
+    "quadratic",
+    "ddim_quadratic",
+    "log_snr",
+    "log_snr_window",
+)
+
+LOG_SNR_WINDOW = -4.0
+"""The log-SNR to which the first step of ``"log_snr_window"`` spacing jumps: chosen, with the
+few-step sampler, on the tuning family of test mixtures (``benchmarks/family_defaults.py``)."""
 
 _DEFAULT_T = 1000
 
@@ -255,6 +267,8 @@ def timesteps(
         about -4 the denoiser's x0 estimate is nearly the data mean, where a first-order
         exponential-integrator step (DDIM, DPM-Solver++) is already exact, so steps spent
         there are wasted.
+      * ``"log_snr_window"``: ``"log_snr"`` with ``min_log_snr`` = ``LOG_SNR_WINDOW`` (unless
+        given).
       * a sequence of ints: used as given (validated, sorted decreasing); ``n`` must match its
       length.
     """
@@ -300,7 +314,9 @@ def timesteps(
         # as the code computes it, float rounding included (n = 16 gives 511 where 512 is exact)
         raw = [top] if n == 1 else np.floor(np.linspace(0, math.sqrt(0.8 * span), n) ** 2)
         seq = _strictly_increasing(np.asarray(raw), top)
-    elif spacing == "log_snr":
+    elif spacing in ("log_snr", "log_snr_window"):
+        if spacing == "log_snr_window" and min_log_snr is None:
+            min_log_snr = LOG_SNR_WINDOW
         if log_snr is None:
             raise ValueError("log_snr spacing needs the schedule's log-SNR table")
         lam = np.asarray(log_snr[: t_max + 1], dtype=np.float64)

@@ -40,6 +40,7 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "heun": SamplerInfo(sample_heun, model_calls=lambda n, o: 2 * n - 1),
     "dpmpp_2m": SamplerInfo(sample_dpmpp, {"order": 2}),
     "dpmpp_3m": SamplerInfo(sample_dpmpp, {"order": 3}),
+    "adams2": SamplerInfo(sample_adams, {"order": 2}),
     "adams3": SamplerInfo(sample_adams, {"order": 3}),
 }
 

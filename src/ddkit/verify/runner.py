@@ -59,9 +59,15 @@ class SamplerConfig:
 
 
 BEST = SamplerConfig("adams3 PC logSNR>-4", "adams3", "log_snr", min_log_snr=-4.0)
-"""Our most accurate few-step configuration: third-order exponential Adams predictor-corrector
-(:func:`ddkit.samplers.sample_adams`) on a log-SNR grid whose first step jumps to log-SNR -4 (the
-window was chosen on the 2-D mixture for DPM-Solver++(3M) and is used unchanged for both)."""
+"""Third-order exponential Adams predictor-corrector (:func:`ddkit.samplers.sample_adams`) on a
+log-SNR grid whose first step jumps to log-SNR -4: the most accurate on the two mixtures here."""
+
+FEW_STEP = SamplerConfig("adams2 PC logSNR>-4", "adams2", "log_snr_window")
+"""ddkit's few-step default (``ddkit sample --sampler adams2 --spacing log_snr_window``, the
+start of ``ddkit tune-steps``): second-order exponential Adams predictor-corrector on the log-SNR
+grid whose first step jumps to log-SNR -4, chosen among grids, windows, orders and correctors on
+the tuning family of test mixtures by the rule in BENCHMARKS.md (``benchmarks/family_defaults.py``)
+and reported on the held-out family (``ddkit verify --family held_out``)."""
 
 CONFIGS: tuple[SamplerConfig, ...] = (
     SamplerConfig("ddpm small", "ddpm", "leading", {"variance": "fixed_small"}),
@@ -77,7 +83,11 @@ CONFIGS: tuple[SamplerConfig, ...] = (
     SamplerConfig("dpm++2m", "dpmpp_2m", "log_snr"),
     SamplerConfig("dpm++3m logSNR>-4", "dpmpp_3m", "log_snr", min_log_snr=-4.0),
     BEST,
+    FEW_STEP,
 )
+
+FAMILY_LABELS = ("ddim eta=0", "dpm++2m", "dpm++3m logSNR>-4", BEST.label, FEW_STEP.label)
+"""The deterministic few-step configurations ``ddkit verify --family`` runs by default."""
 
 
 @dataclass(frozen=True)
@@ -160,12 +170,14 @@ def run(
     seed: int = 0,
     floor_reps: int = 8,
     schedule: NoiseSchedule | None = None,
+    on: Sequence[Problem] | None = None,
     log=print,
 ) -> dict:
-    """Run every config at every NFE on both mixtures; return {problem: {floor, rows}}."""
+    """Run every config at every NFE on each problem of ``on`` (default: :func:`problems` of
+    ``n_2d``, ``n_64d``); return {problem: {floor, rows}}."""
     schedule = schedule or NoiseSchedule.make("linear", 1000)
     out = {}
-    for problem in problems(n_2d, n_64d):
+    for problem in on if on is not None else problems(n_2d, n_64d):
         ref, ref_disp, floor, x_T = setup(problem, seed, floor_reps)
         den = problem.mixture.denoiser(schedule)
         rows = []
@@ -252,10 +264,16 @@ def write_outputs(results: dict, out_dir: Path) -> None:
 
 
 def select_configs(
-    samplers: Sequence[str] | None = None, labels: Sequence[str] | None = None
+    samplers: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    *,
+    family: bool = False,
 ) -> list[SamplerConfig]:
     """The configurations of ``CONFIGS`` whose sampler is in ``samplers`` and whose label is in
-    ``labels`` (all, where either is None or empty).  ValueError for an unknown name."""
+    ``labels`` (all, where either is None or empty; with ``family`` and neither given, those of
+    ``FAMILY_LABELS``).  ValueError for an unknown name."""
+    if family and not samplers and not labels:
+        labels = FAMILY_LABELS
     for name in samplers or []:
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")

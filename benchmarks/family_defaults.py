@@ -1,0 +1,71 @@
+"""Choosing the few-step default on the tuning family, and checking it on the held-out family.
+
+Candidate configurations (grid, first-step window, solver order, corrector) run with the exact
+denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE 5, 10 and 20; the
+table is the worst case over the members (:func:`ddkit.verify.family_report.worst_case`).  The
+choice is made on ``--split tuning`` only; ``--split held_out`` reports it.
+
+    .venv/bin/python benchmarks/family_defaults.py --split tuning [--n 2000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from _machine import cpu_name  # noqa: E402
+
+from ddkit.verify.family_report import (  # noqa: E402
+    FAMILY_NFES,
+    WORST_HEADER,
+    family_problems,
+    format_worst,
+    worst_case,
+)
+from ddkit.verify.runner import SamplerConfig, run  # noqa: E402
+
+
+def candidates() -> list[SamplerConfig]:
+    out = [SamplerConfig("dpm++2m logSNR", "dpmpp_2m", "log_snr")]
+    for window in (None, -2.0, -3.0, -4.0, -5.0, -6.0):
+        name = "" if window is None else f">{window:g}"
+        out.append(SamplerConfig(f"adams3 PC logSNR{name}", "adams3", "log_snr", {}, window))
+    out += [
+        SamplerConfig("adams3 P logSNR>-4", "adams3", "log_snr", {"corrector": False}, -4.0),
+        SamplerConfig("adams2 PC logSNR>-4", "adams3", "log_snr", {"order": 2}, -4.0),
+        SamplerConfig("adams2 PC logSNR", "adams3", "log_snr", {"order": 2}),
+        SamplerConfig("dpm++3m logSNR>-4", "dpmpp_3m", "log_snr", {}, -4.0),
+    ]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="tuning", choices=("tuning", "held_out"))
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--nfe", type=int, nargs="+", default=list(FAMILY_NFES))
+    ap.add_argument("--only", nargs="+", help="only these candidate labels")
+    ap.add_argument("--json", help="write the per-member results and worst case here")
+    args = ap.parse_args()
+    configs = [c for c in candidates() if not args.only or c.label in args.only]
+    print(
+        f"# few-step candidates on the {args.split} family, {time.strftime('%Y-%m-%d')}, "
+        f"torch {torch.__version__}, {cpu_name()}, n={args.n} per member"
+    )
+    results = run(configs, tuple(args.nfe), on=family_problems(args.split, args.n), log=print)
+    worst = worst_case(results)
+    print(f"\n{WORST_HEADER}")
+    for row in sorted(worst, key=lambda r: (r["nfe"], r["sampler"])):
+        print(format_worst(row))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"split": args.split, "members": results, "worst": worst}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

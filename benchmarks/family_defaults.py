@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 
@@ -37,11 +38,40 @@ def candidates() -> list[SamplerConfig]:
         out.append(SamplerConfig(f"adams3 PC logSNR{name}", "adams3", "log_snr", {}, window))
     out += [
         SamplerConfig("adams3 P logSNR>-4", "adams3", "log_snr", {"corrector": False}, -4.0),
-        SamplerConfig("adams2 PC logSNR>-4", "adams3", "log_snr", {"order": 2}, -4.0),
-        SamplerConfig("adams2 PC logSNR", "adams3", "log_snr", {"order": 2}),
+        SamplerConfig("adams2 PC logSNR>-4", "adams2", "log_snr", {}, -4.0),
+        SamplerConfig("adams2 PC logSNR", "adams2", "log_snr"),
         SamplerConfig("dpm++3m logSNR>-4", "dpmpp_3m", "log_snr", {}, -4.0),
     ]
+    post = {"last": "posterior"}  # the last step a draw from the posterior (one JVP)
+    out += [
+        SamplerConfig("adams2 PC logSNR>-4 post", "adams2", "log_snr", post, -4.0),
+        SamplerConfig("adams2 PC logSNR post", "adams2", "log_snr", post),
+        SamplerConfig("adams3 PC logSNR>-4 post", "adams3", "log_snr", post, -4.0),
+        SamplerConfig("adams3 PC logSNR>-5 post", "adams3", "log_snr", post, -5.0),
+        SamplerConfig(
+            "adams2 P logSNR>-4 post", "adams2", "log_snr", {**post, "corrector": False}, -4.0
+        ),
+    ]
     return out
+
+
+def rule(worst: list[dict]) -> dict[str, float]:
+    """Each sampler's score under the rule of the module docstring (lower is better)."""
+    score: dict[str, float] = {}
+    for r in worst:
+        disp = max(r["disp"], 1.0 / r["disp"])
+        value = math.log(max(r["ed_over_floor"], 1e-3)) + math.log(disp)
+        score[r["sampler"]] = score.get(r["sampler"], 0.0) + value
+    return score
+
+
+def report(worst: list[dict]) -> None:
+    print(f"\n{WORST_HEADER}")
+    for row in sorted(worst, key=lambda r: (r["nfe"], r["sampler"])):
+        print(format_worst(row))
+    print("\n| sampler | score (lower is better) |\n|---|---|")
+    for label, value in sorted(rule(worst).items(), key=lambda kv: kv[1]):
+        print(f"| {label} | {value:.2f} |")
 
 
 def main():
@@ -51,7 +81,12 @@ def main():
     ap.add_argument("--nfe", type=int, nargs="+", default=list(FAMILY_NFES))
     ap.add_argument("--only", nargs="+", help="only these candidate labels")
     ap.add_argument("--json", help="write the per-member results and worst case here")
+    ap.add_argument("--from-json", help="print the tables of a --json file; run nothing")
     args = ap.parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            report(worst_case(json.load(f)["members"]))
+        return
     configs = [c for c in candidates() if not args.only or c.label in args.only]
     print(
         f"# few-step candidates on the {args.split} family, {time.strftime('%Y-%m-%d')}, "
@@ -59,9 +94,7 @@ def main():
     )
     results = run(configs, tuple(args.nfe), on=family_problems(args.split, args.n), log=print)
     worst = worst_case(results)
-    print(f"\n{WORST_HEADER}")
-    for row in sorted(worst, key=lambda r: (r["nfe"], r["sampler"])):
-        print(format_worst(row))
+    report(worst)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"split": args.split, "members": results, "worst": worst}, f, indent=1)

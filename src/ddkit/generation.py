@@ -20,6 +20,8 @@ from .samplers import SAMPLERS, get_sampler
 SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {
     "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
     "ddim": {"eta": None},
+    "adams2": {"last": ("ode", "posterior")},
+    "adams3": {"last": ("ode", "posterior")},
 }
 
 

@@ -128,6 +128,8 @@ def _sampler_options(args) -> dict:
         options["eta"] = args.eta
     if args.variance is not None:
         options["variance"] = args.variance
+    if getattr(args, "last_step", None) is not None:
+        options["last"] = args.last_step
     return options
 
 
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--variance", help="DDPM variance: fixed_small, fixed_large, tweedie, tweedie_jacobian"
     )
+    s.add_argument("--last-step", help="adams2/adams3's last step: ode, or posterior (a draw)")
     s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     s.add_argument("--seed", type=random_seed, default=0)
     s.add_argument("--num", type=positive_int, default=64)
@@ -287,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--spacing", default="trailing", help="spacing for --fid")
     e.add_argument("--eta", type=finite_float(), help="DDIM eta for --fid")
     e.add_argument("--variance", help="DDPM variance for --fid")
+    e.add_argument("--last-step", help="adams2/adams3's last step for --fid: ode, posterior")
     add_eval_guidance_options(e)
     e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP + "; for --fid and --sweep")
     e.add_argument("--batch-size", type=positive_int, default=250)

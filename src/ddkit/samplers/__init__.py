@@ -32,6 +32,12 @@ class SamplerInfo:
         return self.model_calls(steps, {**self.options, **options})
 
 
+def _adams_calls(steps: int, options: dict) -> int:
+    """One call per step; ``last="posterior"`` makes the last a Jacobian-vector product, counted
+    as two (the network and its forward-mode derivative)."""
+    return steps + (options.get("last") == "posterior")
+
+
 SAMPLERS: dict[str, SamplerInfo] = {
     "ddpm": SamplerInfo(sample_ddpm),
     "ddim": SamplerInfo(sample_ddim),
@@ -40,8 +46,8 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "heun": SamplerInfo(sample_heun, model_calls=lambda n, o: 2 * n - 1),
     "dpmpp_2m": SamplerInfo(sample_dpmpp, {"order": 2}),
     "dpmpp_3m": SamplerInfo(sample_dpmpp, {"order": 3}),
-    "adams2": SamplerInfo(sample_adams, {"order": 2}),
-    "adams3": SamplerInfo(sample_adams, {"order": 3}),
+    "adams2": SamplerInfo(sample_adams, {"order": 2}, model_calls=_adams_calls),
+    "adams3": SamplerInfo(sample_adams, {"order": 3}, model_calls=_adams_calls),
 }
 
 

@@ -22,6 +22,9 @@ import torch
 from ..diffusion.denoiser import Estimate
 from ..diffusion.schedule import DATA
 from ._common import Callback, check_inputs, estimate, pairs
+from .ddpm import _jacobian_shaped_noise
+
+LAST_STEPS = ("ode", "posterior")
 
 
 def _sigma(ab: float) -> float:
@@ -180,6 +183,7 @@ def sample_adams(
     callback: Callback | None = None,
     order: int = 3,
     corrector: bool = True,
+    last: str = "ode",
 ) -> torch.Tensor:
     """Exponential Adams-Bashforth-Moulton on the probability-flow ODE, one model call per step.
 
@@ -193,11 +197,24 @@ def sample_adams(
     (no second model call: the corrector of UniPC, Zhao et al. 2023).  The order is lowered where
     history is missing; the last step, to the data, is the trapezoid end of :func:`sample_dpmpp`.
 
+    ``last="posterior"`` ends instead with a draw from the posterior q(x_0 | x_t) at the last
+    timestep, approximated by the Gaussian with mean x0_hat and covariance
+    Cov[x0 | x_t] = (s_t^2 / a_t) d x0_hat / d x_t (Tweedie), its noise shaped by one
+    Jacobian-vector product (:func:`ddkit.samplers.ddpm._jacobian_shaped_noise`, counted as two
+    model calls).  The model is defined only down to the schedule's smallest noise level, so no
+    deterministic end can give modes narrower than that level their width: the ODE carries x to
+    the right marginal at the last timestep, and this draw supplies what is left.  The draw is
+    exact for a Gaussian posterior that is isotropic per example; for a strongly anisotropic one
+    the linear shaping over-feeds the narrowest directions (standard deviations 25:1 apart in
+    2-D: the narrow one 1.5x too wide).
+
     Unlike the published DPM-Solver++(3M) update (``sample_dpmpp(order=3)``, diffusers,
     k-diffusion), which weighs the second divided difference by phi3 where the exact integral of
     the quadratic needs 2 phi3 (so its local error is O(h^3)), ``order=3`` here is third order."""
     if order not in (1, 2, 3):
         raise ValueError(f"order={order!r} must be 1, 2 or 3")
+    if last not in LAST_STEPS:
+        raise ValueError(f"last={last!r} is not allowed; allowed: {', '.join(LAST_STEPS)}")
     ts = check_inputs(denoiser, x_T, timesteps)
     ab = denoiser.schedule.alpha_bar
     x = x_T
@@ -206,6 +223,11 @@ def sample_adams(
     for i, (t, t_prev) in enumerate(pairs(ts)):
         ab_t, ab_p = ab(t), ab(t_prev)
         lam_t, lam_p = _half_log_snr(ab_t), _half_log_snr(ab_p)
+        if t_prev == DATA and last == "posterior":
+            x0, noise = _jacobian_shaped_noise(denoiser, x, t, 0.0, 1.0, generator)
+            if callback is not None:
+                callback(i, t, x, x0)
+            return x0.add_(noise)
         est = estimate(denoiser, x, t)
         if callback is not None:
             callback(i, t, x, est.x0)

@@ -13,10 +13,11 @@ is its difference from that row.
 
 With ``--family held_out`` (or ``tuning``) it runs instead on every mixture of that split of the
 test family (:mod:`ddkit.verify.family`) at NFE 5, 10 and 20, with diffusers' best configuration
-(DPM-Solver++(2M), lu-lambdas), ddkit's few-step default (``runner.FEW_STEP``) and that default on
+(DPM-Solver++(2M), lu-lambdas), ddkit's few-step default (``runner.FEW_STEP``), that default on
 a grid tuned for the mixture (:func:`ddkit.samplers.tuning.tune_timesteps`, 256 pilot noises from
-another seed than the measured ones), and prints the per-member and worst-case tables
-(:func:`ddkit.verify.family_report.worst_case`).
+another seed than the measured ones) and with its last step drawn from the posterior
+(``last="posterior"``, its JVP counted as two model calls), and prints the per-member and
+worst-case tables (:func:`ddkit.verify.family_report.worst_case`).
 
     .venv/bin/python benchmarks/few_step_vs_diffusers.py --family held_out [--n 2000]
 """
@@ -81,6 +82,12 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
     label_d, make_d = next(iter(diffusers_configs().items()))
     cfg = verify.FEW_STEP
     sampler = get_sampler(cfg.sampler)
+    ode_options = {k: v for k, v in cfg.options.items() if k != "last"}
+    post = dataclasses.replace(cfg, options={**ode_options, "last": "posterior"})
+
+    def gen():
+        return torch.Generator().manual_seed(seed + 1)
+
     results = {}
     for problem in family_problems(split, n):
         ref, ref_disp, floor, x_T = verify.setup(problem, seed, 8)
@@ -100,8 +107,8 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
         )
         for nfe in nfes:
             t0 = time.perf_counter()
-            tuned = tune_timesteps(
-                lambda ts, den=den, pilot=pilot: sampler(den, pilot, ts),
+            tuned = tune_timesteps(  # on the ODE: its own last step, no draw
+                lambda ts, den=den, pilot=pilot: sampler(den, pilot, ts, **ode_options),
                 cfg.timesteps(schedule, nfe),
                 target,
                 schedule,
@@ -110,8 +117,15 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
             tune_s = time.perf_counter() - t0
             runs = {
                 label_d: run_diffusers(make_d, model, x_T, nfe)[0],
-                "ddkit " + cfg.label: sampler(den, x_T, cfg.timesteps(schedule, nfe)),
-                "ddkit " + cfg.label + " tuned grid": sampler(den, x_T, tuned.timesteps),
+                "ddkit " + cfg.label: sampler(
+                    den, x_T, cfg.timesteps(schedule, nfe), generator=gen(), **cfg.options
+                ),
+                "ddkit " + cfg.label + " tuned grid": sampler(
+                    den, x_T, tuned.timesteps, generator=gen(), **cfg.options
+                ),
+                "ddkit " + cfg.label + ", posterior end": sampler(
+                    den, x_T, post.timesteps(schedule, nfe), generator=gen(), **post.options
+                ),
             }
             for label, x in runs.items():
                 m = verify.metrics(x, ref, problem.mixture, ref_disp)

@@ -11,9 +11,9 @@ lower bound for commands with several phases (the phases after the current one a
         --run runs/fashion_mnist
 
 Sets: ``digits`` (train, sample, eval stages, editing, export of the 8x8 digits recipe),
-``small`` (the spiral recipe, ``verify --quick``, ``verify``), ``fashion_mnist`` (training the
-28x28 recipe, and sampling and evaluating the trained run ``--run``; capped).  Prints a
-markdown table; the machine line comes first.
+``small`` (the spiral recipe, ``verify --quick``, ``verify``, ``verify --family held_out``),
+``fashion_mnist`` (training the 28x28 recipe, and sampling and evaluating the trained run
+``--run``; capped).  Prints a markdown table; the machine line comes first.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def commands(which: str, work: Path, run: str | None) -> list[tuple[str, list[st
             ("train configs/spiral.toml", ["train", "configs/spiral.toml", "--set", _out(work)]),
             ("verify --quick", ["verify", "--quick", "--out", str(work / "v1")]),
             ("verify", ["verify", "--out", str(work / "v2")]),
+            (
+                "verify --family held_out",
+                ["verify", "--family", "held_out", "--out", str(work / "v3")],
+            ),
         ]
     if which == "fashion_mnist":  # the evaluations measure the trained run ``run``
         run = run or str(REPO / "runs" / "fashion_mnist")

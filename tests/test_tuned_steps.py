@@ -114,6 +114,11 @@ def test_cli_tunes_stores_and_samples_with_the_grid(run_folder, tmp_path, capsys
     assert main([*args, "--steps", "tuned"]) == 0
     settings = json.loads((out / "sampler.json").read_text())
     assert settings["timesteps"] == entry["timesteps"] and settings["steps"] == 5
+    post = tmp_path / "post"  # the same grid with a posterior draw at the end: one call more
+    assert main([*args[:-1], str(post), "--steps", "tuned", "--last-step", "posterior"]) == 0
+    settings = json.loads((post / "sampler.json").read_text())
+    assert settings["timesteps"] == entry["timesteps"] and settings["nfe"] == 6
+    assert settings["options"] == {"last": "posterior"}
     capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "s2"), "--steps", "tuned:7"]) == 2
     one_line_error(capsys, "tuned:5", "tune-steps")
@@ -169,3 +174,10 @@ def test_a_folder_in_place_of_the_file_is_refused(run_folder, capsys):
     (run_folder / FILE).mkdir()
     assert main(["tune-steps", str(run_folder), "--nfe", "5"]) == 2
     one_line_error(capsys, FILE, "regular file")
+
+
+def test_tuning_that_would_not_fit_in_memory_is_refused_before_any_work(run_folder, capsys):
+    argv = ["tune-steps", str(run_folder), "--nfe", "5", "--pilot", str(10**12)]
+    assert main(argv) == 2
+    one_line_error(capsys, "--pilot")
+    assert not (run_folder / FILE).exists()

@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from .generation import SampleSpec, check_labels
+from .memory import check_memory, sampling_memory
 from .paths import atomic_write_bytes
 from .progress import Progress
+from .resources import check_output_folder
 from .samplers import get_sampler
 from .samplers.tuning import REFERENCE_STEPS, ode_reference, rms, tune_timesteps
 
@@ -132,8 +134,13 @@ def tune_steps(
         raise ValueError(f"--nfe {nfe}: {sampler!r} needs at least {info.nfe(2, **options)}")
     spec = SampleSpec(sampler, steps, spacing, options, clip_x0)
     start = spec.timesteps(trained.schedule)
-    folder = run_folder(checkpoint)
+    folder = check_output_folder(run_folder(checkpoint), "the run folder")  # writable, first
     grids = read_grids(folder, trained.schedule.T)  # refuse a broken file before any work
+    parts = sampling_memory(trained.config.model, pilot + check, batch_size, trained.schedule.T)
+    parts["references"] = 2 * 8 * (pilot + check) * math.prod(trained.data_shape)  # float64
+    device = next(trained.model.parameters()).device
+    what = f"tuning on {pilot} + {check} noises in batches of {batch_size}"
+    check_memory(parts, device, what, "lower --pilot, --check or --batch-size")
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn((pilot + check, *trained.data_shape), generator=g)
     y = check_labels(trained, spec, pilot + check, None)
@@ -151,7 +158,6 @@ def tune_steps(
             out.append(fn(den, x_T[s:e].to(device), **kw).double().cpu())
         return torch.cat(out)
 
-    device = next(trained.model.parameters()).device
     t0 = time.perf_counter()
     try:
         ref = run(lambda d, x: ode_reference(d, x, reference_steps, callback=tick), 0, pilot)

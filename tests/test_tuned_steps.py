@@ -180,4 +180,6 @@ def test_tuning_that_would_not_fit_in_memory_is_refused_before_any_work(run_fold
     argv = ["tune-steps", str(run_folder), "--nfe", "5", "--pilot", str(10**12)]
     assert main(argv) == 2
     one_line_error(capsys, "--pilot")
+    assert main(["tune-steps", str(run_folder), "--nfe", str(10**15)]) == 2  # T = 100
+    one_line_error(capsys, "--nfe", "1..100")
     assert not (run_folder / FILE).exists()

@@ -129,6 +129,9 @@ def tune_steps(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
     info = get_sampler(sampler)
+    T = trained.schedule.T
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or not 1 <= nfe <= info.nfe(T, **options):
+        raise ValueError(f"--nfe {nfe!r}: allowed 1..{info.nfe(T, **options)} for this model")
     steps = max((n for n in range(1, nfe + 1) if info.nfe(n, **options) <= nfe), default=0)
     if steps < 2:
         raise ValueError(f"--nfe {nfe}: {sampler!r} needs at least {info.nfe(2, **options)}")
@@ -145,7 +148,7 @@ def tune_steps(
     x_T = torch.randn((pilot + check, *trained.data_shape), generator=g)
     y = check_labels(trained, spec, pilot + check, None)
     n_p, n_c = math.ceil(pilot / batch_size), math.ceil(check / batch_size)
-    total = (n_p + n_c) * reference_steps + n_p * max_evals * steps + n_c * 2 * steps
+    total = (n_p + n_c) * min(reference_steps, T) + n_p * max_evals * steps + n_c * 2 * steps
     bar = Progress(total, "tuning steps", unit="step")
     tick = lambda *_: bar.update(1)  # noqa: E731
 

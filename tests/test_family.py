@@ -144,3 +144,21 @@ def test_verify_family_writes_per_member_and_worst_case_results(tmp_path, capsys
     assert main(["verify", "--family", "tuning", "--quick", "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--quick" in err and not (tmp_path / "q").exists()
+
+
+def test_dispersion_is_one_for_true_samples_and_scales_with_the_spread():
+    """Within-mode dispersion of true samples of a well-separated member is 1 within Monte Carlo
+    error (E[Mahalanobis^2] = d); samples pushed c times farther from their own mode give c^2;
+    and it equals the per-sample projection on each sample's component, computed directly."""
+    from ddkit.verify.statistics import dispersion
+
+    mix = Member(16, 4, 0.05, "lowrank", 3).build()
+    n = 4000
+    x, comp = mix.sample(n, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert dispersion(x, mix) == pytest.approx(1.0, abs=4 * math.sqrt(2 / (16 * n)))
+    wide = mix.means[comp] + 1.1 * (x - mix.means[comp])
+    assert dispersion(wide, mix) == pytest.approx(1.21, rel=0.03)
+    k = mix.responsibilities(x).argmax(1)
+    direct = torch.einsum("ndj,nd->nj", mix.eigvecs[k], x - mix.means[k])
+    expected = float((direct**2 / mix.eigvals[k]).sum(1).mean() / mix.dim)
+    assert dispersion(x, mix) == pytest.approx(expected, rel=1e-12)

@@ -187,12 +187,13 @@ def training_memory(cfg) -> dict:
 
 
 def verify_memory(n_2d: int, n_64d: int, floor_reps: int, *, family_n: int = 0) -> dict:
-    """Estimated bytes of ``ddkit verify`` at these sample sizes: per 64-D sample its component's
-    eigenvector matrix (64 x 64 float64) in the dispersion statistic, a few float64 copies of
-    each sample set (reference, x_T, samples) and one row of metrics per noise-floor
-    repetition; ``family_n``: samples per mixture of ``--family``, whose widest is 256-D."""
+    """Estimated bytes of ``ddkit verify`` at these sample sizes: the exact denoiser's and the
+    statistics' per-component work on one sample set (a projection of every sample on each of up
+    to 16 components' eigenvectors, float64), a few float64 copies of each sample set
+    (reference, x_T, samples) and one row of metrics per noise-floor repetition;
+    ``family_n``: samples per mixture of ``--family``, whose widest is 256-D."""
     return {
-        "dispersion": (int(n_64d) * 64 * 64 + int(family_n) * 256 * 256) * 8,
+        "components": (int(n_64d) * 64 * 5 + int(family_n) * 256 * 16) * 8 * 2,
         "samples": (int(n_2d) * 2 + int(n_64d) * 64 + int(family_n) * 256) * 8 * 4,
         "noise floor": int(floor_reps) * 512,
     }

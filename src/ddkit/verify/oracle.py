@@ -128,8 +128,10 @@ class GaussianMixture:
         """(x [n, d], component labels [n]) drawn exactly."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        scale = self.eigvecs[k] * self.eigvals[k].sqrt()[:, None, :]  # Q diag(sqrt(l))
-        x = self.means[k] + torch.einsum("nij,nj->ni", scale, z)
+        x = torch.empty_like(z)
+        for j in torch.unique(k).tolist():  # m_j + Q_j diag(sqrt(l_j)) z, one component at a time
+            rows = k == j
+            x[rows] = self.means[j] + (z[rows] * self.eigvals[j].sqrt()) @ self.eigvecs[j].T
         return x.to(dtype), k
 
     # -- densities ------------------------------------------------------------------------------

@@ -57,11 +57,13 @@ def dispersion(x: torch.Tensor, mixture) -> float:
     """Within-mode dispersion: mean over samples of the squared Mahalanobis distance to the
     sample's most likely component, divided by d.  About 1 for true samples of well-separated
     modes; below 1 means under-dispersed modes, above 1 over-dispersed."""
-    resp = mixture.responsibilities(x)
-    k = resp.argmax(1)
-    diff = x.double() - mixture.means[k]
-    proj = torch.einsum("ndj,nd->nj", mixture.eigvecs[k], diff)
-    return float((proj**2 / mixture.eigvals[k]).sum(1).mean() / mixture.dim)
+    k = mixture.responsibilities(x).argmax(1)
+    x = x.double()
+    total = 0.0
+    for j in torch.unique(k).tolist():  # one component at a time: no [n, d, d] gather
+        proj = (x[k == j] - mixture.means[j]) @ mixture.eigvecs[j]
+        total += float((proj**2 / mixture.eigvals[j]).sum())
+    return total / (len(x) * mixture.dim)
 
 
 def loglik_gap(x: torch.Tensor, reference: torch.Tensor, mixture) -> float:

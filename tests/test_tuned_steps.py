@@ -183,3 +183,16 @@ def test_tuning_that_would_not_fit_in_memory_is_refused_before_any_work(run_fold
     assert main(["tune-steps", str(run_folder), "--nfe", str(10**15)]) == 2  # T = 100
     one_line_error(capsys, "--nfe", "1..100")
     assert not (run_folder / FILE).exists()
+
+
+def test_the_command_lines_names_are_the_librarys():
+    """The parser names the tunable samplers and defaults without importing torch; they are the
+    library's."""
+    from ddkit import tuned_steps
+    from ddkit.cli import steps
+
+    assert steps.TUNABLE_NAMES == tuned_steps.TUNABLE
+    assert (steps.DEFAULT_SAMPLER, steps.DEFAULT_SPACING) == (
+        tuned_steps.DEFAULT_SAMPLER,
+        tuned_steps.DEFAULT_SPACING,
+    )

@@ -49,10 +49,13 @@ def _cmd_tune_steps(args) -> int:
     return 0
 
 
+# names only, without importing torch at parse time: ddkit.tuned_steps.TUNABLE and its defaults
+TUNABLE_NAMES = ("adams2", "adams3", "dpmpp_2m", "dpmpp_3m", "heun", "ddim")
+DEFAULT_SAMPLER, DEFAULT_SPACING = "adams2", "log_snr_window"
+
+
 def add_tune_steps_command(sub) -> None:
     """``tune-steps`` as a subcommand of the parser's ``sub``."""
-    from ..tuned_steps import DEFAULT_SAMPLER, DEFAULT_SPACING, TUNABLE
-
     t = sub.add_parser(
         "tune-steps",
         help="tune a sampler's timestep grid for one model and NFE; sample with --steps tuned",
@@ -60,7 +63,7 @@ def add_tune_steps_command(sub) -> None:
     t.add_argument("checkpoint", help="a run folder (the grid is stored in it) or checkpoint")
     t.add_argument("--nfe", type=positive_int, required=True, help="model calls per sample")
     t.add_argument(
-        "--sampler", default=DEFAULT_SAMPLER, choices=TUNABLE, help="a deterministic sampler"
+        "--sampler", default=DEFAULT_SAMPLER, choices=TUNABLE_NAMES, help="a deterministic sampler"
     )
     t.add_argument("--spacing", default=DEFAULT_SPACING, help="the grid the search starts from")
     t.add_argument("--pilot", type=positive_int, default=64, help="initial noises tuned on")

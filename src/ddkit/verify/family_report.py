@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from ..paths import atomic_write_bytes
 from .family import members
 from .runner import HEADER, Problem, SamplerConfig, run
 
@@ -136,10 +137,8 @@ def run_family_to_folder(
     for row in worst:
         log(format_worst(row))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "family.json.tmp"
-    tmp.write_text(json.dumps({"split": split, "members": results, "worst": worst}, indent=1))
-    tmp.replace(out / "family.json")
+    doc = {"split": split, "members": results, "worst": worst}
+    atomic_write_bytes(out / "family.json", json.dumps(doc, indent=1).encode())
     plot_worst(worst, out / "family_worst_case.png", f"worst case over the {split} family")
     log(f"\nwrote {out / 'family.json'} and {out / 'family_worst_case.png'}")
     return {"members": results, "worst": worst}

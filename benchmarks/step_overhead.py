@@ -4,7 +4,9 @@ The network is replaced by a function returning a precomputed tensor, so what is
 ddkit, the Denoiser's conversion of the output to (eps, x0) plus the sampler's step arithmetic
 (and its per-call setup, amortized), and for diffusers ``scheduler.step`` (plus ``set_timesteps``).
 Both sides walk the same timestep list with the same output; the noisy samplers draw their noise
-from a seeded generator on both sides.  Runs are interleaved (ddkit, diffusers, ddkit, ...) after
+from a seeded generator on both sides: torch's CPU generator (then ddkit's DDPM steps equal
+diffusers' step for step), or for ddkit ``ddkit.noise.PhiloxNoise``, the source ``ddkit sample``
+uses on a CPU.  Runs are interleaved (ddkit, diffusers, ddkit, ...) after
 a warm-up, and the table gives the median over repetitions of (run time / steps).
 
     .venv/bin/python benchmarks/step_overhead.py [--steps 50] [--reps 15] [--threads 2]
@@ -29,6 +31,7 @@ from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when ru
 
 from ddkit.diffusion.denoiser import Denoiser  # noqa: E402
 from ddkit.diffusion.schedule import NoiseSchedule  # noqa: E402
+from ddkit.noise import PhiloxNoise  # noqa: E402
 from ddkit.samplers.ddim import sample_ddim  # noqa: E402
 from ddkit.samplers.ddpm import sample_ddpm  # noqa: E402
 from ddkit.samplers.ode import sample_dpmpp_2m  # noqa: E402
@@ -80,8 +83,13 @@ def make_pairs(steps: int):
             diffusers_loop(ddim, eta=0.0),
         ),
         (
-            "DDPM fixed_small",
+            "DDPM fixed_small, torch generator",
             seeded(lambda x, g: sample_ddpm(denoiser, x, ts_ddpm, generator=g)),
+            seeded(lambda x, g: diffusers_loop(ddpm, generator=g)(x)),
+        ),
+        (
+            "DDPM fixed_small, Philox noise",
+            lambda x: sample_ddpm(denoiser, x, ts_ddpm, generator=PhiloxNoise(0)),
             seeded(lambda x, g: diffusers_loop(ddpm, generator=g)(x)),
         ),
         (
@@ -112,16 +120,22 @@ def main():
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
     pairs = make_pairs(args.steps)
     rows = []
-    g = torch.Generator().manual_seed(0)
+    g, source = torch.Generator().manual_seed(0), PhiloxNoise(0)
     buf = torch.empty(SHAPE)
-    for _ in range(args.warmup):
-        buf.normal_(generator=g)
-    draw = []
-    for _ in range(args.reps):  # the seeded Gaussian draw both DDPM steps make, alone
-        t0 = time.perf_counter()
-        buf.normal_(generator=g)
-        draw.append((time.perf_counter() - t0) * 1e6)
-    draw_us = statistics.median(draw)
+    draws = {
+        "torch's normal_": lambda: buf.normal_(generator=g),
+        "PhiloxNoise.normal": lambda: source.normal(SHAPE),
+    }
+    draw_us = {}
+    for name, draw in draws.items():  # the Gaussian draw a DDPM step makes, alone
+        for _ in range(args.warmup):
+            draw()
+        times = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            draw()
+            times.append((time.perf_counter() - t0) * 1e6)
+        draw_us[name] = statistics.median(times)
     for label, ours, theirs in pairs:
         for _ in range(args.warmup):
             ours(x_T)
@@ -147,10 +161,12 @@ def main():
         ok = "yes" if a / b <= 0.5 else "no"
         print(f"| {label} | {a:.0f} | {b:.0f} | {a / b:.2f} | {ok} |")
     a, b = next((a, b) for label, a, b in rows if label.startswith("DDPM"))
+    torch_us = draw_us["torch's normal_"]
     print(
-        f"\nThe seeded Gaussian draw alone (normal_ of {list(SHAPE)}): {draw_us:.0f} us, median of "
-        f"{args.reps}.  DDPM without it: ddkit {a - draw_us:.0f} us, diffusers {b - draw_us:.0f} "
-        f"us, ratio {(a - draw_us) / (b - draw_us):.2f}."
+        f"\nThe Gaussian draw alone ({list(SHAPE)}, median of {args.reps}): "
+        + ", ".join(f"{name} {us:.0f} us" for name, us in draw_us.items())
+        + f".  DDPM with torch's generator without its draw: ddkit {a - torch_us:.0f} us, "
+        f"diffusers {b - torch_us:.0f} us, ratio {(a - torch_us) / (b - torch_us):.2f}."
     )
 
 

@@ -27,6 +27,7 @@ LAYERS = {
     "cpu": 3,
     "models": 4,
     "data": 4,
+    "noise": 4,
     "checkpoint": 5,
     "interop": 5,
     "config": 5,

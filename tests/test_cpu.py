@@ -46,13 +46,16 @@ CASES = [  # N, C, H, W, groups
 
 
 def _counting(monkeypatch):
-    """Count the calls the model layers make of each fast path (by name in FAST_PATHS)."""
-    calls = {name: 0 for name in cpu.FAST_PATHS}
-    for name, attr in (
+    """Count the calls the model layers make of each of their fast paths (by name in FAST_PATHS;
+    the other, "philox", serves the samplers)."""
+    model_paths = (
         ("gn_silu", "group_norm_silu"),
         ("subpixel", "upsample_conv"),
         ("winograd", "winograd_conv3x3"),
-    ):
+    )
+    assert {name for name, _ in model_paths} == set(cpu.FAST_PATHS) - {"philox"}
+    calls = {name: 0 for name, _ in model_paths}
+    for name, attr in model_paths:
         real = getattr(cpu, attr)
 
         def counted(*args, _name=name, _real=real, **kwargs):
@@ -584,7 +587,8 @@ def test_disabled_switches_named_paths_off_for_a_block_only():
     with pytest.raises(RuntimeError, match="inside"), cpu.disabled():
         raise RuntimeError("inside")
     assert {name: cpu.enabled(name) for name in cpu.FAST_PATHS} == before  # after an exception
-    with pytest.raises(ValueError, match=r"'nope'.*\['gn_silu', 'subpixel', 'winograd'\]"):
+    listed = r"'nope'.*\['gn_silu', 'philox', 'subpixel', 'winograd'\]"
+    with pytest.raises(ValueError, match=listed):
         with cpu.disabled("gn_silu", "nope"):
             pass
     assert {name: cpu.enabled(name) for name in cpu.FAST_PATHS} == before
@@ -650,7 +654,7 @@ def test_unet_with_fast_paths_is_the_unet_without(monkeypatch, off):
     with cpu.disabled(*off):
         ref = model(x, t)
         ref_grads = torch.autograd.grad(ref.square().mean(), list(model.parameters()))
-    off_paths = set(off or cpu.FAST_PATHS) - {"winograd"}
+    off_paths = set(off or cpu.FAST_PATHS) - {"winograd", "philox"}
     assert {name for name, n in calls.items() if n == 0} - {"winograd"} == off_paths
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for (name, _), a, b in zip(model.named_parameters(), grads, ref_grads, strict=True):

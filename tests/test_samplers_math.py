@@ -12,6 +12,7 @@ import torch
 
 from ddkit.diffusion.denoiser import Denoiser
 from ddkit.diffusion.schedule import NoiseSchedule
+from ddkit.noise import PhiloxNoise
 from ddkit.samplers import (
     SAMPLERS,
     ddim_invert,
@@ -452,11 +453,21 @@ def test_narrow_gaussian_matches_the_exact_chain_prediction(kind, n, eta):
     """Where a sampler provably misses the data (data std 0.02, comparable to the remaining noise
     of the last steps), its output is still exactly predicted by iterating the mean/variance
     recursion of its linear-Gaussian chain; the samples must match THAT prediction."""
+    _check_narrow_chain(kind, n, eta, _gen(21))
+
+
+@pytest.mark.parametrize("kind,n", [("ddpm_small", 50), ("ddpm_large", 20), ("em", 50)])
+def test_philox_noise_gives_the_exact_chain_prediction(kind, n):
+    """The same check with ddkit's Philox noise source in place of torch's generator (float64
+    samples, float32 noise): the moments of the chain are those predicted."""
+    _check_narrow_chain(kind, n, 0.0, PhiloxNoise(21))
+
+
+def _check_narrow_chain(kind, n, eta, g):
     gm = _gaussian(NARROW_MEAN, NARROW_STD)
     den = gm.denoiser(SCHED)
     ts = SCHED.timesteps(n, "linspace")
     x_T = torch.randn(N_MC, 2, generator=_gen(20), dtype=torch.float64)
-    g = _gen(21)
     if kind.startswith("ddpm"):
         variance = "fixed_small" if kind == "ddpm_small" else "fixed_large"
         out = sample_ddpm(den, x_T, ts, generator=g, variance=variance)

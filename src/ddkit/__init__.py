@@ -19,6 +19,7 @@ _LAZY = {
     "DATA": "diffusion.schedule",
     "Denoiser": "diffusion.denoiser",
     "NoiseSchedule": "diffusion.schedule",
+    "PhiloxNoise": "noise",
     "Prediction": "diffusion.parameterization",
     "timesteps": "diffusion.schedule",
 }

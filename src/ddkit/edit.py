@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import viz
-from .generation import SampleSpec, check_labels, class_index
+from .generation import SampleSpec, check_labels, class_index, make_noise, noise_source
 from .paths import atomic_write_bytes
 from .progress import Progress
 from .resources import (
@@ -168,7 +168,8 @@ def inpaint_to_folder(
     x_T = torch.randn((num, *trained.data_shape), generator=g)
     known = x0.expand(num, *x0.shape).contiguous()
     t0 = time.perf_counter()
-    kw = dict(known=known, mask=m, jump_length=jump_length, resample=resample, generator=g)
+    noise = make_noise(noise_source(None, device), seed, device)  # the steps' noise
+    kw = dict(known=known, mask=m, jump_length=jump_length, resample=resample, generator=noise)
     with Progress(len(ts) * resample, "inpainting") as bar:
         kw["callback"] = lambda *_: bar.update(1)
         x = sample_inpaint(den, x_T.to(device), ts, **kw).cpu()
@@ -183,6 +184,7 @@ def inpaint_to_folder(
         "guidance": guidance,
         "guidance_interval": spec.guidance_interval,
         "seed": seed,
+        "noise": noise_source(None, device),
         "model_calls_each": len(ts) * resample * (2 if guidance else 1),
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
@@ -228,7 +230,9 @@ def edit_to_folder(
     t0 = time.perf_counter()
     with Progress(len(ts), "editing") as bar:
         step = lambda *_: bar.update(1)  # noqa: E731
-        x = get_sampler(sampler)(den, x_start.to(device), ts, generator=g, callback=step).cpu()
+        noise = make_noise(noise_source(None, device), seed, device)  # the steps' noise
+        x = get_sampler(sampler)(den, x_start.to(device), ts, generator=noise, callback=step)
+        x = x.cpu()
     settings = {
         "checkpoint": trained.path,
         "image": str(image),
@@ -239,6 +243,7 @@ def edit_to_folder(
         "guidance": guidance,
         "guidance_interval": spec.guidance_interval,
         "seed": seed,
+        "noise": noise_source(None, device),
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     _write(out, "edited", torch.cat([x0[None], x.clamp(-1, 1)]), settings, nrow=num + 1)

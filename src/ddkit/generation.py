@@ -13,6 +13,7 @@ import torch
 from .diffusion.denoiser import check_clip_x0
 from .diffusion.guidance import check_guidance
 from .diffusion.schedule import SPACINGS, NoiseSchedule
+from .noise import PhiloxNoise
 from .progress import Progress
 from .samplers import SAMPLERS, get_sampler
 
@@ -23,6 +24,28 @@ SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {
     "adams2": {"last": ("ode", "posterior")},
     "adams3": {"last": ("ode", "posterior")},
 }
+
+
+# where the noise that stochastic samplers add comes from (:func:`generate`)
+NOISE_SOURCES = ("philox", "torch")
+
+
+def noise_source(noise: str | None, device) -> str:
+    """``noise`` checked against :data:`NOISE_SOURCES`, or for None the default of ``device``:
+    "philox" (:class:`ddkit.noise.PhiloxNoise`, its C kernel) on a CPU, "torch" (a
+    ``torch.Generator`` on the device, fast there) elsewhere."""
+    if noise is None:
+        return "philox" if torch.device(device).type == "cpu" else "torch"
+    if noise not in NOISE_SOURCES:
+        raise ValueError(f"noise {noise!r} is not allowed; allowed: {', '.join(NOISE_SOURCES)}")
+    return noise
+
+
+def make_noise(noise: str, seed: int, device) -> PhiloxNoise | torch.Generator:
+    """The source :func:`noise_source` names, seeded with ``seed``, for samples on ``device``."""
+    if noise == "philox":
+        return PhiloxNoise(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 class NonFiniteSamplesError(RuntimeError):
@@ -167,11 +190,14 @@ def generate(
     progress: str | None = None,
     autocast: torch.dtype | None = None,
     labels=None,
+    noise: str | None = None,
 ) -> torch.Tensor:
     """``num`` samples [num, *shape] (float32, CPU).  All initial noise x_T is drawn first from
-    one generator seeded with ``seed``, so deterministic samplers (DDIM eta=0, Heun, DPM-Solver++)
-    give the same samples whatever the batch size; the noise stochastic samplers add inside is
-    drawn from a generator seeded by (seed, batch index).  ``autocast``: a lower-precision dtype
+    one torch generator seeded with ``seed``, so deterministic samplers (DDIM eta=0, Heun,
+    DPM-Solver++) give the same samples whatever the batch size and ``noise``; the noise
+    stochastic samplers add inside is drawn from a source seeded by (seed, batch index), of the
+    kind ``noise`` names (:func:`noise_source`; default: Philox on a CPU, torch's generator on
+    another device).  ``autocast``: a lower-precision dtype
     (e.g. torch.bfloat16) for the model calls, as in training; None runs them as they are.
     ``progress``: a name for the phase, shown with the steps done, rate and ETA when it runs over
     a few seconds (:class:`ddkit.progress.Progress`); None shows nothing.  ``labels``: the
@@ -189,6 +215,7 @@ def generate(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name}={v!r} must be an integer >= 1")
     check_seed(seed, "seed")
+    noise = noise_source(noise, device)
     for k, v in spec.options.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{k}={v!r} must be a finite number")
@@ -224,6 +251,7 @@ def generate(
                     b,
                     len(batches),
                     seed=seed,
+                    noise=noise,
                     device=device,
                     device_type=device_type,
                     autocast=autocast,
@@ -236,10 +264,10 @@ def generate(
 
 
 def _batch(
-    sampler, den, x, ts, spec, b, n_batches, *, seed, device, device_type, autocast, callback
+    sampler, den, x, ts, spec, b, n_batches, *, seed, noise, device, device_type, autocast, callback
 ) -> torch.Tensor:
-    """Batch ``b`` of :func:`generate`: its own generator, the sampler, the finiteness check."""
-    gb = torch.Generator(device=device).manual_seed((seed * 1_000_003 + b + 1) % 2**64)
+    """Batch ``b`` of :func:`generate`: its own noise source, the sampler, the finiteness check."""
+    gb = make_noise(noise, (seed * 1_000_003 + b + 1) % 2**64, device)
     x = x.to(device)
     amp = torch.autocast(device_type, dtype=autocast) if autocast is not None else None
     with amp if amp is not None else contextlib.nullcontext():

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import viz
-from .generation import check_labels, class_index
+from .generation import check_labels, class_index, noise_source
 from .paths import atomic_write_bytes, disk_full_error
 from .resources import check_device, check_output_files, check_output_folder, check_seed
 from .trained import SampleSpec, generate, load_trained
@@ -51,6 +51,7 @@ def sample_to_folder(
     class_label=None,
     guidance: float = 0.0,
     guidance_interval: tuple[float, float] | None = None,
+    noise: str | None = None,
     log=print,
 ) -> dict:
     """Draw ``num`` samples from the checkpoint (a file, or a run folder's newest) with the
@@ -60,7 +61,8 @@ def sample_to_folder(
     to the folder ``out``: ``samples.npz`` (``x``, and ``images`` as uint8 for image models),
     ``samples.png`` (the first ``grid``) and ``sampler.json``, the settings, which are returned;
     with ``png``, also ``png/NNNNNN.png``, one file per sample (image models), as FID tools such
-    as clean-fid read a folder.
+    as clean-fid read a folder.  ``noise``: where a stochastic sampler's noise comes from,
+    "philox" or "torch" (:func:`ddkit.generation.noise_source`; default by device).
     A class-conditional model draws ``class_label`` (an index or class name) with classifier-free
     ``guidance`` in ``guidance_interval``, or without a class the classes in turn, and then
     ``samples.png`` shows one row per class (``labels`` in ``samples.npz``).
@@ -75,6 +77,7 @@ def sample_to_folder(
         raise ValueError(f"--out {str(out)!r}: png/ exists; --format png writes a new one")
     check_device(device, "--device")
     check_seed(seed, "--seed")
+    noise = noise_source(noise, device)
     for name, value in (("num", num), ("batch_size", batch_size), ("grid", grid)):
         _check_count(name, value)
     trained = None
@@ -102,6 +105,7 @@ def sample_to_folder(
         device=device,
         progress="sampling",
         labels=labels,
+        noise=noise,
     )
     wall = time.perf_counter() - t0
     arrays = {"x": x.numpy()}
@@ -119,6 +123,7 @@ def sample_to_folder(
         "timesteps": spec.timesteps(trained.schedule),
         "nfe": spec.nfe(),
         "seed": seed,
+        "noise": noise,
         "class": None if class_label is None else int(labels[0]),
         "class_names": list(trained.class_names) if trained.class_names else None,
         "num": num,

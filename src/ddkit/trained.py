@@ -98,19 +98,29 @@ class Trained:
         labels=None,
         guidance: float = 0.0,
         guidance_interval: tuple[float, float] | None = None,
+        noise: str | None = None,
         **options,
     ) -> torch.Tensor:
         """``num`` samples [num, *shape] in memory (float32, CPU), as ``ddkit sample`` draws
         them: ``sampler`` on ``steps`` timesteps of ``spacing``, sampler ``options`` such as
         ``eta=0.0`` (DDIM) or ``variance="fixed_large"`` (DDPM).  ``device``: where to run
         (the model moves there); default: where the model is.  A class-conditional model takes
-        ``labels`` [num] (default: the classes in turn) and classifier-free ``guidance``."""
+        ``labels`` [num] (default: the classes in turn) and classifier-free ``guidance``.
+        ``noise``: "philox" or "torch", the stochastic samplers' noise source (default by
+        device: :func:`ddkit.generation.noise_source`)."""
         if device is None:
             device = next(self.model.parameters()).device
         self.model.to(device)
         spec = SampleSpec(sampler, steps, spacing, options, clip_x0, guidance, guidance_interval)
         return generate(
-            self, spec, num, seed=seed, batch_size=batch_size, device=device, labels=labels
+            self,
+            spec,
+            num,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            labels=labels,
+            noise=noise,
         )
 
 

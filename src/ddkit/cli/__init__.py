@@ -43,6 +43,8 @@ SWEEP_FAMILY_NAMES = (
     "dpmpp_2m",
     "pf-ode",
 )
+# ddkit.generation.NOISE_SOURCES, named here so parsing does not import torch
+NOISE_SOURCES = ("philox", "torch")
 # ddkit.diffusion.denoiser.CLIP_X0, checked by SampleSpec
 _CLIP_X0_HELP = (
     "clamp x0_hat to [-1, 1] at each step: auto (8-bit images), on, off (as DDIM's code)"
@@ -111,6 +113,7 @@ def _cmd_sample(args) -> int:
         class_label=args.class_label,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
+        noise=args.noise,
     )
     return 0
 
@@ -147,6 +150,7 @@ def _cmd_eval(args) -> int:
         weights=args.weights,
         device=args.device,
         seed=args.seed,
+        noise=args.noise,
         split=args.split,
         bpd_num=args.bpd_num,
         bpd_methods=args.bpd_methods,
@@ -227,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--last-step", help="adams2/adams3's last step: ode, or posterior (a draw)")
     s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     s.add_argument("--seed", type=random_seed, default=0)
+    s.add_argument(
+        "--noise",
+        choices=NOISE_SOURCES,
+        help="the stochastic samplers' noise: philox (default on a CPU: ddkit's counter-based "
+        "generator) or torch (default on a GPU; torch's generator, as diffusers draws it)",
+    )
     s.add_argument("--num", type=positive_int, default=64)
     s.add_argument("--batch-size", type=positive_int, default=256)
     s.add_argument("--grid", type=positive_int, default=64, help="samples drawn in samples.png")
@@ -254,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default="ema", help="ema or online")
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=random_seed, default=0)
+    e.add_argument(
+        "--noise",
+        choices=NOISE_SOURCES,
+        help="the stochastic samplers' noise: philox (default on a CPU) or torch (on a GPU)",
+    )
     e.add_argument("--split", default="test", help="held-out split for --bpd and --inversion")
     e.add_argument(
         "--data", metavar="FILE.npy", help="measure against these examples, not the run's data set"

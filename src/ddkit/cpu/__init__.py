@@ -10,6 +10,10 @@ a call may take a faster CPU route that computes the same function up to roundin
 * :func:`winograd_conv3x3`: a 3x3 convolution by Winograd F(2x2, 3x3) (``winograd.py``), where
   :func:`winograd_pays` (AVX2 CPUs, many channels).
 
+One more path serves the samplers, not the U-Net: ``philox`` (``philox.py``, ``philox.c``), the
+C kernel of :class:`ddkit.noise.PhiloxNoise`, which computes the same bits as its PyTorch
+definition.  The C kernels are built on first use by ``build.py``.
+
 The one eligibility check is :func:`fast_path`: every tensor of the call is a plain fp32 CPU
 tensor, outside autocast, ``torch.compile``, ``torch.func`` transforms and forward-mode AD, and
 the switch is on.  So no path measured on a CPU ever runs on CUDA or MPS, in bf16, or under a
@@ -30,11 +34,12 @@ from collections.abc import Iterator
 import torch
 from torch.autograd import forward_ad
 
+from . import philox
 from .gn_silu import group_norm_silu, kernel_applies
 from .upsample import subpixel_pays, upsample_conv
 from .winograd import winograd_conv3x3, winograd_pays
 
-FAST_PATHS = ("gn_silu", "subpixel", "winograd")
+FAST_PATHS = ("gn_silu", "philox", "subpixel", "winograd")
 
 _off: set[str] = set(FAST_PATHS) if os.environ.get("DDKIT_CPU_FAST_PATHS") == "0" else set()
 
@@ -96,6 +101,7 @@ __all__ = [
     "group_norm_silu",
     "is_transformed",
     "kernel_applies",
+    "philox",
     "subpixel_pays",
     "upsample_conv",
     "winograd_conv3x3",

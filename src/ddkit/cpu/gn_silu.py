@@ -9,14 +9,14 @@ two passes each way and keeps only the input, the (mean, 1/std) per group and, w
 counter-based hash of (seed, element index), drawn in the forward pass and kept as a 16-bit flag
 per element (half the activations' size), which costs less than hashing again in the backward.
 
-The C file is compiled on first use with the system's C compiler (``cc -O3 -march=native
--fopenmp``) into ``$DDKIT_CACHE/kernels`` (default ``~/.cache/ddkit/kernels``), keyed by the
-source, compiler and CPU, and called through ctypes; it shares torch's OpenMP runtime and thread
-count.  The cache is trusted only when the folder and files are the user's own, writable by nobody
-else and not symbolic links, and a library is loaded only when its bytes match the SHA-256 stored
-beside it when it was built (``kernel_cache.py``); otherwise it is rebuilt or, for a folder or
-file someone else could write, refused with a warning.  Without a compiler, or with a refused
-cache, :func:`library` is None and the U-Net runs the same function as PyTorch ops
+The C file is compiled on first use (``build.py``: ``cc -O3 -march=native -fopenmp``) into
+``$DDKIT_CACHE/kernels`` (default ``~/.cache/ddkit/kernels``), keyed by the source, compiler and
+CPU, and called through ctypes; it shares torch's OpenMP runtime and thread count.  The cache is
+trusted only when the folder and files are the user's own, writable by nobody else and not
+symbolic links, and a library is loaded only when its bytes match the SHA-256 stored beside it
+when it was built (``kernel_cache.py``); otherwise it is rebuilt or, for a folder or file someone
+else could write, refused with a warning.  Without a compiler, or with a refused cache,
+:func:`library` is None and the U-Net runs the same function as PyTorch ops
 (``ddkit.models.layers.GroupNormSiLU``).
 """
 
@@ -24,91 +24,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..paths import default_cache_dir
-from .kernel_cache import UntrustedCacheError, load_library
+from . import build
 
 SOURCE = Path(__file__).with_name("gn_silu.c")
-# -fno-trapping-math -fno-math-errno let GCC vectorise the loops (rounding and selects); no
-# -ffast-math: NaN and infinity keep their IEEE behaviour
-FLAGS = [
-    "-O3",
-    "-march=native",
-    "-fopenmp",
-    "-fno-trapping-math",
-    "-fno-math-errno",
-    "-shared",
-    "-fPIC",
-    "-std=gnu11",
-]
+FLAGS = list(build.FLAGS)
 SYMBOLS = ("gn_silu_forward", "gn_silu_backward", "gn_silu_scratch_per_thread")
 DROP_BITS = 24  # the kernel's dropout draws 24 bits per element: p is rounded to 2**-24
-# /proc/cpuinfo fields that say which instructions -march=native may use (x86 and Arm)
-CPU_FIELDS = (
-    "vendor_id",
-    "cpu family",
-    "model",
-    "model name",
-    "flags",
-    "CPU implementer",
-    "CPU architecture",
-    "CPU variant",
-    "CPU part",
-    "Features",
-)
-
-
-def _cpu_signature() -> str:
-    """The machine, CPU model and ISA flags (an -march=native build is only valid on a matching
-    CPU): the distinct values of :data:`CPU_FIELDS` in /proc/cpuinfo, or what ``platform`` says."""
-    fields = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in CPU_FIELDS:
-                fields.add(f"{key.strip()}={value.strip()}")
-    except OSError:
-        pass
-    return "\n".join([platform.machine(), platform.processor(), *sorted(fields)])
-
-
-def _key(compiler: str) -> str:
-    """The build's cache key: a hash of the source, the compiler's version, the flags and the
-    CPU."""
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, timeout=60
-    ).stdout.splitlines()[:1]
-    return hashlib.sha256(
-        "\0".join([SOURCE.read_text(), *version, *FLAGS, _cpu_signature()]).encode()
-    ).hexdigest()[:16]
-
-
-def _compile(compiler: str) -> bytes:
-    """The kernel built by ``compiler``, as the bytes of a shared library.  The compiler writes
-    into a private temporary folder; :func:`kernel_cache.load_library` publishes the bytes."""
-    with tempfile.TemporaryDirectory(prefix="ddkit-build-") as tmp:
-        out = Path(tmp) / "gn_silu.so"
-        done = subprocess.run(
-            [compiler, *FLAGS, "-o", str(out), str(SOURCE), "-lm"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            raise RuntimeError(lines[-1] if lines else f"{compiler} exited with {done.returncode}")
-        return out.read_bytes()
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -136,39 +62,15 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernel, or None (no C compiler, a failed build or load, or a cache folder or
     file that breaks the trust rules of ``kernel_cache.py``: then a one-line warning says why,
     once, and the U-Net uses PyTorch ops)."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        warnings.warn(
-            "ddkit: no C compiler found (cc, gcc or $CC): the U-Net's GroupNorm + SiLU runs as "
-            "PyTorch ops (slower on CPU, same function)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    try:
-        path = default_cache_dir() / "kernels" / f"gn_silu-{_key(compiler)}.so"
-        lib = load_library(path.parent, path.name, functools.partial(_compile, compiler))
-        missing = [name for name in SYMBOLS if not hasattr(lib, name)]
-        if missing:
-            raise RuntimeError(f"{path} lacks {', '.join(missing)}")
-        return _declare(lib)
-    except UntrustedCacheError as err:
-        warnings.warn(
-            f"ddkit: not loading the fused GroupNorm + SiLU CPU kernel: {err} (remove it, or set "
-            "DDKIT_CACHE to a folder of this user's); the U-Net uses PyTorch ops (slower on CPU, "
-            "same function)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(
-            f"ddkit: could not build the fused GroupNorm + SiLU CPU kernel ({err}); the U-Net "
-            "uses PyTorch ops (slower on CPU, same function)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
+    lib = build.library(
+        "gn_silu",
+        SOURCE,
+        FLAGS,
+        SYMBOLS,
+        what="the fused GroupNorm + SiLU CPU kernel",
+        instead="the U-Net uses PyTorch ops (slower on CPU, same function)",
+    )
+    return None if lib is None else _declare(lib)
 
 
 def kernel_applies(

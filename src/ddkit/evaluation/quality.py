@@ -336,10 +336,12 @@ def sample_quality(
     device: str = "cpu",
     samples_out: Path | None = None,
     classifier: ClassifierFeatures | None = None,
+    noise: str | None = None,
 ) -> QualityResult:
-    """FID and KID of ``num`` samples of ``spec`` against reference features; for a
-    class-conditional model (drawn class by class in turn) with a ``classifier`` of its data,
-    also the share of samples it assigns to the class they were drawn for."""
+    """FID and KID of ``num`` samples of ``spec`` (stochastic samplers' noise from ``noise``, as
+    in :func:`ddkit.generation.generate`) against reference features; for a class-conditional
+    model (drawn class by class in turn) with a ``classifier`` of its data, also the share of
+    samples it assigns to the class they were drawn for."""
     t0 = time.perf_counter()
     desc = f"sampling ({spec.sampler}, {spec.steps} steps)"
     labels = check_labels(trained, spec, num, None)
@@ -352,6 +354,7 @@ def sample_quality(
         device=device,
         progress=desc,
         labels=labels,
+        noise=noise,
     )
     wall = time.perf_counter() - t0
     acc = None

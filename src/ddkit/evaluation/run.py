@@ -18,7 +18,7 @@ from pathlib import Path
 from .. import viz
 from ..data import as_dataset, read_array_file
 from ..data.config import MEMORY
-from ..generation import check_labels
+from ..generation import check_labels, noise_source
 from ..paths import atomic_write_bytes
 from ..resources import (
     check_device,
@@ -71,6 +71,7 @@ def evaluate(
     weights: str = "ema",
     device: str = "cpu",
     seed: int = 0,
+    noise: str | None = None,
     split: str = "test",
     bpd_num: int = 1000,
     bpd_methods: Sequence[str] = ("vlb", "ode"),
@@ -119,7 +120,9 @@ def evaluate(
     split (a tensor or array [N, ...], a torch Dataset: see :func:`ddkit.data.as_dataset`; or
     a ``.npy`` file of such an array, read by :func:`ddkit.data.memory.read_array_file`); FID
     on them takes ``inception``, ``feature_net``, the standard Inception weights where found,
-    or else ddkit's classifier of the run's data set where it has one.
+    or else ddkit's classifier of the run's data set where it has one.  ``noise``: the
+    stochastic samplers' noise source, "philox" or "torch" (default by ``device``:
+    :func:`ddkit.generation.noise_source`).
 
     ValueError, before any model call and with nothing written, when an input is not allowed.
     A FIDWarning says when ``num`` is too small for an unbiased FID."""
@@ -134,6 +137,7 @@ def evaluate(
     check_output_files(out, OUTPUT_FILES)
     check_device(device, "--device")
     check_seed(seed, "--seed")
+    noise = noise_source(noise, device)
     cache = check_output_folder(cache_dir, "--cache") if cache_dir else None
     check_counts(
         bpd_num=bpd_num,
@@ -215,6 +219,7 @@ def evaluate(
         "weights": trained.weights,
         "data": trained.config.data.name if data is None else f"{len(data)} examples handed in",
         "date": time.strftime("%Y-%m-%d"),
+        "noise": noise,
         "complete": False,  # true once every measurement asked for is in
     }
 
@@ -269,6 +274,7 @@ def evaluate(
             batch_size=batch_size,
             device=device,
             classifier=classifier,
+            noise=noise,
         )
     if fid:
         q = quality(spec, samples_out=out / "fid_samples.png")

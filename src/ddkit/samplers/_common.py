@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
 from ..diffusion.denoiser import Estimate
 from ..diffusion.schedule import DATA, check_index_list
+
+
+class NoiseSource(Protocol):
+    """What a sampler's ``generator=`` may be besides a ``torch.Generator``: an object whose
+    ``normal(shape, std=, dtype=, device=)`` returns N(0, std^2) noise (:class:`ddkit.noise.
+    PhiloxNoise`)."""
+
+    def normal(self, shape, *, std: float = 1.0, dtype=None, device=None) -> torch.Tensor:
+        """A new tensor of ``shape``, ``dtype`` on ``device``, of independent N(0, std^2)."""
+
+
+NoiseGenerator = torch.Generator | NoiseSource | None
+"""A sampler's ``generator=``: torch's default generator (None), a ``torch.Generator`` or a
+:class:`NoiseSource`."""
 
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 """callback(i, t, x_t, x0_hat): called after the denoiser is evaluated at step i (timestep t)."""
@@ -52,12 +67,24 @@ def pairs(ts: list[int]) -> list[tuple[int, int]]:
     return list(zip(ts, ts[1:] + [DATA]))
 
 
-def randn_like(
-    x: torch.Tensor, generator: torch.Generator | None, std: float = 1.0
-) -> torch.Tensor:
-    """Gaussian noise N(0, std^2) shaped like x (std applied while drawing: no extra pass)."""
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return out.normal_(0.0, std, generator=generator)
+def randn_like(x: torch.Tensor, generator: NoiseGenerator, std: float = 1.0) -> torch.Tensor:
+    """Gaussian noise N(0, std^2) shaped like x (std applied while drawing: no extra pass).
+    ``generator``: None (torch's default generator), a ``torch.Generator``, or a noise source
+    with ``normal(shape, std=, dtype=, device=)`` such as :class:`ddkit.noise.PhiloxNoise`."""
+    if generator is None or isinstance(generator, torch.Generator):
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        return out.normal_(0.0, std, generator=generator)
+    return generator.normal(x.shape, std=std, dtype=x.dtype, device=x.device)
+
+
+def rademacher_like(x: torch.Tensor, generator: NoiseGenerator) -> torch.Tensor:
+    """Independent +-1 entries shaped like x, each with probability 1/2 (from a noise source: the
+    sign of a Gaussian draw, whose exact zeros, of probability 2**-24 or less, count as +1)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        u = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
+        return u.to(x.dtype) * 2 - 1
+    z = generator.normal(x.shape, dtype=x.dtype, device=x.device)
+    return torch.where(z >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def check_nonneg(name: str, value: float) -> float:

@@ -15,7 +15,15 @@ import math
 import torch
 
 from ..diffusion.schedule import DATA
-from ._common import Callback, check_inputs, check_nonneg, estimate, pairs, randn_like
+from ._common import (
+    Callback,
+    NoiseGenerator,
+    check_inputs,
+    check_nonneg,
+    estimate,
+    pairs,
+    randn_like,
+)
 
 
 def ddim_coefficients(ab_t: float, ab_prev: float, eta: float) -> tuple[float, float, float]:
@@ -30,7 +38,7 @@ def sample_ddim(
     x_T: torch.Tensor,
     timesteps,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
     eta: float = 0.0,
 ) -> torch.Tensor:

@@ -32,7 +32,15 @@ import math
 
 import torch
 
-from ._common import Callback, check_inputs, estimate, pairs, randn_like
+from ._common import (
+    Callback,
+    NoiseGenerator,
+    check_inputs,
+    estimate,
+    pairs,
+    rademacher_like,
+    randn_like,
+)
 
 VARIANCES = ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")
 
@@ -68,7 +76,7 @@ def _x0_and_posterior_var(denoiser, x: torch.Tensor, t: int, probes: int, genera
     trace = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     x0 = None
     for _ in range(probes):
-        u = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+        u = rademacher_like(x, generator)
         x0, ju = _x0_jvp(denoiser, x, t, u)
         trace += (u * ju).flatten(1).sum(1)
     per_dim = (trace / (probes * x[0].numel()) * scale).clamp_min(0.0)
@@ -105,7 +113,7 @@ def sample_ddpm(
     x_T: torch.Tensor,
     timesteps,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
     variance: str = "fixed_small",
     probes: int = 1,

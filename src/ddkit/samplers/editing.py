@@ -25,7 +25,7 @@ import math
 import torch
 
 from ..diffusion.schedule import DATA
-from ._common import Callback, check_inputs, estimate, randn_like
+from ._common import Callback, NoiseGenerator, check_inputs, estimate, randn_like
 from .ddpm import ddpm_coefficients
 
 
@@ -78,7 +78,7 @@ def sample_inpaint(
     jump_length: int = 10,
     resample: int = 1,
     variance: str = "fixed_small",
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Inpainting from x_T along ``timesteps``: entries with ``mask == 1`` take ``known``'s
@@ -141,7 +141,7 @@ def sdedit_timesteps(ts: list[int], T: int, strength: float) -> list[int]:
     return kept or [start]
 
 
-def noise_to(schedule, x0: torch.Tensor, t: int, generator: torch.Generator | None = None):
+def noise_to(schedule, x0: torch.Tensor, t: int, generator: NoiseGenerator = None):
     """A draw of q(x_t | x0) = N(sqrt(ab_t) x0, (1 - ab_t) I) at integer timestep t."""
     ab = schedule.alpha_bar(t)
     return randn_like(x0, generator, std=math.sqrt(1.0 - ab)).add_(x0, alpha=math.sqrt(ab))

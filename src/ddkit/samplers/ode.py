@@ -21,7 +21,7 @@ import torch
 
 from ..diffusion.denoiser import Estimate
 from ..diffusion.schedule import DATA
-from ._common import Callback, check_inputs, estimate, pairs
+from ._common import Callback, NoiseGenerator, check_inputs, estimate, pairs
 from .ddpm import _jacobian_shaped_noise
 
 LAST_STEPS = ("ode", "posterior")
@@ -36,7 +36,7 @@ def sample_heun(
     x_T: torch.Tensor,
     timesteps,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Heun's method on the probability-flow ODE in (x~, sigma).  Two model calls per step except
@@ -101,7 +101,7 @@ def sample_dpmpp(
     x_T: torch.Tensor,
     timesteps,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
     order: int = 2,
 ) -> torch.Tensor:
@@ -179,7 +179,7 @@ def sample_adams(
     x_T: torch.Tensor,
     timesteps,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
     order: int = 3,
     corrector: bool = True,

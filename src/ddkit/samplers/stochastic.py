@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..diffusion.sde import VPSDE
-from ._common import Callback, check_inputs, check_nonneg, pairs, randn_like
+from ._common import Callback, NoiseGenerator, check_inputs, check_nonneg, pairs, randn_like
 
 
 def _em_step(rev, x, t, t_prev, z):
@@ -28,7 +28,7 @@ def sample_euler_maruyama(
     x_T: torch.Tensor,
     timesteps,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Euler-Maruyama on the reverse VP-SDE in rho = -log(alpha_bar); one model call per step.
@@ -66,7 +66,7 @@ def sample_pc(
     x_T: torch.Tensor,
     timesteps,
     *,
-    generator: torch.Generator | None = None,
+    generator: NoiseGenerator = None,
     callback: Callback | None = None,
     snr: float = 0.16,
     corrector_steps: int = 1,

@@ -1,9 +1,13 @@
 """Choosing the few-step default on the tuning family, and checking it on the held-out family.
 
-Candidate configurations (grid, first-step window, solver order, corrector) run with the exact
-denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE 5, 10 and 20; the
-table is the worst case over the members (:func:`ddkit.verify.family_report.worst_case`).  The
-choice is made on ``--split tuning`` only; ``--split held_out`` reports it.
+Candidate configurations (grid, first-step window, solver order, corrector, last step: the
+ODE's own, or a tail of 1 to 4 posterior draws) run with the exact denoiser of every member of
+one split of :mod:`ddkit.verify.family` at NFE 5, 10 and 20 (a tail of m draws where the budget
+leaves at least m steps); the table is the worst case over the members
+(:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest sum over the NFEs of
+log(worst ed/floor) + log(max(disp, 1/disp)), among the candidates that ran at every NFE; the
+best at each NFE alone is listed too.  The choice is made on ``--split tuning`` only;
+``--split held_out`` reports it.
 
     .venv/bin/python benchmarks/family_defaults.py --split tuning [--n 2000] [--json FILE]
 """
@@ -52,17 +56,30 @@ def candidates() -> list[SamplerConfig]:
             "adams2 P logSNR>-4 post", "adams2", "log_snr", {**post, "corrector": False}, -4.0
         ),
     ]
+    for m in (2, 3, 4):  # the last m steps Tweedie ancestral draws
+        tail = {**post, "tail": m}
+        out.append(SamplerConfig(f"adams2 PC logSNR>-4 post{m}", "adams2", "log_snr", tail, -4.0))
     return out
 
 
+def score(row: dict) -> float:
+    """The rule's value of one worst-case row: log(worst ed/floor) + log(max(disp, 1/disp))."""
+    disp = max(row["disp"], 1.0 / row["disp"])
+    return math.log(max(row["ed_over_floor"], 1e-3)) + math.log(disp)
+
+
 def rule(worst: list[dict]) -> dict[str, float]:
-    """Each sampler's score under the rule of the module docstring (lower is better)."""
-    score: dict[str, float] = {}
+    """Each sampler's score under the rule of the module docstring (lower is better): the sum
+    over the NFEs, for the samplers that ran at every NFE of the table."""
+    nfes = {r["nfe"] for r in worst}
+    ran: dict[str, set] = {}
     for r in worst:
-        disp = max(r["disp"], 1.0 / r["disp"])
-        value = math.log(max(r["ed_over_floor"], 1e-3)) + math.log(disp)
-        score[r["sampler"]] = score.get(r["sampler"], 0.0) + value
-    return score
+        ran.setdefault(r["sampler"], set()).add(r["nfe"])
+    return {
+        label: sum(score(r) for r in worst if r["sampler"] == label)
+        for label, done in ran.items()
+        if done == nfes
+    }
 
 
 def report(worst: list[dict]) -> None:
@@ -72,6 +89,11 @@ def report(worst: list[dict]) -> None:
     print("\n| sampler | score (lower is better) |\n|---|---|")
     for label, value in sorted(rule(worst).items(), key=lambda kv: kv[1]):
         print(f"| {label} | {value:.2f} |")
+    print("\n| NFE | best at this NFE | its score | runner-up | its score |\n|---|---|---|---|---|")
+    for nfe in sorted({r["nfe"] for r in worst}):
+        ranked = sorted((score(r), r["sampler"]) for r in worst if r["nfe"] == nfe)
+        (a, best), (b, second) = ranked[0], ranked[1] if len(ranked) > 1 else (math.nan, "-")
+        print(f"| {nfe} | {best} | {a:.2f} | {second} | {b:.2f} |")
 
 
 def main():

@@ -162,3 +162,12 @@ def test_dispersion_is_one_for_true_samples_and_scales_with_the_spread():
     direct = torch.einsum("ndj,nd->nj", mix.eigvecs[k], x - mix.means[k])
     expected = float((direct**2 / mix.eigvals[k]).sum(1).mean() / mix.dim)
     assert dispersion(x, mix) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_tail_of_draws_runs_only_where_the_budget_leaves_a_step_per_draw():
+    from ddkit.verify.runner import SamplerConfig
+
+    tail3 = SamplerConfig("t3", "adams2", "log_snr_window", {"last": "posterior", "tail": 3})
+    assert [tail3.steps_for(n) for n in (5, 6, 10)] == [2, 3, 7]
+    assert [tail3.fits(n) for n in (5, 6, 10)] == [False, True, True]
+    assert SamplerConfig("ode", "adams2", "log_snr_window").fits(1)

@@ -657,3 +657,50 @@ def test_posterior_last_step_restores_modes_narrower_than_the_smallest_noise(ord
     assert SAMPLERS["adams2"].nfe(9, last="posterior") == 10 == SAMPLERS["adams3"].nfe(10)
     with pytest.raises(ValueError, match="last="):
         sample_adams(den, x_t, [0], last="trapezoid")
+
+
+def test_posterior_tail_steps_are_tweedie_ancestral_steps():
+    """``tail`` = m: the last m steps of adams are ``sample_ddpm(variance="tweedie_jacobian")``
+    steps.  With m = all steps, the sampler is exactly that DDPM chain from the same noise; with
+    m = 1 it is the single posterior draw (the default); with m = 2 the states agree with the
+    ODE's up to the first draw; the NFE counts each draw's JVP as two calls; bad tails are
+    refused."""
+    from ddkit.samplers import sample_adams
+
+    den = MIX.denoiser(SCHED)
+    x_T = torch.randn(512, 2, generator=_gen(40), dtype=torch.float64)
+    ts = SCHED.timesteps(6, "log_snr_window")
+    all_draws = sample_adams(den, x_T, ts, last="posterior", tail=6, generator=_gen(41))
+    ddpm = sample_ddpm(den, x_T, ts, generator=_gen(41), variance="tweedie_jacobian")
+    torch.testing.assert_close(all_draws, ddpm, rtol=0, atol=0)
+    one = sample_adams(den, x_T, ts, last="posterior", generator=_gen(42))
+    torch.testing.assert_close(
+        sample_adams(den, x_T, ts, last="posterior", tail=1, generator=_gen(42)), one
+    )
+    seen = []
+    sample_adams(
+        den,
+        x_T,
+        ts,
+        last="posterior",
+        tail=2,
+        generator=_gen(43),
+        callback=lambda i, t, x, x0: seen.append(x.clone()),
+    )
+    ode_states = []
+    sample_adams(den, x_T, ts, callback=lambda i, t, x, x0: ode_states.append(x.clone()))
+    for i in range(5):  # the states the model sees agree until the first draw has been made
+        torch.testing.assert_close(seen[i], ode_states[i], rtol=0, atol=0)
+    assert not torch.equal(seen[5], ode_states[5])
+    assert SAMPLERS["adams2"].nfe(8, last="posterior", tail=3) == 11
+    for bad, match in ((0, "integer >= 1"), (True, "integer >= 1"), (7, "at least 7")):
+        with pytest.raises(ValueError, match=match):
+            sample_adams(den, x_T, ts, last="posterior", tail=bad)
+    with pytest.raises(ValueError, match="takes last='posterior'"):
+        sample_adams(den, x_T, ts, tail=2)
+    from ddkit.generation import SampleSpec
+
+    assert SampleSpec("adams2", 8, options={"last": "posterior", "tail": 3}).nfe() == 11
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="tail=.* must be an integer >= 1"):
+            SampleSpec("adams2", 8, options={"last": "posterior", "tail": bad})

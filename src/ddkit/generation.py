@@ -17,12 +17,13 @@ from .noise import PhiloxNoise
 from .progress import Progress
 from .samplers import SAMPLERS, get_sampler
 
-# sampler name -> the options a user may set, with their allowed values (None: any number >= 0)
-SAMPLER_OPTIONS: dict[str, dict[str, tuple | None]] = {
+# sampler name -> the options a user may set, with their allowed values (None: any number >= 0;
+# int: any integer >= 1)
+SAMPLER_OPTIONS: dict[str, dict[str, tuple | type | None]] = {
     "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
     "ddim": {"eta": None},
-    "adams2": {"last": ("ode", "posterior")},
-    "adams3": {"last": ("ode", "posterior")},
+    "adams2": {"last": ("ode", "posterior"), "tail": int},
+    "adams3": {"last": ("ode", "posterior"), "tail": int},
 }
 
 
@@ -96,7 +97,10 @@ class SampleSpec:
             choices = allowed[k]
             if choices is None and not (isinstance(v, (int, float)) and v >= 0):
                 raise ValueError(f"{k}={v!r} must be a number >= 0")
-            if choices is not None and v not in choices:
+            if choices is int:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"{k}={v!r} must be an integer >= 1")
+            elif choices is not None and v not in choices:
                 raise ValueError(f"{k}={v!r} is not allowed; allowed: {', '.join(choices)}")
 
     def timesteps(self, schedule: NoiseSchedule) -> list[int]:

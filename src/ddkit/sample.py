@@ -154,7 +154,7 @@ def tuned_spacing(checkpoint, trained, sampler: str, steps: str, options: dict):
     if name != "tuned" or (nfe and not nfe.isdigit()):
         raise ValueError(f"steps={steps!r} is not allowed; allowed: an integer, tuned, tuned:N")
     grid = tuned_grid(checkpoint, sampler, trained.schedule.T, int(nfe) if nfe else None)
-    ode_options = {k: v for k, v in options.items() if k != "last"}  # same grid, either end
+    ode_options = {k: v for k, v in options.items() if k not in ("last", "tail")}  # any end
     if grid.get("options", {}) != ode_options:
         raise ValueError(
             f"the tuned {sampler} grid was made with options {grid.get('options', {})}, "

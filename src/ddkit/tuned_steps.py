@@ -122,8 +122,8 @@ def tune_steps(
     measure start and tuned grids on ``check`` further noises; store the entry in the run folder's
     ``tuned_steps.json`` (replacing one for the same sampler, options and NFE) and return it.
     The grid is tuned with the ODE's own last step; sampling with ``last="posterior"`` uses the
-    same timesteps, its last step a draw (one model call more)."""
-    options = {k: v for k, v in (options or {}).items() if k != "last"}  # the ODE's own end
+    same timesteps, its last ``tail`` steps draws (one model call more each)."""
+    options = {k: v for k, v in (options or {}).items() if k not in ("last", "tail")}  # ODE end
     _check_sampler(sampler, options)
     for name, v in (("pilot", pilot), ("check", check), ("reference_steps", reference_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

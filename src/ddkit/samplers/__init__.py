@@ -33,9 +33,9 @@ class SamplerInfo:
 
 
 def _adams_calls(steps: int, options: dict) -> int:
-    """One call per step; ``last="posterior"`` makes the last a Jacobian-vector product, counted
-    as two (the network and its forward-mode derivative)."""
-    return steps + (options.get("last") == "posterior")
+    """One call per step; ``last="posterior"`` makes the last ``tail`` (default 1) steps
+    Jacobian-vector products, counted as two each (the network and its forward derivative)."""
+    return steps + (options.get("tail", 1) if options.get("last") == "posterior" else 0)
 
 
 SAMPLERS: dict[str, SamplerInfo] = {

@@ -22,7 +22,7 @@ import torch
 from ..diffusion.denoiser import Estimate
 from ..diffusion.schedule import DATA
 from ._common import Callback, NoiseGenerator, check_inputs, estimate, pairs
-from .ddpm import _jacobian_shaped_noise
+from .ddpm import _jacobian_shaped_noise, ddpm_coefficients
 
 LAST_STEPS = ("ode", "posterior")
 
@@ -184,6 +184,7 @@ def sample_adams(
     order: int = 3,
     corrector: bool = True,
     last: str = "ode",
+    tail: int = 1,
 ) -> torch.Tensor:
     """Exponential Adams-Bashforth-Moulton on the probability-flow ODE, one model call per step.
 
@@ -197,16 +198,19 @@ def sample_adams(
     (no second model call: the corrector of UniPC, Zhao et al. 2023).  The order is lowered where
     history is missing; the last step, to the data, is the trapezoid end of :func:`sample_dpmpp`.
 
-    ``last="posterior"`` ends instead with a draw from the posterior q(x_0 | x_t) at the last
-    timestep, approximated by the Gaussian with mean x0_hat and covariance
-    Cov[x0 | x_t] = (s_t^2 / a_t) d x0_hat / d x_t (Tweedie), its noise shaped by one
-    Jacobian-vector product (:func:`ddkit.samplers.ddpm._jacobian_shaped_noise`, counted as two
-    model calls).  The model is defined only down to the schedule's smallest noise level, so no
-    deterministic end can give modes narrower than that level their width: the ODE carries x to
-    the right marginal at the last timestep, and this draw supplies what is left.  The draw is
-    exact for a Gaussian posterior that is isotropic per example; for a strongly anisotropic one
-    the linear shaping over-feeds the narrowest directions (standard deviations 25:1 apart in
-    2-D: the narrow one 1.5x too wide).
+    ``last="posterior"`` ends instead with draws from the posterior: the last ``tail`` steps
+    (default 1) are ancestral steps x_prev ~ q(x_prev | x_t) whose x0 posterior is the Gaussian
+    of mean x0_hat and covariance Cov[x0 | x_t] = (s_t^2 / a_t) d x0_hat / d x_t (Tweedie), as
+    ``sample_ddpm(variance="tweedie_jacobian")`` takes them, each shaped by one Jacobian-vector
+    product (:func:`ddkit.samplers.ddpm._jacobian_shaped_noise`, counted as two model calls); with
+    one, it is a single draw of x_0 from the last timestep.  The model is defined only down to
+    the schedule's smallest noise level, so no deterministic end can give modes narrower than
+    that level their width: the ODE carries x to the right marginal, and the draws supply what
+    is left.  A single draw is exact for a Gaussian posterior; the posterior at the last
+    timestep is a mixture where modes are close, and a few smaller ancestral steps follow it
+    better (BENCHMARKS.md, "Few-step sampling on a family of test mixtures").  For a strongly
+    anisotropic posterior the linear shaping over-feeds the narrowest directions (standard
+    deviations 25:1 apart in 2-D: the narrow one 1.5x too wide).
 
     Unlike the published DPM-Solver++(3M) update (``sample_dpmpp(order=3)``, diffusers,
     k-diffusion), which weighs the second divided difference by phi3 where the exact integral of
@@ -215,7 +219,14 @@ def sample_adams(
         raise ValueError(f"order={order!r} must be 1, 2 or 3")
     if last not in LAST_STEPS:
         raise ValueError(f"last={last!r} is not allowed; allowed: {', '.join(LAST_STEPS)}")
+    if isinstance(tail, bool) or not isinstance(tail, int) or tail < 1:
+        raise ValueError(f"tail={tail!r} must be an integer >= 1")
     ts = check_inputs(denoiser, x_T, timesteps)
+    if last == "ode" and tail != 1:
+        raise ValueError(f"tail={tail} takes last='posterior' (the ODE ends in one step)")
+    if tail > len(ts):
+        raise ValueError(f"tail={tail} ancestral steps need at least {tail} timesteps")
+    first_draw = len(ts) - tail if last == "posterior" else len(ts)
     ab = denoiser.schedule.alpha_bar
     x = x_T
     hist: list[tuple[float, Estimate]] = []  # (lambda, estimate), newest last
@@ -223,11 +234,13 @@ def sample_adams(
     for i, (t, t_prev) in enumerate(pairs(ts)):
         ab_t, ab_p = ab(t), ab(t_prev)
         lam_t, lam_p = _half_log_snr(ab_t), _half_log_snr(ab_p)
-        if t_prev == DATA and last == "posterior":
-            x0, noise = _jacobian_shaped_noise(denoiser, x, t, 0.0, 1.0, generator)
+        if i >= first_draw:  # an ancestral step (eq. 7) with the Tweedie posterior's noise
+            c_x0, c_xt, sigma = ddpm_coefficients(ab_t, ab_p, "tweedie_jacobian")
+            x0, noise = _jacobian_shaped_noise(denoiser, x, t, sigma, c_x0, generator)
             if callback is not None:
                 callback(i, t, x, x0)
-            return x0.add_(noise)
+            x = torch.mul(x0, c_x0).add_(x, alpha=c_xt).add_(noise)
+            continue
         est = estimate(denoiser, x, t)
         if callback is not None:
             callback(i, t, x, est.x0)

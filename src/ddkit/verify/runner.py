@@ -53,6 +53,11 @@ class SamplerConfig:
             n -= 1
         return n
 
+    def fits(self, nfe: int) -> bool:
+        """Whether the sampler can run within ``nfe`` model calls (a tail of posterior draws
+        needs as many timesteps as draws)."""
+        return self.steps_for(nfe) >= self.options.get("tail", 1)
+
     def timesteps(self, schedule: NoiseSchedule, nfe: int) -> list[int]:
         """The timesteps of :meth:`steps_for` ``nfe`` on ``schedule``."""
         return schedule.timesteps(self.steps_for(nfe), self.spacing, min_log_snr=self.min_log_snr)
@@ -197,7 +202,7 @@ def run(
             f"|ll| {floor.ll:.4f}"
         )
         for cfg in configs:
-            for nfe in nfes:
+            for nfe in (n for n in nfes if cfg.fits(n)):
                 ts = cfg.timesteps(schedule, nfe)
                 t0 = time.perf_counter()
                 gen = torch.Generator().manual_seed(seed + 1)

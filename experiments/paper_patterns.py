@@ -688,6 +688,12 @@ def main() -> int:
     )
     p.add_argument("--out", default="runs/paper")
     p.add_argument(
+        "--noise",
+        choices=("philox", "torch"),
+        help="the stochastic samplers' noise (ddkit eval --noise); torch repeats the figures "
+        "measured before Philox became the CPU default",
+    )
+    p.add_argument(
         "--sharp-dir", default="runs/paper/sharpness", help="samples of the sharpness stage"
     )
     a = p.parse_args()
@@ -701,6 +707,8 @@ def main() -> int:
                 c += ["--clip-x0", a.clip_x0]
             if a.inception and fid:
                 c += ["--inception", a.inception]
+            if a.noise and fid:
+                c += ["--noise", a.noise]
         for k, cmds in enumerate(workers):
             for c in cmds:
                 print(f"[worker {k}] " + shlex.join(["ddkit", *c[len(DDKIT) :]]), flush=True)

@@ -159,6 +159,16 @@ def test_a_source_is_reproducible_and_advances():
     assert "seed=3" in repr(a)
 
 
+def test_bad_scales_are_refused_and_defaults_are_float32_on_the_cpu():
+    src = PhiloxNoise(4)
+    for std in (-1.0, math.inf, math.nan, "1", True):
+        with pytest.raises(ValueError, match=r"std=.* must be a finite number >= 0"):
+            src.normal((3,), std=std)
+    z = src.normal((2, 3), std=0)
+    assert z.dtype == torch.float32 and z.device.type == "cpu" and not z.any()
+    assert src.normal((0, 5)).shape == (0, 5)
+
+
 @pytest.mark.parametrize("seed", [-1, 2**64, 1.5, True, "3", None])
 def test_bad_seeds_are_refused(seed):
     with pytest.raises(ValueError, match=r"seed=.* must be an integer in \[0, 2\*\*64\)"):

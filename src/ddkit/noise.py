@@ -167,13 +167,17 @@ class PhiloxNoise:
     def __repr__(self) -> str:
         return f"PhiloxNoise(seed={self.seed}, stream={self.stream})"
 
-    def normal(self, shape, *, std: float = 1.0, dtype=torch.float32, device="cpu"):
-        """Draw :attr:`stream` as a tensor of ``shape``, N(0, std^2), then advance the stream."""
+    def normal(self, shape, *, std: float = 1.0, dtype=None, device=None) -> torch.Tensor:
+        """Draw :attr:`stream` as a tensor of ``shape``, N(0, std^2), then advance the stream.
+        ``dtype`` (default float32) and ``device`` (default CPU) as for ``torch.empty``."""
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not 0 <= std < math.inf:
+            raise ValueError(f"std={std!r} must be a finite number >= 0")
+        dtype = torch.float32 if dtype is None else dtype
+        device = torch.device("cpu" if device is None else device)
         shape = tuple(int(d) for d in shape)
         n = math.prod(shape)
         stream = self.stream
         self.stream = _check_u64("stream", stream + 1)
-        device = torch.device(device)
         scale = float(std) if dtype == torch.float32 else 1.0  # scaled in float32 by the draw
         if device.type == "cpu" and cpu.enabled("philox") and cpu.philox.library() is not None:
             z = cpu.philox.normal_(torch.empty(n), self.seed, stream, _f32(scale), _TABLE)

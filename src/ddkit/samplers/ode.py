@@ -207,8 +207,9 @@ def sample_adams(
     the schedule's smallest noise level, so no deterministic end can give modes narrower than
     that level their width: the ODE carries x to the right marginal, and the draws supply what
     is left.  A single draw is exact for a Gaussian posterior; the posterior at the last
-    timestep is a mixture where modes are close, and a few smaller ancestral steps follow it
-    better (BENCHMARKS.md, "Few-step sampling on a family of test mixtures").  For a strongly
+    timestep is a mixture where modes are close.  Smaller ancestral steps (``tail`` > 1) did
+    better on the tuning family of test mixtures but not on the held-out one (BENCHMARKS.md,
+    "Few-step sampling on a family of test mixtures").  For a strongly
     anisotropic posterior the linear shaping over-feeds the narrowest directions (standard
     deviations 25:1 apart in 2-D: the narrow one 1.5x too wide).
 

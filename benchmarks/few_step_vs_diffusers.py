@@ -15,8 +15,10 @@ With ``--family held_out`` (or ``tuning``) it runs instead on every mixture of t
 test family (:mod:`ddkit.verify.family`) at NFE 5, 10 and 20, with diffusers' best configuration
 (DPM-Solver++(2M), lu-lambdas), ddkit's few-step default (``runner.FEW_STEP``), that default on
 a grid tuned for the mixture (:func:`ddkit.samplers.tuning.tune_timesteps`, 256 pilot noises from
-another seed than the measured ones) and with its last step drawn from the posterior
-(``last="posterior"``, its JVP counted as two model calls), and prints the per-member and
+another seed than the measured ones), with its last step drawn from the posterior
+(``last="posterior"``, its JVP counted as two model calls), and with both (a grid of one step
+fewer tuned on the ODE with its last timestep kept at the smallest noise level, then ended by
+the draw), and prints the per-member and
 worst-case tables (:func:`ddkit.verify.family_report.worst_case`).
 
     .venv/bin/python benchmarks/few_step_vs_diffusers.py --family held_out [--n 2000]
@@ -107,13 +109,16 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
         )
         for nfe in nfes:
             t0 = time.perf_counter()
-            tuned = tune_timesteps(  # on the ODE: its own last step, no draw
-                lambda ts, den=den, pilot=pilot: sampler(den, pilot, ts, **ode_options),
-                cfg.timesteps(schedule, nfe),
-                target,
-                schedule,
-                max_evals=evals,
-            )
+
+            def tune(start, keep_last, den=den, pilot=pilot, target=target):  # on the ODE
+                run = lambda ts: sampler(den, pilot, ts, **ode_options)  # noqa: E731
+                return tune_timesteps(
+                    run, start, target, schedule, max_evals=evals, keep_last=keep_last
+                )
+
+            tuned = tune(cfg.timesteps(schedule, nfe), False)
+            # one step fewer (the draw's call), the last kept at the smallest noise level
+            tuned_post = tune(post.timesteps(schedule, nfe), True)
             tune_s = time.perf_counter() - t0
             runs = {
                 label_d: run_diffusers(make_d, model, x_T, nfe)[0],
@@ -126,6 +131,9 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
                 "ddkit " + cfg.label + ", posterior end": sampler(
                     den, x_T, post.timesteps(schedule, nfe), generator=gen(), **post.options
                 ),
+                "ddkit " + cfg.label + " tuned grid, posterior end": sampler(
+                    den, x_T, tuned_post.timesteps, generator=gen(), **post.options
+                ),
             }
             for label, x in runs.items():
                 m = verify.metrics(x, ref, problem.mixture, ref_disp)
@@ -136,7 +144,11 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
                     f"| {nfe} | {label} | {m['ed']:.2e} | {m['disp']:.4f} | {m['ll']:.4f} | {ok} |",
                     flush=True,
                 )
-            print(f"(grid tuned in {tune_s:.1f} s: {tuned.timesteps})", flush=True)
+            print(
+                f"(grids tuned in {tune_s:.1f} s: {tuned.timesteps}; for the posterior end "
+                f"{tuned_post.timesteps})",
+                flush=True,
+            )
         results[problem.name] = {"floor": dataclasses.asdict(floor), "rows": rows}
     print(f"\n## worst case over the {len(results)} {split} mixtures, n={n} each\n\n{WORST_HEADER}")
     for row in sorted(worst_case(results), key=lambda r: r["nfe"]):

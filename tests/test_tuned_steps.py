@@ -76,6 +76,26 @@ def test_search_keeps_a_valid_grid_and_never_ends_worse_than_it_started():
         assert seen == sorted(seen, reverse=True)  # the best so far never rises
 
 
+def test_keep_last_leaves_the_last_timestep_where_it_started():
+    """For a posterior draw at the end the grid must end at the smallest noise level: with
+    ``keep_last`` the search moves every other timestep (from a start it improves on) and never
+    the last one."""
+    member = next(m for m in HELD_OUT if m.name == "lowrank-d4-k8-w0.3-s103")
+    mix = member.build()
+    den = mix.denoiser(SCHEDULE)
+    pilot = _noise(128, mix.dim, 6)
+    ref = ode_reference(den, pilot, 50)
+    sampler = get_sampler("adams2")
+    start = SCHEDULE.timesteps(4, "log_snr_window")
+    free = tune_timesteps(lambda ts: sampler(den, pilot, ts), start, ref, SCHEDULE, max_evals=30)
+    kept = tune_timesteps(
+        lambda ts: sampler(den, pilot, ts), start, ref, SCHEDULE, max_evals=30, keep_last=True
+    )
+    assert start[-1] == 0 and free.timesteps[-1] != 0  # the free search moves it here
+    assert kept.timesteps[-1] == 0 and kept.timesteps[0] == 999
+    assert kept.timesteps != start and kept.error < kept.start_error
+
+
 def test_search_refuses_bad_settings():
     with pytest.raises(ValueError, match="max_evals"):
         tune_timesteps(lambda ts: None, [999, 0], torch.zeros(1), SCHEDULE, max_evals=0)
@@ -196,3 +216,24 @@ def test_the_command_lines_names_are_the_librarys():
         tuned_steps.DEFAULT_SAMPLER,
         tuned_steps.DEFAULT_SPACING,
     )
+
+
+def test_a_posterior_end_on_a_grid_that_stops_above_the_smallest_noise_warns(
+    run_folder, tmp_path, capsys
+):
+    assert main(["tune-steps", str(run_folder), "--nfe", "4", "--pilot", "8", "--check", "8",
+                 "--evals", "4", "--reference-steps", "20"]) == 0  # fmt: skip
+    data = json.loads((run_folder / FILE).read_text())
+    ts = data["grids"][0]["timesteps"]
+    assert ts[-2] > 3
+    args = ["sample", str(run_folder), "--sampler", "adams2", "--num", "4", "--steps", "tuned"]
+    for last, warns in ((0, False), (3, True)):
+        data["grids"][0]["timesteps"] = [*ts[:-1], last]
+        (run_folder / FILE).write_text(json.dumps(data))
+        capsys.readouterr()
+        out = str(tmp_path / f"s{last}")
+        assert main([*args, "--last-step", "posterior", "--out", out]) == 0
+        err = capsys.readouterr().err
+        assert ("above the smallest noise level" in err) is warns, err
+        if warns:
+            assert f"warning: the tuned grid ends at timestep {last}" in err

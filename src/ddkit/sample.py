@@ -160,6 +160,13 @@ def tuned_spacing(checkpoint, trained, sampler: str, steps: str, options: dict):
             f"the tuned {sampler} grid was made with options {grid.get('options', {})}, "
             f"not {ode_options}"
         )
+    if options.get("last") == "posterior" and grid["timesteps"][-1] != 0:
+        warnings.warn(
+            f"the tuned grid ends at timestep {grid['timesteps'][-1]}, above the smallest noise "
+            "level, and a posterior draw from there can widen modes many times (BENCHMARKS.md, "
+            "tuned grid with the posterior end); use --steps N for --last-step posterior",
+            stacklevel=2,
+        )
     if grid.get("checkpoint_step") != trained.step or grid.get("weights") != trained.weights:
         warnings.warn(
             f"the tuned grid was made for step {grid.get('checkpoint_step')} "

@@ -86,11 +86,14 @@ def tune_timesteps(
     delta: float = 1.0,
     min_delta: float = 1.0 / 32,
     on_eval: Callable[[int, float], None] | None = None,
+    keep_last: bool = False,
 ) -> TunedGrid:
     """Compass search (module docstring) from the decreasing grid ``start``; ``sample(ts)`` runs
     the sampler on the pilot batch and ``reference`` is its fine-grid solution.  Stops after
     ``max_evals`` sampler runs (the start's included) or when delta falls below ``min_delta``
-    (log-SNR units).  ``on_eval(evaluations, best_error)`` after each run."""
+    (log-SNR units).  ``on_eval(evaluations, best_error)`` after each run.  ``keep_last``: the
+    last timestep stays where ``start`` has it, as a grid for a posterior draw at the end needs
+    (the draw is a good approximation only at the smallest noise level)."""
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < 1:
         raise ValueError(f"max_evals={max_evals!r} must be an integer >= 1")
     if not (math.isfinite(delta) and math.isfinite(min_delta) and 0 < min_delta <= delta):
@@ -110,7 +113,7 @@ def tune_timesteps(
     best_err = start_err = error(best)
     while delta >= min_delta and evals < max_evals:
         moved = False
-        for i in range(1, len(best)):
+        for i in range(1, len(best) - 1 if keep_last else len(best)):
             for sign in (1.0, -1.0):  # towards the data first
                 if evals >= max_evals:
                     break

@@ -218,22 +218,15 @@ def test_the_command_lines_names_are_the_librarys():
     )
 
 
-def test_a_posterior_end_on_a_grid_that_stops_above_the_smallest_noise_warns(
-    run_folder, tmp_path, capsys
-):
+def test_a_tuned_grid_with_a_posterior_end_warns(run_folder, tmp_path, capsys):
+    """Tuned grids measure the ODE's error after its own last step; BENCHMARKS.md found them worse
+    with a posterior draw at the end at NFE 5 and 10, and sample says so in one line."""
     assert main(["tune-steps", str(run_folder), "--nfe", "4", "--pilot", "8", "--check", "8",
                  "--evals", "4", "--reference-steps", "20"]) == 0  # fmt: skip
-    data = json.loads((run_folder / FILE).read_text())
-    ts = data["grids"][0]["timesteps"]
-    assert ts[-2] > 3
     args = ["sample", str(run_folder), "--sampler", "adams2", "--num", "4", "--steps", "tuned"]
-    for last, warns in ((0, False), (3, True)):
-        data["grids"][0]["timesteps"] = [*ts[:-1], last]
-        (run_folder / FILE).write_text(json.dumps(data))
+    for extra, warns in (([], False), (["--last-step", "posterior"], True)):
         capsys.readouterr()
-        out = str(tmp_path / f"s{last}")
-        assert main([*args, "--last-step", "posterior", "--out", out]) == 0
+        assert main([*args, *extra, "--out", str(tmp_path / f"s{len(extra)}")]) == 0
         err = capsys.readouterr().err
-        assert ("above the smallest noise level" in err) is warns, err
-        if warns:
-            assert f"warning: the tuned grid ends at timestep {last}" in err
+        assert ("prefer --steps N" in err) is warns, err
+        assert len([line for line in err.splitlines() if "tuned grid is" in line]) == warns, err

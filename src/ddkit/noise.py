@@ -2,9 +2,9 @@
 
 The samplers take ``generator=`` either a ``torch.Generator`` (torch's stream: with it ddkit's
 DDPM and DDIM steps equal diffusers' step for step) or a :class:`PhiloxNoise`.  The latter is
-what ``ddkit sample`` uses on a CPU: its C kernel draws a batch of noise 1.3x faster than
-torch's CPU generator on one thread and 2x faster on two (BENCHMARKS.md, "Sampler overhead per
-step"), and the draw is most of a DDPM step's cost besides the network.  Its numbers depend only
+what ``ddkit sample`` uses on a CPU: its C kernel draws a batch of noise 1.3-1.8x faster than
+torch's CPU generator on one thread and about 2x faster on two (BENCHMARKS.md, "Sampler overhead
+per step"), and the draw is most of a DDPM step's cost besides the network.  Its numbers depend only
 on (seed, draw, element index): not on the thread count or the batch split, and, each operation
 being one correctly rounded IEEE float32 step, not on the CPU.
 

@@ -47,6 +47,16 @@ def test_the_kernels_block_function_gives_the_known_answers(counter, key, want):
     assert tuple(int(w) for w in words) == want
 
 
+@needs_kernel
+def test_the_kernels_words_equal_the_definition_across_tiles_and_the_wrap():
+    first = 2**64 - 300  # 600 blocks: several tiles of the kernel, the counter wrapping past 0
+    got = kernel.words(first, 600, 7, 2**32 - 1, 0x0123456789ABCDEF)
+    b = (torch.arange(600, dtype=torch.int64) + (first - 2**63)) ^ -(2**63)  # first + i mod 2^64
+    lo, hi = b & noise.MASK, (b >> 32) & noise.MASK
+    want = torch.stack(philox4x32_10((lo, hi, 7, 2**32 - 1), 0x0123456789ABCDEF), 1)
+    assert torch.equal(got, want)
+
+
 def test_multiply_high_low_is_exact_for_32_bit_words():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 2**32, 10_000, dtype=np.uint64).tolist() + [0, 1, 2**32 - 1]

@@ -168,7 +168,8 @@ def inpaint_to_folder(
     x_T = torch.randn((num, *trained.data_shape), generator=g)
     known = x0.expand(num, *x0.shape).contiguous()
     t0 = time.perf_counter()
-    noise = make_noise(noise_source(None, device), seed, device)  # the steps' noise
+    source = noise_source(None, device)
+    noise = make_noise(source, seed, device)  # the steps' noise
     kw = dict(known=known, mask=m, jump_length=jump_length, resample=resample, generator=noise)
     with Progress(len(ts) * resample, "inpainting") as bar:
         kw["callback"] = lambda *_: bar.update(1)
@@ -184,7 +185,7 @@ def inpaint_to_folder(
         "guidance": guidance,
         "guidance_interval": spec.guidance_interval,
         "seed": seed,
-        "noise": noise_source(None, device),
+        "noise": source,
         "model_calls_each": len(ts) * resample * (2 if guidance else 1),
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
@@ -230,7 +231,8 @@ def edit_to_folder(
     t0 = time.perf_counter()
     with Progress(len(ts), "editing") as bar:
         step = lambda *_: bar.update(1)  # noqa: E731
-        noise = make_noise(noise_source(None, device), seed, device)  # the steps' noise
+        source = noise_source(None, device)
+        noise = make_noise(source, seed, device)  # the steps' noise
         x = get_sampler(sampler)(den, x_start.to(device), ts, generator=noise, callback=step)
         x = x.cpu()
     settings = {
@@ -243,7 +245,7 @@ def edit_to_folder(
         "guidance": guidance,
         "guidance_interval": spec.guidance_interval,
         "seed": seed,
-        "noise": noise_source(None, device),
+        "noise": source,
         "wall_seconds": round(time.perf_counter() - t0, 3),
     }
     _write(out, "edited", torch.cat([x0[None], x.clamp(-1, 1)]), settings, nrow=num + 1)

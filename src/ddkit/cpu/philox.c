@@ -34,20 +34,6 @@
 enum { SQRT2, HALF, LN2_HI, LN2_LO, L9, L7, L5, L3, L1, ANGLE, S9, S7, S5, S3, C10, C8, C6, C4,
        C2, ONE, MINUS_TWO, N_CONST };
 
-static inline void philox(uint32_t c[4], uint32_t k0, uint32_t k1) {
-  for (int r = 0; r < 10; ++r) {
-    const uint64_t p0 = (uint64_t)M0 * c[0], p1 = (uint64_t)M1 * c[2];
-    const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c[1] ^ k0;
-    const uint32_t n2 = (uint32_t)(p0 >> 32) ^ c[3] ^ k1;
-    c[1] = (uint32_t)p1;
-    c[3] = (uint32_t)p0;
-    c[0] = n0;
-    c[2] = n2;
-    k0 += W0;
-    k1 += W1;
-  }
-}
-
 /* Two standard normals from each pair of 32-bit words (a[i], c[i]), as noise.py's _box_muller
  * computes them. */
 static void box_muller(const uint32_t *restrict a, const uint32_t *restrict c, int64_t count,
@@ -104,19 +90,19 @@ static void box_muller(const uint32_t *restrict a, const uint32_t *restrict c, i
 
 #define TILE 256 /* blocks per tile: each stage is a loop the compiler vectorises */
 
-/* Elements [4 first, 4 (first + count)) of the draw into out (count <= TILE). */
-static void tile(float *out, int64_t first, int64_t count, uint32_t k0, uint32_t k1, uint32_t s0,
-                 uint32_t s1, const float *K, float std, int apply_std) {
-  uint32_t w[4][TILE];
-  float z[4][TILE];
+/* w[0..3][b] = Philox4x32-10 of the counter (first + b, s0, s1) under the key (k0, k1), for
+ * b < count <= TILE; the block number wraps past 2^64 - 1, as the counter does.  The ten rounds
+ * each run over the whole tile, one word array at a time. */
+static void philox_tile(uint32_t w[4][TILE], uint64_t first, int64_t count, uint32_t k0,
+                        uint32_t k1, uint32_t s0, uint32_t s1) {
   for (int64_t b = 0; b < count; ++b) {
-    const uint64_t i = (uint64_t)(first + b);
+    const uint64_t i = first + (uint64_t)b;
     w[0][b] = (uint32_t)i;
     w[1][b] = (uint32_t)(i >> 32);
     w[2][b] = s0;
     w[3][b] = s1;
   }
-  for (int r = 0; r < 10; ++r) { /* the rounds, each over the whole tile */
+  for (int r = 0; r < 10; ++r) {
     const uint32_t r0 = k0 + (uint32_t)r * W0, r1 = k1 + (uint32_t)r * W1;
     for (int64_t b = 0; b < count; ++b) {
       const uint64_t p0 = (uint64_t)M0 * w[0][b], p1 = (uint64_t)M1 * w[2][b];
@@ -128,6 +114,14 @@ static void tile(float *out, int64_t first, int64_t count, uint32_t k0, uint32_t
       w[2][b] = n2;
     }
   }
+}
+
+/* Elements [4 first, 4 (first + count)) of the draw into out (count <= TILE). */
+static void tile(float *out, int64_t first, int64_t count, uint32_t k0, uint32_t k1, uint32_t s0,
+                 uint32_t s1, const float *K, float std, int apply_std) {
+  uint32_t w[4][TILE];
+  float z[4][TILE];
+  philox_tile(w, (uint64_t)first, count, k0, k1, s0, s1);
   box_muller(w[0], w[1], count, K, z[0], z[1]);
   box_muller(w[2], w[3], count, K, z[2], z[3]);
   for (int64_t b = 0; b < count; ++b)
@@ -155,13 +149,15 @@ void philox_normal(float *out, int64_t n, uint64_t seed, uint64_t stream, float 
   }
 }
 
-/* out[0:4 n_blocks] = the raw words of blocks first .. first + n_blocks - 1 (for the tests). */
+/* out[0:4 n_blocks] = the raw words of blocks first .. first + n_blocks - 1 under the counter's
+ * upper words (c2, c3), by the same code as the draws (for the tests). */
 void philox_words(uint32_t *out, uint64_t first, int64_t n_blocks, uint32_t c2, uint32_t c3,
                   uint64_t key) {
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const uint64_t i = first + (uint64_t)b; /* wraps past 2^64 - 1, as the counter does */
-    uint32_t c[4] = {(uint32_t)i, (uint32_t)(i >> 32), c2, c3};
-    philox(c, (uint32_t)key, (uint32_t)(key >> 32));
-    memcpy(out + 4 * b, c, sizeof c);
+  uint32_t w[4][TILE];
+  for (int64_t done = 0; done < n_blocks; done += TILE) {
+    const int64_t count = n_blocks - done < TILE ? n_blocks - done : TILE;
+    philox_tile(w, first + (uint64_t)done, count, (uint32_t)key, (uint32_t)(key >> 32), c2, c3);
+    for (int64_t b = 0; b < count; ++b)
+      for (int i = 0; i < 4; ++i) out[4 * (done + b) + i] = w[i][b];
   }
 }

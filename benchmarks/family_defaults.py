@@ -1,13 +1,13 @@
 """Choosing the few-step default on the tuning family, and checking it on the held-out family.
 
 Candidate configurations (grid, first-step window, solver order, corrector, last step: the
-ODE's own, or a tail of 1 to 4 posterior draws) run with the exact denoiser of every member of
-one split of :mod:`ddkit.verify.family` at NFE 5, 10 and 20 (a tail of m draws where the budget
-leaves at least m steps); the table is the worst case over the members
-(:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest sum over the NFEs of
-log(worst ed/floor) + log(max(disp, 1/disp)), among the candidates that ran at every NFE; the
-best at each NFE alone is listed too.  The choice is made on ``--split tuning`` only;
-``--split held_out`` reports it.
+ODE's own, or a tail of 1 to 4 posterior draws, each shaped by 1 to 4 Jacobian-vector products)
+run with the exact denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE
+5, 10 and 20 (where the budget leaves the draws their steps and calls); the table is the worst
+case over the members (:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest
+sum over the NFEs of log(worst ed/floor) + log(max(disp, 1/disp)), among the candidates that ran
+at every NFE; the best at each NFE alone is listed too.  The choice is made on ``--split
+tuning`` only; ``--split held_out`` reports it.
 
     .venv/bin/python benchmarks/family_defaults.py --split tuning [--n 2000] [--json FILE]
 """
@@ -59,6 +59,14 @@ def candidates() -> list[SamplerConfig]:
     for m in (2, 3, 4):  # the last m steps Tweedie ancestral draws
         tail = {**post, "tail": m}
         out.append(SamplerConfig(f"adams2 PC logSNR>-4 post{m}", "adams2", "log_snr", tail, -4.0))
+    for m in (2, 3, 4):  # one draw shaped by m Lanczos steps (m JVPs)
+        lz = {**post, "krylov": m}
+        out.append(SamplerConfig(f"adams2 PC logSNR>-4 post k{m}", "adams2", "log_snr", lz, -4.0))
+    for m in (2, 3):
+        lz = {**post, "krylov": m}
+        out.append(SamplerConfig(f"adams3 PC logSNR>-4 post k{m}", "adams3", "log_snr", lz, -4.0))
+        out.append(SamplerConfig(f"adams3 PC logSNR post k{m}", "adams3", "log_snr", lz))
+        out.append(SamplerConfig(f"adams2 PC logSNR post k{m}", "adams2", "log_snr", lz))
     return out
 
 

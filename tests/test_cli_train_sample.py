@@ -73,6 +73,17 @@ def test_sample_writes_png_npz_and_settings(trained_run, tmp_path):
     assert (out / "samples.png").stat().st_size > 0
 
 
+def test_sample_posterior_draw_of_m_products_is_recorded_and_counted(trained_run, tmp_path):
+    """``--last-step posterior --krylov 3``: the options land in sampler.json and the call count
+    is the ODE's steps plus 2 * 3 - 1 for the draw (its first product is the last step's call)."""
+    out = tmp_path / "s"
+    argv = ["sample", str(trained_run), "--sampler", "adams2", "--steps", "6", "--num", "5"]
+    assert main([*argv, "--last-step", "posterior", "--krylov", "3", "--out", str(out)]) == 0
+    settings = json.loads((out / "sampler.json").read_text())
+    assert settings["options"] == {"last": "posterior", "krylov": 3} and settings["nfe"] == 11
+    assert np.isfinite(np.load(out / "samples.npz")["x"]).all()
+
+
 def test_clip_x0_is_off_by_default_for_2d_data_and_recorded(trained_run, tmp_path):
     """Unbounded data is not clamped unless asked ("on"); the choice lands in sampler.json."""
     trained = load_trained(trained_run)
@@ -108,6 +119,8 @@ def test_deterministic_sampling_does_not_depend_on_batch_size(trained_run):
         (["--sampler", "ddpm", "--variance", "huge"], ["variance='huge'", "tweedie"]),
         (["--weights", "best"], ["weights='best'", "ema, online"]),
         (["--clip-x0", "yes"], ["clip_x0='yes'", "auto, on, off"]),
+        (["--sampler", "adams2", "--krylov", "2"], ["krylov=2 takes last='posterior'"]),
+        (["--sampler", "ddim", "--krylov", "2"], ["takes no option 'krylov'", "eta"]),
     ],
 )
 def test_sample_bad_input_exit_2_nothing_written(trained_run, tmp_path, capsys, args, words):

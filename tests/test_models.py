@@ -413,11 +413,14 @@ def test_list_fields_become_tuples():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-@pytest.mark.parametrize("variance", ["tweedie", "tweedie_jacobian"])
-def test_tweedie_variances_run_through_a_unet_with_attention(variance):
+@pytest.mark.parametrize(
+    "variance,krylov", [("tweedie", 1), ("tweedie_jacobian", 1), ("tweedie_jacobian", 3)]
+)
+def test_tweedie_variances_run_through_a_unet_with_attention(variance, krylov):
     """Forward-mode AD through the U-Net (attention on the math kernel): the Jacobian-vector
     product equals central finite differences, and ancestral sampling with either Tweedie
-    variance runs."""
+    variance runs (the Jacobian-shaped one also with a 3-step Lanczos draw, whose Jacobian is
+    not symmetric here)."""
     from ddkit.diffusion.denoiser import Denoiser
     from ddkit.diffusion.schedule import NoiseSchedule
     from ddkit.samplers import sample_ddpm
@@ -438,5 +441,6 @@ def test_tweedie_variances_run_through_a_unet_with_attention(variance):
     torch.testing.assert_close(x0, den(x, 40)[1])
     assert jv.abs().max() > 1e-3  # not trivially zero
     torch.testing.assert_close(jv, fd, rtol=1e-6, atol=1e-8)
-    out = sample_ddpm(den, x, sched.timesteps(5, "leading"), generator=g, variance=variance)
+    ts = sched.timesteps(5, "leading")
+    out = sample_ddpm(den, x, ts, generator=g, variance=variance, krylov=krylov)
     assert out.shape == x.shape and torch.isfinite(out).all()

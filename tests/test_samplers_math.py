@@ -704,3 +704,72 @@ def test_posterior_tail_steps_are_tweedie_ancestral_steps():
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="tail=.* must be an integer >= 1"):
             SampleSpec("adams2", 8, options={"last": "posterior", "tail": bad})
+
+
+def _posterior_noise_matrix(gm: GaussianMixture, t: int, sigma: float, c_x0: float):
+    """The exact f(J) = sqrtm(sigma^2 I + c_x0^2 Cov[x0 | x_t]) of one Gaussian component, from
+    its closed-form posterior covariance S - a^2 S C^-1 S, C = a^2 S + (1 - a^2) I."""
+    ab = float(SCHED.alpha_bar(t))
+    vals, vecs = gm.eigvals[0], gm.eigvecs[0]
+    post = vals * (1.0 - ab) / (ab * vals + 1.0 - ab)  # eigenvalues of Cov[x0 | x_t]
+    return (vecs * torch.sqrt(sigma**2 + c_x0**2 * post)) @ vecs.T
+
+
+@pytest.mark.parametrize("t,sigma,c_x0", [(40, 0.003, 0.9), (0, 0.0, 1.0)])
+def test_lanczos_draw_is_the_exact_square_root_once_the_krylov_space_is_whole(t, sigma, c_x0):
+    """With m Jacobian-vector products the draw is |z| Q f(T) e_1 on the Krylov space of z: for
+    a 4-D Gaussian with 4 distinct posterior variances it equals f(J) z (the closed-form square
+    root, same z) at m = 4, and at m = 6 (the space is exhausted after 4; the basis ends there).
+    Before that, the error falls with m, and the one-product tangent is the farthest."""
+    from ddkit.samplers.ddpm import _jacobian_shaped_noise
+
+    d = 4
+    rot, _ = torch.linalg.qr(torch.randn(d, d, generator=_gen(60), dtype=torch.float64))
+    cov = (rot * torch.tensor([1e-4, 4e-3, 0.05, 0.3], dtype=torch.float64)) @ rot.T
+    gm = GaussianMixture([1.0], np.zeros((1, d)), cov[None].numpy())
+    den = gm.denoiser(SCHED)
+    x = torch.randn(256, d, generator=_gen(61), dtype=torch.float64)
+    z = torch.randn(x.shape, generator=_gen(62), dtype=torch.float64)
+    want = z @ _posterior_noise_matrix(gm, t, sigma, c_x0)
+    errors = []
+    for m in (1, 2, 3, 4, 6):
+        x0, noise = _jacobian_shaped_noise(den, x, t, sigma, c_x0, _gen(62), krylov=m)
+        torch.testing.assert_close(x0, gm.posterior_mean(x, float(SCHED.alpha_bar(t))))
+        errors.append(float((noise - want).norm(dim=1).mean() / want.norm(dim=1).mean()))
+    assert errors[3] < 1e-12 and errors[4] < 1e-12, errors
+    assert errors[0] > errors[1] > errors[2] and errors[0] > 1e-3, errors
+
+
+def test_lanczos_draw_gives_an_anisotropic_posterior_its_variances():
+    """Data N(m, diag(0.002^2, 0.5^2)), a single draw of x_0 from x_t at t = 0 (sigma 0.01):
+    the tangent (m = 1) gives the narrow coordinate too much variance; two products (the whole
+    2-D Krylov space) give both coordinates their exact posterior variance, within 5 standard
+    errors; refusals of bad ``krylov``."""
+    from ddkit.samplers import sample_adams
+
+    std = np.array([0.002, 0.5])
+    gm = GaussianMixture([1.0], [NARROW_MEAN], [np.diag(std**2)])
+    den = gm.denoiser(SCHED)
+    x_t = torch.randn(N_MC, 2, generator=_gen(63), dtype=torch.float64)
+    ab = float(SCHED.alpha_bar(0))
+    post_var = std**2 * (1 - ab) / (ab * std**2 + 1 - ab)
+    ratio = {}
+    for m in (1, 2):
+        out = sample_adams(den, x_t, [0], last="posterior", krylov=m, generator=_gen(64))
+        ratio[m] = (out - gm.posterior_mean(x_t, ab)).var(0).numpy() / post_var
+    assert np.all(np.abs(ratio[2] - 1) < 5 * math.sqrt(2 / N_MC)), ratio
+    assert ratio[1][0] > 1.3, ratio
+    assert SAMPLERS["adams2"].nfe(8, last="posterior", krylov=3) == 13
+    assert SAMPLERS["adams2"].nfe(8, last="posterior", tail=2, krylov=2) == 14
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="krylov=.* must be an integer >= 1"):
+            sample_adams(den, x_t, [0], last="posterior", krylov=bad)
+        with pytest.raises(ValueError, match="krylov=.* must be an integer >= 1"):
+            sample_ddpm(den, x_t, [0], variance="tweedie_jacobian", krylov=bad)
+    with pytest.raises(ValueError, match="takes last='posterior'"):
+        sample_adams(den, x_t, [0], krylov=2)
+    from ddkit.generation import SampleSpec
+
+    assert SampleSpec("adams3", 8, options={"last": "posterior", "krylov": 2}).nfe() == 11
+    with pytest.raises(ValueError, match="krylov=0 must be an integer >= 1"):
+        SampleSpec("adams2", 8, options={"last": "posterior", "krylov": 0})

@@ -22,9 +22,12 @@ from .samplers import SAMPLERS, get_sampler
 SAMPLER_OPTIONS: dict[str, dict[str, tuple | type | None]] = {
     "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
     "ddim": {"eta": None},
-    "adams2": {"last": ("ode", "posterior"), "tail": int},
-    "adams3": {"last": ("ode", "posterior"), "tail": int},
+    "adams2": {"last": ("ode", "posterior"), "tail": int, "krylov": int},
+    "adams3": {"last": ("ode", "posterior"), "tail": int, "krylov": int},
 }
+
+# options that shape only how an ODE sampler ends (a grid tuned for the ODE serves any of them)
+DRAW_OPTIONS = ("last", "tail", "krylov")
 
 
 # where the noise that stochastic samplers add comes from (:func:`generate`)
@@ -102,6 +105,10 @@ class SampleSpec:
                     raise ValueError(f"{k}={v!r} must be an integer >= 1")
             elif choices is not None and v not in choices:
                 raise ValueError(f"{k}={v!r} is not allowed; allowed: {', '.join(choices)}")
+        if self.options.get("last", "ode") == "ode":
+            for k in ("tail", "krylov"):
+                if self.options.get(k, 1) != 1:
+                    raise ValueError(f"{k}={self.options[k]} takes last='posterior' (a draw)")
 
     def timesteps(self, schedule: NoiseSchedule) -> list[int]:
         """The decreasing timesteps of this spec on ``schedule`` (steps checked against T)."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import viz
-from .generation import check_labels, class_index, noise_source
+from .generation import DRAW_OPTIONS, check_labels, class_index, noise_source
 from .paths import atomic_write_bytes, disk_full_error
 from .resources import check_device, check_output_files, check_output_folder, check_seed
 from .trained import SampleSpec, generate, load_trained
@@ -154,7 +154,7 @@ def tuned_spacing(checkpoint, trained, sampler: str, steps: str, options: dict):
     if name != "tuned" or (nfe and not nfe.isdigit()):
         raise ValueError(f"steps={steps!r} is not allowed; allowed: an integer, tuned, tuned:N")
     grid = tuned_grid(checkpoint, sampler, trained.schedule.T, int(nfe) if nfe else None)
-    ode_options = {k: v for k, v in options.items() if k not in ("last", "tail")}  # any end
+    ode_options = {k: v for k, v in options.items() if k not in DRAW_OPTIONS}  # any end
     if grid.get("options", {}) != ode_options:
         raise ValueError(
             f"the tuned {sampler} grid was made with options {grid.get('options', {})}, "

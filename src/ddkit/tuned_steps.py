@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .generation import SampleSpec, check_labels
+from .generation import DRAW_OPTIONS, SampleSpec, check_labels
 from .memory import check_memory, sampling_memory
 from .paths import atomic_write_bytes
 from .progress import Progress
@@ -123,7 +123,7 @@ def tune_steps(
     ``tuned_steps.json`` (replacing one for the same sampler, options and NFE) and return it.
     The grid is tuned with the ODE's own last step; sampling with ``last="posterior"`` uses the
     same timesteps, its last ``tail`` steps draws (one model call more each)."""
-    options = {k: v for k, v in (options or {}).items() if k not in ("last", "tail")}  # ODE end
+    options = {k: v for k, v in (options or {}).items() if k not in DRAW_OPTIONS}  # ODE end
     _check_sampler(sampler, options)
     for name, v in (("pilot", pilot), ("check", check), ("reference_steps", reference_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -133,6 +133,8 @@ def _sampler_options(args) -> dict:
         options["variance"] = args.variance
     if getattr(args, "last_step", None) is not None:
         options["last"] = args.last_step
+    if getattr(args, "krylov", None) is not None:
+        options["krylov"] = args.krylov
     return options
 
 
@@ -229,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--variance", help="DDPM variance: fixed_small, fixed_large, tweedie, tweedie_jacobian"
     )
     s.add_argument("--last-step", help="adams2/adams3's last step: ode, or posterior (a draw)")
+    s.add_argument(
+        "--krylov",
+        type=positive_int,
+        help="Jacobian-vector products that shape the posterior draw (default 1; m: a Lanczos "
+        "square root, 2m model calls)",
+    )
     s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     s.add_argument("--seed", type=random_seed, default=0)
     s.add_argument(

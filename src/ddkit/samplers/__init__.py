@@ -33,9 +33,12 @@ class SamplerInfo:
 
 
 def _adams_calls(steps: int, options: dict) -> int:
-    """One call per step; ``last="posterior"`` makes the last ``tail`` (default 1) steps
-    Jacobian-vector products, counted as two each (the network and its forward derivative)."""
-    return steps + (options.get("tail", 1) if options.get("last") == "posterior" else 0)
+    """One call per step; ``last="posterior"`` makes the last ``tail`` (default 1) steps draws of
+    ``krylov`` (default 1) Jacobian-vector products each, counted as two calls per product (the
+    network and its forward derivative)."""
+    if options.get("last") != "posterior":
+        return steps
+    return steps + options.get("tail", 1) * (2 * options.get("krylov", 1) - 1)
 
 
 SAMPLERS: dict[str, SamplerInfo] = {

@@ -83,21 +83,37 @@ def _x0_and_posterior_var(denoiser, x: torch.Tensor, t: int, probes: int, genera
     return x0.detach(), per_dim.reshape(-1, *[1] * (x.ndim - 1))
 
 
-def _jacobian_shaped_noise(denoiser, x: torch.Tensor, t: int, sigma: float, c_x0: float, generator):
-    """x0_hat and noise with covariance close to sigma^2 I + c_x0^2 Cov[x0 | x_t], from one JVP.
+def check_krylov(krylov) -> int:
+    """``krylov`` (JVPs per Tweedie draw) as given; ValueError unless an integer >= 1."""
+    if isinstance(krylov, bool) or not isinstance(krylov, int) or krylov < 1:
+        raise ValueError(f"krylov={krylov!r} must be an integer >= 1")
+    return krylov
+
+
+def _jacobian_shaped_noise(
+    denoiser, x: torch.Tensor, t: int, sigma: float, c_x0: float, generator, krylov: int = 1
+):
+    """x0_hat and noise with covariance close to sigma^2 I + c_x0^2 Cov[x0 | x_t], from ``krylov``
+    Jacobian-vector products.
 
     Cov[x0 | x_t] = k J with J = d x0_hat / d x_t (symmetric for the exact denoiser) and
-    k = s^2 / a, so on an eigenvector of J with eigenvalue lam the wanted variance is
-    f(lam)^2, f(lam) = sqrt(sigma^2 + g lam), g = c_x0^2 k.  The noise is M z with z ~ N(0, I) and
-    M = alpha I + beta J, the tangent of f at lam-hat = z.Jz / z.z (the Rayleigh quotient: the
-    per-example mean eigenvalue, exact when J is isotropic): beta = g / (2 f(lam-hat)),
-    alpha = f(lam-hat) - beta lam-hat.  (alpha + beta lam)^2 then matches f(lam)^2 to second
-    order in lam - lam-hat, and puts the extra variance along the directions in which the
-    posterior spreads, where the isotropic "tweedie" variance spreads it evenly.
+    k = s^2 / a, so on an eigenvector of J with eigenvalue lam the wanted standard deviation is
+    f(lam) = sqrt(sigma^2 + g lam), g = c_x0^2 k, and the wanted noise is f(J) z, z ~ N(0, I).
+
+    With one product the noise is M z with M = alpha I + beta J, the tangent of f at
+    lam-hat = z.Jz / z.z (the Rayleigh quotient: the per-example mean eigenvalue, exact when J
+    is isotropic): beta = g / (2 f(lam-hat)), alpha = f(lam-hat) - beta lam-hat.  It puts the
+    extra variance along the directions in which the posterior spreads, where the isotropic
+    "tweedie" variance spreads it evenly, but a tangent lies above the concave f: directions far
+    from the mean eigenvalue get too much.  With m > 1 products it is the Lanczos approximation
+    |z| Q_m f(T_m) e_1 of f(J) z on the Krylov space of z (Chow and Saad 2014), exact once that
+    space holds J's eigenvectors, i.e. for m >= d or m >= the number of distinct eigenvalues.
     """
     ab = denoiser.schedule.alpha_bar(t)
     g = c_x0 * c_x0 * (1.0 - ab) / math.sqrt(ab)
     z = randn_like(x, generator)
+    if krylov > 1:
+        return _lanczos_noise(denoiser, x, t, z, sigma, g, krylov)
     x0, jz = _x0_jvp(denoiser, x, t, z)
     x0, jz = x0.detach(), jz.detach()
     dims = tuple(range(1, x.ndim))
@@ -106,6 +122,47 @@ def _jacobian_shaped_noise(denoiser, x: torch.Tensor, t: int, sigma: float, c_x0
     beta = torch.where(f > 0, g / (2 * f).clamp_min(1e-300), torch.zeros_like(f))
     alpha = f - beta * lam
     return x0, alpha * z + beta * jz
+
+
+def _lanczos_noise(denoiser, x: torch.Tensor, t: int, z, sigma: float, g: float, m: int):
+    """x0_hat and |z| Q f(T) e_1 after m Lanczos steps on J = d x0_hat / d x_t from q_1 = z / |z|
+    (one JVP each, per example), f(lam) = sqrt(max(sigma^2 + g lam, 0)).  The basis is
+    re-orthogonalised in full (m is small); where the Krylov space is exhausted (the new
+    direction vanishes against J q) the basis ends there, whose Ritz values are then exact."""
+    dims = tuple(range(1, x.ndim))
+
+    def dot(a, b):
+        return (a * b).sum(dims, keepdim=True)
+
+    norm = dot(z, z).sqrt()
+    basis = [z / norm.clamp_min(torch.finfo(z.dtype).tiny)]
+    tri = torch.zeros(x.shape[0], m, m, dtype=torch.float64, device=x.device)
+    x0 = None
+    for j in range(m):
+        x0_j, w = _x0_jvp(denoiser, x, t, basis[-1])
+        x0 = x0_j.detach() if x0 is None else x0  # the same x0_hat every time
+        w = w.detach()
+        a = dot(basis[-1], w)
+        tri[:, j, j] = a.flatten().double()
+        if j == m - 1:
+            break
+        size = dot(w, w).sqrt()
+        for q in basis:
+            w = w - dot(q, w) * q
+        b = dot(w, w).sqrt()
+        alive = b > size * math.sqrt(torch.finfo(w.dtype).eps)  # else: rounding noise
+        b = torch.where(alive, b, torch.zeros_like(b))
+        basis.append(torch.where(alive, w / b.clamp_min(torch.finfo(w.dtype).tiny), 0.0))
+        tri[:, j, j + 1] = tri[:, j + 1, j] = b.flatten().double()
+    theta, vecs = torch.linalg.eigh(tri)
+    f = (sigma * sigma + g * theta).clamp_min(0.0).sqrt()
+    weights = f * vecs[:, 0, :]  # f(theta_k) S[0, k]
+    coef = (vecs * weights[:, None, :]).sum(-1) * norm.flatten().double()[:, None]  # |z| f(T) e_1
+    coef = coef.to(x.dtype)
+    noise = torch.zeros_like(x)
+    for j, q in enumerate(basis):
+        noise += coef[:, j].reshape(-1, *[1] * (x.ndim - 1)) * q
+    return x0, noise
 
 
 def sample_ddpm(
@@ -117,14 +174,17 @@ def sample_ddpm(
     callback: Callback | None = None,
     variance: str = "fixed_small",
     probes: int = 1,
+    krylov: int = 1,
 ) -> torch.Tensor:
     """Ancestral sampling x_T -> x_0 along ``timesteps`` (decreasing).  One model call per step
-    (fixed variances) or one Jacobian-vector product per probe ("tweedie")."""
+    (fixed variances), one Jacobian-vector product per probe ("tweedie"), or ``krylov`` of them
+    ("tweedie_jacobian": :func:`_jacobian_shaped_noise`)."""
     ts = check_inputs(denoiser, x_T, timesteps)
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes={probes!r} must be an integer >= 1")
+    check_krylov(krylov)
     ab = denoiser.schedule.alpha_bar
     x = x_T
     for i, (t, t_prev) in enumerate(pairs(ts)):
@@ -137,7 +197,7 @@ def sample_ddpm(
             x = torch.mul(x0, c_x0).add_(x, alpha=c_xt).addcmul_(randn_like(x, generator), std)
             continue
         if variance == "tweedie_jacobian":
-            x0, noise = _jacobian_shaped_noise(denoiser, x, t, sigma, c_x0, generator)
+            x0, noise = _jacobian_shaped_noise(denoiser, x, t, sigma, c_x0, generator, krylov)
             if callback is not None:
                 callback(i, t, x, x0)
             x = torch.mul(x0, c_x0).add_(x, alpha=c_xt).add_(noise)

@@ -22,7 +22,7 @@ import torch
 from ..diffusion.denoiser import Estimate
 from ..diffusion.schedule import DATA
 from ._common import Callback, NoiseGenerator, check_inputs, estimate, pairs
-from .ddpm import _jacobian_shaped_noise, ddpm_coefficients
+from .ddpm import _jacobian_shaped_noise, check_krylov, ddpm_coefficients
 
 LAST_STEPS = ("ode", "posterior")
 
@@ -185,6 +185,7 @@ def sample_adams(
     corrector: bool = True,
     last: str = "ode",
     tail: int = 1,
+    krylov: int = 1,
 ) -> torch.Tensor:
     """Exponential Adams-Bashforth-Moulton on the probability-flow ODE, one model call per step.
 
@@ -206,12 +207,14 @@ def sample_adams(
     one, it is a single draw of x_0 from the last timestep.  The model is defined only down to
     the schedule's smallest noise level, so no deterministic end can give modes narrower than
     that level their width: the ODE carries x to the right marginal, and the draws supply what
-    is left.  A single draw is exact for a Gaussian posterior; the posterior at the last
+    is left.  One product's linear shaping is exact for an isotropic Gaussian posterior, and for
+    a strongly anisotropic one over-feeds the narrowest directions (posterior variances 26:1
+    apart in 2-D: the narrow one's standard deviation 1.5x too large); ``krylov`` = m shapes
+    each draw by m products instead (a Lanczos square root, exact for a Gaussian posterior once
+    m reaches its number of distinct variances; 2m calls per draw).  The posterior at the last
     timestep is a mixture where modes are close.  Smaller ancestral steps (``tail`` > 1) did
     better on the tuning family of test mixtures but not on the held-out one (BENCHMARKS.md,
-    "Few-step sampling on a family of test mixtures").  For a strongly
-    anisotropic posterior the linear shaping over-feeds the narrowest directions (standard
-    deviations 25:1 apart in 2-D: the narrow one 1.5x too wide).
+    "Few-step sampling on a family of test mixtures").
 
     Unlike the published DPM-Solver++(3M) update (``sample_dpmpp(order=3)``, diffusers,
     k-diffusion), which weighs the second divided difference by phi3 where the exact integral of
@@ -225,6 +228,8 @@ def sample_adams(
     ts = check_inputs(denoiser, x_T, timesteps)
     if last == "ode" and tail != 1:
         raise ValueError(f"tail={tail} takes last='posterior' (the ODE ends in one step)")
+    if check_krylov(krylov) != 1 and last == "ode":
+        raise ValueError(f"krylov={krylov} takes last='posterior' (the ODE's end draws nothing)")
     if tail > len(ts):
         raise ValueError(f"tail={tail} ancestral steps need at least {tail} timesteps")
     first_draw = len(ts) - tail if last == "posterior" else len(ts)
@@ -237,7 +242,7 @@ def sample_adams(
         lam_t, lam_p = _half_log_snr(ab_t), _half_log_snr(ab_p)
         if i >= first_draw:  # an ancestral step (eq. 7) with the Tweedie posterior's noise
             c_x0, c_xt, sigma = ddpm_coefficients(ab_t, ab_p, "tweedie_jacobian")
-            x0, noise = _jacobian_shaped_noise(denoiser, x, t, sigma, c_x0, generator)
+            x0, noise = _jacobian_shaped_noise(denoiser, x, t, sigma, c_x0, generator, krylov)
             if callback is not None:
                 callback(i, t, x, x0)
             x = torch.mul(x0, c_x0).add_(x, alpha=c_xt).add_(noise)

@@ -56,7 +56,9 @@ class SamplerConfig:
     def fits(self, nfe: int) -> bool:
         """Whether the sampler can run within ``nfe`` model calls (a tail of posterior draws
         needs as many timesteps as draws)."""
-        return self.steps_for(nfe) >= self.options.get("tail", 1)
+        steps = self.steps_for(nfe)
+        info = get_sampler(self.sampler)
+        return steps >= self.options.get("tail", 1) and info.nfe(steps, **self.options) <= nfe
 
     def timesteps(self, schedule: NoiseSchedule, nfe: int) -> list[int]:
         """The timesteps of :meth:`steps_for` ``nfe`` on ``schedule``."""

@@ -10,7 +10,10 @@ at every NFE; the best at each NFE alone is listed too.  The choice is made on `
 tuning`` only; ``--split held_out`` reports it.
 
     .venv/bin/python benchmarks/family_defaults.py --split tuning [--n 2000] [--json FILE]
-"""
+
+``--seeds 0 1 2 3`` repeats the runs with other reference samples, floors and initial noise, and
+lists the members inside the floor per seed beside a perfect sampler's expected count
+(:func:`ddkit.verify.family_report.true_sample_rates`)."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from ddkit.verify.family_report import (  # noqa: E402
     WORST_HEADER,
     family_problems,
     format_worst,
+    true_sample_rates,
     worst_case,
 )
 from ddkit.verify.runner import SamplerConfig, run  # noqa: E402
@@ -104,30 +108,66 @@ def report(worst: list[dict]) -> None:
         print(f"| {nfe} | {best} | {a:.2f} | {second} | {b:.2f} |")
 
 
+def seed_summary(runs: dict) -> None:
+    """Members inside the floor per seed, beside a perfect sampler's expected count."""
+    seeds = sorted(runs)
+    names = ", ".join(map(str, seeds))
+    print(f"\n| sampler | NFE | inside, seeds {names} | mean |\n|---|---|---|---|")
+    keys = sorted({(r["sampler"], r["nfe"]) for run in runs.values() for r in run["worst"]})
+    for label, nfe in sorted(keys, key=lambda k: (k[1], k[0])):
+        counts = [
+            r["inside"]
+            for s in seeds
+            for r in runs[s]["worst"]
+            if (r["sampler"], r["nfe"]) == (label, nfe)
+        ]
+        print(
+            f"| {label} | {nfe} | {', '.join(map(str, counts))} | {sum(counts) / len(counts):.1f} |"
+        )
+    perfect = [runs[s]["perfect_inside"] for s in seeds]
+    members = runs[seeds[0]]["worst"][0]["members"]
+    print(
+        f"| a perfect sampler (expected, of {members}) | any | "
+        f"{', '.join(f'{p:.1f}' for p in perfect)} | {sum(perfect) / len(perfect):.1f} |"
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--split", default="tuning", choices=("tuning", "held_out"))
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--nfe", type=int, nargs="+", default=list(FAMILY_NFES))
     ap.add_argument("--only", nargs="+", help="only these candidate labels")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="reference and noise seeds")
     ap.add_argument("--json", help="write the per-member results and worst case here")
     ap.add_argument("--from-json", help="print the tables of a --json file; run nothing")
     args = ap.parse_args()
     if args.from_json:
         with open(args.from_json) as f:
-            report(worst_case(json.load(f)["members"]))
+            runs = {int(k): v for k, v in json.load(f)["seeds"].items()}
+        for seed in sorted(runs):
+            print(f"\n# seed {seed}")
+            report(runs[seed]["worst"])
+        seed_summary(runs)
         return
     configs = [c for c in candidates() if not args.only or c.label in args.only]
     print(
         f"# few-step candidates on the {args.split} family, {time.strftime('%Y-%m-%d')}, "
         f"torch {torch.__version__}, {cpu_name()}, n={args.n} per member"
     )
-    results = run(configs, tuple(args.nfe), on=family_problems(args.split, args.n), log=print)
-    worst = worst_case(results)
-    report(worst)
+    problems = family_problems(args.split, args.n)
+    runs = {}
+    for seed in args.seeds:
+        print(f"\n# seed {seed}")
+        results = run(configs, tuple(args.nfe), seed=seed, on=problems, log=print)
+        worst = worst_case(results)
+        report(worst)
+        perfect = sum(true_sample_rates(p, seed)["all"] for p in problems)
+        runs[seed] = {"members": results, "worst": worst, "perfect_inside": perfect}
+    seed_summary(runs)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"split": args.split, "members": results, "worst": worst}, f, indent=1)
+            json.dump({"split": args.split, "seeds": runs}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,9 @@ def test_verify_family_writes_per_member_and_worst_case_results(tmp_path, capsys
     (row,) = result["worst"]
     assert row["members"] == len(HELD_OUT) and row["nfe"] == 5
     assert (out / "family_worst_case.png").stat().st_size > 0
-    assert "worst case over the 11 held_out mixtures" in capsys.readouterr().out
+    assert 0 <= result["perfect_inside"] <= len(HELD_OUT)
+    printed = capsys.readouterr().out
+    assert "worst case over the 11 held_out mixtures" in printed and "a perfect sampler" in printed
     assert main(["verify", "--family", "tuning", "--quick", "--out", str(tmp_path / "q")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--quick" in err and not (tmp_path / "q").exists()
@@ -162,6 +164,23 @@ def test_dispersion_is_one_for_true_samples_and_scales_with_the_spread():
     direct = torch.einsum("ndj,nd->nj", mix.eigvecs[k], x - mix.means[k])
     expected = float((direct**2 / mix.eigvals[k]).sum(1).mean() / mix.dim)
     assert dispersion(x, mix) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_true_sample_is_inside_each_metrics_floor_with_probability_reps_over_reps_plus_1():
+    """A further true sample is exchangeable with the floor's: over seeds, the rate at which it
+    is no worse than the worst of r floor sets is r / (r + 1) on each metric (here r = 3: 3/4),
+    within 4 standard errors; and inside on all three is rarer than on any one."""
+    from ddkit.verify.family_report import true_sample_rates
+    from ddkit.verify.runner import Problem
+
+    mix = Member(4, 3, 0.1, "lowrank", 5).build()
+    seeds, reps = 150, 3
+    rates = [true_sample_rates(Problem("m", mix, 100), s, reps, draws=1) for s in range(seeds)]
+    p = reps / (reps + 1)
+    for k in ("ed", "disp", "ll"):
+        mean = sum(r[k] for r in rates) / seeds
+        assert abs(mean - p) < 4 * math.sqrt(p * (1 - p) / seeds), (k, mean)
+    assert all(r["all"] <= min(r["ed"], r["disp"], r["ll"]) for r in rates)
 
 
 def test_a_tail_of_draws_runs_only_where_the_budget_leaves_a_step_per_draw():

@@ -144,13 +144,20 @@ def main():
     args = ap.parse_args()
     if args.from_json:
         with open(args.from_json) as f:
-            runs = {int(k): v for k, v in json.load(f)["seeds"].items()}
+            doc = json.load(f)
+        if "seeds" not in doc:  # a file of one seed, from before --seeds
+            report(worst_case(doc["members"]))
+            return
+        runs = {int(k): v for k, v in doc["seeds"].items()}
         for seed in sorted(runs):
             print(f"\n# seed {seed}")
             report(runs[seed]["worst"])
         seed_summary(runs)
         return
     configs = [c for c in candidates() if not args.only or c.label in args.only]
+    unknown = set(args.only or ()) - {c.label for c in configs}
+    if unknown or not configs:
+        ap.error(f"--only: no candidate {', '.join(sorted(unknown))}")
     print(
         f"# few-step candidates on the {args.split} family, {time.strftime('%Y-%m-%d')}, "
         f"torch {torch.__version__}, {cpu_name()}, n={args.n} per member"

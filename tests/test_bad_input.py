@@ -501,6 +501,13 @@ def test_eval_feature_net_that_is_not_one(img_run, cwd, capsys, no_blocking):
     nothing_in(cwd, "junk", "pipe")
 
 
+def test_eval_fid_sampler_options_refused_before_the_folder_is_made(img_run, cwd, capsys):
+    base = ["eval", img_run, "--fid", "--steps", "3", "--num", "4", "--out", "o"]
+    refused(capsys, [*base, "--sampler", "adams2", "--krylov", "2"], "krylov=2", "posterior")
+    refused(capsys, [*base, "--sampler", "ddim", "--krylov", "2"], "no option 'krylov'")
+    nothing_in(cwd)
+
+
 def test_eval_empty_split_refused_before_the_folder_is_made(img_run, cwd, capsys):
     argv = ["eval", img_run, "--inversion", "--inversion-steps", "3", "--out", "o"]
     refused(capsys, argv, "split 'test' is empty")

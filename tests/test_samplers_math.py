@@ -738,6 +738,21 @@ def test_lanczos_draw_is_the_exact_square_root_once_the_krylov_space_is_whole(t,
         errors.append(float((noise - want).norm(dim=1).mean() / want.norm(dim=1).mean()))
     assert errors[3] < 1e-12 and errors[4] < 1e-12, errors
     assert errors[0] > errors[1] > errors[2] and errors[0] > 1e-3, errors
+    # per example: a z in the span of k eigenvectors has a k-dimensional Krylov space, exact
+    # from m = k on, while rows of other dimensions in the same batch break down elsewhere
+    from ddkit.samplers.ddpm import _lanczos_noise
+
+    ab = float(SCHED.alpha_bar(t))
+    g = c_x0 * c_x0 * (1.0 - ab) / math.sqrt(ab)
+    vecs = gm.eigvecs[0]
+    coef = torch.randn(4, 30, d, generator=_gen(65), dtype=torch.float64)
+    z = torch.cat([coef[k, :, :k] @ vecs[:, :k].T for k in (1, 2, 3)] + [coef[0] @ vecs.T])
+    want = z @ _posterior_noise_matrix(gm, t, sigma, c_x0)
+    for m in (2, 3):
+        _, noise = _lanczos_noise(den, x[: len(z)], t, z, sigma, g, m)
+        err = (noise - want).norm(dim=1) / want.norm(dim=1)
+        assert float(err[: 30 * m].max()) < 1e-10, (m, err)
+        assert float(err[90:].min()) > 100 * float(err[: 30 * m].max()), (m, err)  # need m = 4
 
 
 def test_lanczos_draw_gives_an_anisotropic_posterior_its_variances():
@@ -768,6 +783,8 @@ def test_lanczos_draw_gives_an_anisotropic_posterior_its_variances():
             sample_ddpm(den, x_t, [0], variance="tweedie_jacobian", krylov=bad)
     with pytest.raises(ValueError, match="takes last='posterior'"):
         sample_adams(den, x_t, [0], krylov=2)
+    with pytest.raises(ValueError, match="krylov=2 takes variance='tweedie_jacobian'"):
+        sample_ddpm(den, x_t, [0], variance="tweedie", krylov=2)
     from ddkit.generation import SampleSpec
 
     assert SampleSpec("adams3", 8, options={"last": "posterior", "krylov": 2}).nfe() == 11

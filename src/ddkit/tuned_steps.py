@@ -122,7 +122,7 @@ def tune_steps(
     measure start and tuned grids on ``check`` further noises; store the entry in the run folder's
     ``tuned_steps.json`` (replacing one for the same sampler, options and NFE) and return it.
     The grid is tuned with the ODE's own last step; sampling with ``last="posterior"`` uses the
-    same timesteps, its last ``tail`` steps draws (one model call more each)."""
+    same timesteps, its last ``tail`` steps draws (2 krylov - 1 model calls more each)."""
     options = {k: v for k, v in (options or {}).items() if k not in DRAW_OPTIONS}  # ODE end
     _check_sampler(sampler, options)
     for name, v in (("pilot", pilot), ("check", check), ("reference_steps", reference_steps)):

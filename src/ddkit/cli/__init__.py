@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--krylov",
         type=positive_int,
-        help="Jacobian-vector products that shape the posterior draw (default 1; m: a Lanczos "
-        "square root, 2m model calls)",
+        help="adams2/adams3 with --last-step posterior: Jacobian-vector products that shape the "
+        "draw (default 1; m: a Lanczos square root, 2m model calls)",
     )
     s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     s.add_argument("--seed", type=random_seed, default=0)
@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eta", type=finite_float(), help="DDIM eta for --fid")
     e.add_argument("--variance", help="DDPM variance for --fid")
     e.add_argument("--last-step", help="adams2/adams3's last step for --fid: ode, posterior")
+    e.add_argument("--krylov", type=positive_int, help="JVPs per posterior draw for --fid")
     add_eval_guidance_options(e)
     e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP + "; for --fid and --sweep")
     e.add_argument("--batch-size", type=positive_int, default=250)

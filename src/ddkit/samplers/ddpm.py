@@ -17,8 +17,10 @@ beta-tilde misses that term (fixed_small under-disperses small modes) and a plai
 the end trims variance; "tweedie" fixes both at the cost of one JVP per step (about 2-3 model
 calls).
 Its isotropic noise over-feeds the narrow directions of an anisotropic posterior;
-``variance="tweedie_jacobian"`` shapes the noise by the Jacobian itself, (alpha I + beta J) z with
-the same single JVP (see :func:`_jacobian_shaped_noise`), and is then right per direction.
+``variance="tweedie_jacobian"`` shapes the noise by the Jacobian itself: with one JVP the tangent
+(alpha I + beta J) z, exact for an isotropic posterior and close for a mildly anisotropic one,
+with ``krylov=m`` JVPs the Lanczos square root, exact for a Gaussian posterior once m reaches its
+number of distinct variances (:func:`_jacobian_shaped_noise`).
 
 Cost per step besides the model (fixed variances): the posterior mean is a fixed combination of
 x_t and x0_hat, hence of x_t and the raw model output, and is accumulated in two passes into the
@@ -128,7 +130,9 @@ def _lanczos_noise(denoiser, x: torch.Tensor, t: int, z, sigma: float, g: float,
     """x0_hat and |z| Q f(T) e_1 after m Lanczos steps on J = d x0_hat / d x_t from q_1 = z / |z|
     (one JVP each, per example), f(lam) = sqrt(max(sigma^2 + g lam, 0)).  The basis is
     re-orthogonalised in full (m is small); where the Krylov space is exhausted (the new
-    direction vanishes against J q) the basis ends there, whose Ritz values are then exact."""
+    direction vanishes against J q) the basis ends there, whose Ritz values are then exact.
+    T is taken symmetric, as J is for an exact denoiser; for a learned one, whose Jacobian is
+    only close to symmetric, it is the symmetric Lanczos recurrence applied to J as it is."""
     dims = tuple(range(1, x.ndim))
 
     def dot(a, b):
@@ -184,7 +188,8 @@ def sample_ddpm(
         raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes={probes!r} must be an integer >= 1")
-    check_krylov(krylov)
+    if check_krylov(krylov) != 1 and variance != "tweedie_jacobian":
+        raise ValueError(f"krylov={krylov} takes variance='tweedie_jacobian' (a shaped draw)")
     ab = denoiser.schedule.alpha_bar
     x = x_T
     for i, (t, t_prev) in enumerate(pairs(ts)):

@@ -46,7 +46,8 @@ def true_sample_rates(problem: Problem, seed: int, floor_reps: int = 8, draws: i
     (``ed``, ``disp``, ``ll``; each has mean floor_reps / (floor_reps + 1) over seeds) and on
     all three (``all``)."""
     ref, ref_disp, floor, _ = setup(problem, seed, floor_reps)
-    # torch's CPU generator keeps 32 bits of a seed: this is the stream of no setup seed < 2**31
+    # torch's CPU generator keeps 32 bits of a seed; an offset keeps this stream apart from
+    # setup's for every seed below 2**32 - 0x9E3779B9 (about 1.6e9)
     gen = torch.Generator().manual_seed((seed + 0x9E3779B9) % (1 << 32))
     hits = dict.fromkeys(("ed", "disp", "ll", "all"), 0)
     for _ in range(draws):
@@ -142,7 +143,8 @@ def run_family_to_folder(
 ) -> dict:
     """``ddkit verify --family``: run ``configs`` at ``nfes`` on every member of ``split``,
     logging a table per member and the worst-case table, and write ``family.json`` and
-    ``family_worst_case.png`` to the folder ``out``; returns {"members", "worst"}."""
+    ``family_worst_case.png`` to the folder ``out``; returns {"members", "worst",
+    "perfect_inside"} (:func:`true_sample_rates`' count, summed over the members)."""
     problems = family_problems(split, n)
     log(
         f"ddkit verify --family {split}: {len(problems)} mixtures, {n} samples each, exact denoiser"
@@ -167,4 +169,4 @@ def run_family_to_folder(
     atomic_write_bytes(out / "family.json", json.dumps(doc, indent=1).encode())
     plot_worst(worst, out / "family_worst_case.png", f"worst case over the {split} family")
     log(f"\nwrote {out / 'family.json'} and {out / 'family_worst_case.png'}")
-    return {"members": results, "worst": worst}
+    return {"members": results, "worst": worst, "perfect_inside": perfect}

@@ -13,7 +13,7 @@ tuning`` only; ``--split held_out`` reports it.
 
 ``--seeds 0 1 2 3`` repeats the runs with other reference samples, floors and initial noise, and
 lists the members inside the floor per seed beside a perfect sampler's expected count
-(:func:`ddkit.verify.family_report.true_sample_rates`)."""
+(:func:`ddkit.verify.runner.true_sample_rates`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ from ddkit.verify.family_report import (  # noqa: E402
     WORST_HEADER,
     family_problems,
     format_worst,
-    true_sample_rates,
     worst_case,
 )
 from ddkit.verify.runner import SamplerConfig, run  # noqa: E402
@@ -166,10 +165,10 @@ def main():
     runs = {}
     for seed in args.seeds:
         print(f"\n# seed {seed}")
-        results = run(configs, tuple(args.nfe), seed=seed, on=problems, log=print)
+        results = run(configs, tuple(args.nfe), seed=seed, perfect_draws=8, on=problems, log=print)
         worst = worst_case(results)
         report(worst)
-        perfect = sum(true_sample_rates(p, seed)["all"] for p in problems)
+        perfect = sum(res["perfect"]["all"] for res in results.values())
         runs[seed] = {"members": results, "worst": worst, "perfect_inside": perfect}
     seed_summary(runs)
     if args.json:

@@ -140,10 +140,12 @@ def test_verify_family_writes_per_member_and_worst_case_results(tmp_path, capsys
     (row,) = result["worst"]
     assert row["members"] == len(HELD_OUT) and row["nfe"] == 5
     assert (out / "family_worst_case.png").stat().st_size > 0
-    from ddkit.verify.family_report import family_problems, true_sample_rates
+    from ddkit.verify.family_report import family_problems
+    from ddkit.verify.runner import setup, true_sample_rates
 
-    problems = family_problems("held_out", 150)
-    perfect = sum(true_sample_rates(p, 0, floor_reps=2)["all"] for p in problems)
+    perfect = 0.0
+    for p in family_problems("held_out", 150):  # the same floors, recomputed from the seed
+        perfect += true_sample_rates(p, *setup(p, 0, 2)[:3], 0)["all"]
     assert result["perfect_inside"] == pytest.approx(perfect)
     printed = capsys.readouterr().out
     assert "worst case over the 11 held_out mixtures" in printed and "a perfect sampler" in printed
@@ -174,12 +176,14 @@ def test_a_true_sample_is_inside_each_metrics_floor_with_probability_reps_over_r
     """A further true sample is exchangeable with the floor's: over seeds, the rate at which it
     is no worse than the worst of r floor sets is r / (r + 1) on each metric (here r = 3: 3/4),
     within 4 standard errors; and inside on all three is rarer than on any one."""
-    from ddkit.verify.family_report import true_sample_rates
-    from ddkit.verify.runner import Problem
+    from ddkit.verify.runner import Problem, setup, true_sample_rates
 
-    mix = Member(4, 3, 0.1, "lowrank", 5).build()
+    problem = Problem("m", Member(4, 3, 0.1, "lowrank", 5).build(), 100)
     seeds, reps = 150, 3
-    rates = [true_sample_rates(Problem("m", mix, 100), s, reps, draws=1) for s in range(seeds)]
+    rates = []
+    for s in range(seeds):
+        ref, ref_disp, floor, _ = setup(problem, s, reps)
+        rates.append(true_sample_rates(problem, ref, ref_disp, floor, s, draws=1))
     p = reps / (reps + 1)
     for k in ("ed", "disp", "ll"):
         mean = sum(r[k] for r in rates) / seeds

@@ -87,6 +87,13 @@ def rademacher_like(x: torch.Tensor, generator: NoiseGenerator) -> torch.Tensor:
     return torch.where(z >= 0, 1.0, -1.0).to(x.dtype)
 
 
+def check_count(name: str, value) -> int:
+    """``value`` as given; ValueError unless it is an integer >= 1 (a bool is refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1")
+    return value
+
+
 def check_nonneg(name: str, value: float) -> float:
     """``value`` as a float; ValueError unless it is >= 0 (NaN is refused)."""
     v = float(value)

@@ -37,6 +37,7 @@ import torch
 from ._common import (
     Callback,
     NoiseGenerator,
+    check_count,
     check_inputs,
     estimate,
     pairs,
@@ -83,13 +84,6 @@ def _x0_and_posterior_var(denoiser, x: torch.Tensor, t: int, probes: int, genera
         trace += (u * ju).flatten(1).sum(1)
     per_dim = (trace / (probes * x[0].numel()) * scale).clamp_min(0.0)
     return x0.detach(), per_dim.reshape(-1, *[1] * (x.ndim - 1))
-
-
-def check_krylov(krylov) -> int:
-    """``krylov`` (JVPs per Tweedie draw) as given; ValueError unless an integer >= 1."""
-    if isinstance(krylov, bool) or not isinstance(krylov, int) or krylov < 1:
-        raise ValueError(f"krylov={krylov!r} must be an integer >= 1")
-    return krylov
 
 
 def _jacobian_shaped_noise(
@@ -186,9 +180,8 @@ def sample_ddpm(
     ts = check_inputs(denoiser, x_T, timesteps)
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; allowed: {', '.join(VARIANCES)}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes={probes!r} must be an integer >= 1")
-    if check_krylov(krylov) != 1 and variance != "tweedie_jacobian":
+    check_count("probes", probes)
+    if check_count("krylov", krylov) != 1 and variance != "tweedie_jacobian":
         raise ValueError(f"krylov={krylov} takes variance='tweedie_jacobian' (a shaped draw)")
     ab = denoiser.schedule.alpha_bar
     x = x_T

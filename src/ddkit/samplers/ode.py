@@ -21,8 +21,8 @@ import torch
 
 from ..diffusion.denoiser import Estimate
 from ..diffusion.schedule import DATA
-from ._common import Callback, NoiseGenerator, check_inputs, estimate, pairs
-from .ddpm import _jacobian_shaped_noise, check_krylov, ddpm_coefficients
+from ._common import Callback, NoiseGenerator, check_count, check_inputs, estimate, pairs
+from .ddpm import _jacobian_shaped_noise, ddpm_coefficients
 
 LAST_STEPS = ("ode", "posterior")
 
@@ -223,12 +223,11 @@ def sample_adams(
         raise ValueError(f"order={order!r} must be 1, 2 or 3")
     if last not in LAST_STEPS:
         raise ValueError(f"last={last!r} is not allowed; allowed: {', '.join(LAST_STEPS)}")
-    if isinstance(tail, bool) or not isinstance(tail, int) or tail < 1:
-        raise ValueError(f"tail={tail!r} must be an integer >= 1")
+    check_count("tail", tail)
     ts = check_inputs(denoiser, x_T, timesteps)
     if last == "ode" and tail != 1:
         raise ValueError(f"tail={tail} takes last='posterior' (the ODE ends in one step)")
-    if check_krylov(krylov) != 1 and last == "ode":
+    if check_count("krylov", krylov) != 1 and last == "ode":
         raise ValueError(f"krylov={krylov} takes last='posterior' (the ODE's end draws nothing)")
     if tail > len(ts):
         raise ValueError(f"tail={tail} ancestral steps need at least {tail} timesteps")

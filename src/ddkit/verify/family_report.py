@@ -14,7 +14,8 @@ scale, the worst case compares each metric with the member's own noise floor:
 
 A count of members inside is read against what a perfect sampler scores: a further true sample
 of a member is exchangeable with the floor's, so it lies inside on each metric with probability
-floor_reps / (floor_reps + 1), and inside on all three less often (:func:`true_sample_rates`).
+floor_reps / (floor_reps + 1), and inside on all three less often
+(:func:`~ddkit.verify.runner.true_sample_rates`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from ..paths import atomic_write_bytes
 from .family import members
-from .runner import HEADER, Problem, SamplerConfig, metrics, run, setup
+from .runner import HEADER, Problem, SamplerConfig, run
 
 FAMILY_NFES = (5, 10, 20)
 DISP_BAND = (0.9, 1.1)
@@ -38,25 +37,6 @@ _LOG = partial(print, flush=True)
 def family_problems(split: str, n: int = 2000) -> list[Problem]:
     """The members of ``split`` as problems of ``n`` samples each."""
     return [Problem(m.name, m.build(), n) for m in members(split)]
-
-
-def true_sample_rates(problem: Problem, seed: int, floor_reps: int = 8, draws: int = 8) -> dict:
-    """The fraction of ``draws`` further true samples of ``problem`` (a perfect sampler's output)
-    inside the noise floor that :func:`~ddkit.verify.runner.setup` gives ``seed``: on each metric
-    (``ed``, ``disp``, ``ll``; each has mean floor_reps / (floor_reps + 1) over seeds) and on
-    all three (``all``)."""
-    ref, ref_disp, floor, _ = setup(problem, seed, floor_reps)
-    # torch's CPU generator keeps 32 bits of a seed; an offset keeps this stream apart from
-    # setup's for every seed below 2**32 - 0x9E3779B9 (about 1.6e9)
-    gen = torch.Generator().manual_seed((seed + 0x9E3779B9) % (1 << 32))
-    hits = dict.fromkeys(("ed", "disp", "ll", "all"), 0)
-    for _ in range(draws):
-        y, _ = problem.mixture.sample(problem.n, gen, dtype=torch.float64)
-        inside = floor.inside(metrics(y, ref, problem.mixture, ref_disp))
-        for k, v in inside.items():
-            hits[k] += v
-        hits["all"] += all(inside.values())
-    return {k: v / draws for k, v in hits.items()}
 
 
 def worst_case(results: dict) -> list[dict]:
@@ -144,7 +124,7 @@ def run_family_to_folder(
     """``ddkit verify --family``: run ``configs`` at ``nfes`` on every member of ``split``,
     logging a table per member and the worst-case table, and write ``family.json`` and
     ``family_worst_case.png`` to the folder ``out``; returns {"members", "worst",
-    "perfect_inside"} (:func:`true_sample_rates`' count, summed over the members)."""
+    "perfect_inside"} (a perfect sampler's expected count of members inside the floor)."""
     problems = family_problems(split, n)
     log(
         f"ddkit verify --family {split}: {len(problems)} mixtures, {n} samples each, exact denoiser"
@@ -155,6 +135,7 @@ def run_family_to_folder(
         tuple(nfes),
         seed=seed,
         floor_reps=floor_reps,
+        perfect_draws=8,
         on=problems,
         log=lambda s: log(s + "\n" + HEADER if s.startswith("noise") else s),
     )
@@ -162,7 +143,7 @@ def run_family_to_folder(
     log(f"\n## worst case over the {len(problems)} {split} mixtures\n{WORST_HEADER}")
     for row in worst:
         log(format_worst(row))
-    perfect = sum(true_sample_rates(p, seed, floor_reps)["all"] for p in problems)
+    perfect = sum(res["perfect"]["all"] for res in results.values())
     log(f"(a perfect sampler: inside on {perfect:.1f} of {len(problems)} on average)")
     out = Path(out)
     doc = {"split": split, "members": results, "worst": worst, "perfect_inside": perfect}

@@ -178,6 +178,26 @@ def setup(problem: Problem, seed: int, floor_reps: int):
     return ref, ref_disp, floor, x_T
 
 
+def true_sample_rates(
+    problem: Problem, ref: torch.Tensor, ref_disp: float, floor: Floor, seed: int, draws: int = 8
+) -> dict:
+    """The fraction of ``draws`` further true samples of ``problem`` (a perfect sampler's output)
+    inside ``floor``, the floor that :func:`setup` gives ``seed`` with ``ref``: on each metric
+    (``ed``, ``disp``, ``ll``; a further sample is exchangeable with the floor's, so each has
+    mean floor_reps / (floor_reps + 1) over seeds) and on all three (``all``)."""
+    # torch's CPU generator keeps 32 bits of a seed; an offset keeps this stream apart from
+    # setup's for every seed below 2**32 - 0x9E3779B9 (about 1.6e9)
+    gen = torch.Generator().manual_seed((seed + 0x9E3779B9) % (1 << 32))
+    hits = dict.fromkeys(("ed", "disp", "ll", "all"), 0)
+    for _ in range(draws):
+        y, _ = problem.mixture.sample(problem.n, gen, dtype=torch.float64)
+        inside = floor.inside(metrics(y, ref, problem.mixture, ref_disp))
+        for k, v in inside.items():
+            hits[k] += v
+        hits["all"] += all(inside.values())
+    return {k: v / draws for k, v in hits.items()}
+
+
 def run(
     configs: Sequence[SamplerConfig] = CONFIGS,
     nfes: Sequence[int] = NFES,
@@ -186,12 +206,14 @@ def run(
     n_64d: int = 4_000,
     seed: int = 0,
     floor_reps: int = 8,
+    perfect_draws: int = 0,
     schedule: NoiseSchedule | None = None,
     on: Sequence[Problem] | None = None,
     log=print,
 ) -> dict:
     """Run every config at every NFE on each problem of ``on`` (default: :func:`problems` of
-    ``n_2d``, ``n_64d``); return {problem: {floor, rows}}."""
+    ``n_2d``, ``n_64d``); return {problem: {floor, rows}}, with ``perfect`` (the
+    :func:`true_sample_rates` of ``perfect_draws`` further true samples) where that is > 0."""
     schedule = schedule or NoiseSchedule.make("linear", 1000)
     out = {}
     for problem in on if on is not None else problems(n_2d, n_64d):
@@ -222,6 +244,9 @@ def run(
                 rows.append(row)
                 log(format_row(row))
         out[problem.name] = {"floor": asdict(floor), "rows": rows}
+        if perfect_draws:
+            rates = true_sample_rates(problem, ref, ref_disp, floor, seed, perfect_draws)
+            out[problem.name]["perfect"] = rates
     return out
 
 

@@ -1,7 +1,8 @@
 """Choosing the few-step default on the tuning family, and checking it on the held-out family.
 
-Candidate configurations (grid, first-step window, solver order, corrector, last step: the
-ODE's own, or a tail of 1 to 4 posterior draws, each shaped by 1 to 4 Jacobian-vector products)
+Candidate configurations (grid, its packing toward the data, first-step window, solver order,
+corrector, last step: the ODE's own, or a tail of 1 to 4 posterior draws, each shaped by 1 to 4
+Jacobian-vector products)
 run with the exact denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE
 5, 10 and 20 (where the budget leaves the draws their steps and calls); the table is the worst
 case over the members (:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest
@@ -55,9 +56,15 @@ def candidates() -> list[SamplerConfig]:
         SamplerConfig("adams2 PC logSNR post", "adams2", "log_snr", post),
         SamplerConfig("adams3 PC logSNR>-4 post", "adams3", "log_snr", post, -4.0),
         SamplerConfig("adams3 PC logSNR>-5 post", "adams3", "log_snr", post, -5.0),
+        SamplerConfig("adams3 PC logSNR>-6 post", "adams3", "log_snr", post, -6.0),
+        SamplerConfig("adams3 PC logSNR post", "adams3", "log_snr", post),
         SamplerConfig(
             "adams2 P logSNR>-4 post", "adams2", "log_snr", {**post, "corrector": False}, -4.0
         ),
+    ]
+    out += [  # log-SNR steps packed toward the data (NoiseSchedule.timesteps' rho)
+        SamplerConfig(f"adams3 PC logSNR>-4 rho{rho:g} post", "adams3", "log_snr", post, -4.0, rho)
+        for rho in (1.2, 1.33)
     ]
     for m in (2, 3, 4):  # the last m steps Tweedie ancestral draws
         tail = {**post, "tail": m}
@@ -68,6 +75,7 @@ def candidates() -> list[SamplerConfig]:
     for m in (2, 3):
         lz = {**post, "krylov": m}
         out.append(SamplerConfig(f"adams3 PC logSNR>-4 post k{m}", "adams3", "log_snr", lz, -4.0))
+        out.append(SamplerConfig(f"adams3 PC logSNR>-6 post k{m}", "adams3", "log_snr", lz, -6.0))
         out.append(SamplerConfig(f"adams3 PC logSNR post k{m}", "adams3", "log_snr", lz))
         out.append(SamplerConfig(f"adams2 PC logSNR post k{m}", "adams2", "log_snr", lz))
     return out

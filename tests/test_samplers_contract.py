@@ -249,7 +249,10 @@ def test_get_sampler():
 def test_nfe_matches_documented_costs():
     n = 7
     assert SAMPLERS["ddim"].nfe(n) == n
-    assert SAMPLERS["ddpm"].nfe(n) == n
+    assert SAMPLERS["ddpm"].nfe(n) == n == SAMPLERS["ddpm"].nfe(n, variance="fixed_large")
+    assert SAMPLERS["ddpm"].nfe(n, variance="tweedie", probes=3) == 6 * n
+    assert SAMPLERS["ddpm"].nfe(n, variance="tweedie_jacobian") == 2 * n
+    assert SAMPLERS["ddpm"].nfe(n, variance="tweedie_jacobian", krylov=3) == 6 * n
     assert SAMPLERS["heun"].nfe(n) == 2 * n - 1
     assert SAMPLERS["pc"].nfe(n) == 2 * n
     assert SAMPLERS["pc"].nfe(n, corrector_steps=3) == 4 * n

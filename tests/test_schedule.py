@@ -362,3 +362,41 @@ def test_log_snr_window_jumps_to_min_log_snr_then_uniform(name, n):
     assert ts[1] == int(np.abs(lam - (-4.0)).argmin())
     gaps = np.diff(lam[ts[1:]])
     assert gaps.std() / gaps.mean() < 0.1, gaps
+
+
+@pytest.mark.parametrize("rho", [1.2, 1.5, 2.0])
+def test_log_snr_rho_places_points_at_the_power_law(rho):
+    """Point k of m from the data end sits at lam_0 - (lam_0 - lo) (k / (m - 1))^rho: the
+    log-SNR gaps shrink toward the data, and rho = 1 is the uniform grid."""
+    s = NoiseSchedule.make("linear", T)
+    lam = s.log_snr
+    plain = s.timesteps(19, "log_snr", min_log_snr=-4.0)
+    assert s.timesteps(19, "log_snr", min_log_snr=-4.0, rho=1.0) == plain
+    ts = s.timesteps(19, "log_snr", min_log_snr=-4.0, rho=rho)
+    assert len(ts) == 19 and ts[0] == T - 1 and ts[1] == plain[1] and ts[-1] == 0
+    assert all(a > b for a, b in zip(ts, ts[1:]))
+    k = np.arange(18)[::-1]  # from the data end, for ts[1:]
+    want = lam[0] - (lam[0] - lam[ts[1]]) * (k / 17) ** rho
+    got = lam[ts[1:]]
+    # each index is the nearest to its target, up to the neighbours' rounding
+    step = np.abs(np.diff(lam)).max()
+    far = np.abs(got - want) > step
+    assert far.sum() <= 4 and not far[:12].any(), (got, want)  # only the crowded data end moves
+    gaps = np.diff(got[:12])
+    assert gaps[0] > gaps[-1]  # gaps shrink toward the data
+
+
+@pytest.mark.parametrize("rho", [0, -1.0, float("inf"), float("nan"), True, "2"])
+def test_bad_rho_raises(rho):
+    s = NoiseSchedule.make("linear", T)
+    with pytest.raises(ValueError, match="rho"):
+        s.timesteps(10, "log_snr", rho=rho)
+
+
+def test_rho_is_for_log_snr_spacings_only():
+    s = NoiseSchedule.make("linear", T)
+    with pytest.raises(ValueError, match="rho=1.5 shapes log_snr spacings, not 'trailing'"):
+        s.timesteps(10, "trailing", rho=1.5)
+    with pytest.raises(ValueError, match="rho=2 shapes log_snr spacings"):
+        s.timesteps(3, [999, 500, 0], rho=2)
+    assert s.timesteps(10, "log_snr_window", rho=1.5)[1] == s.timesteps(10, "log_snr_window")[1]

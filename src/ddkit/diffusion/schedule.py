@@ -193,10 +193,11 @@ class NoiseSchedule:
         t_max: int | None = None,
         *,
         min_log_snr: float | None = None,
+        rho: float = 1.0,
     ) -> list[int]:
         """See :func:`timesteps`; log-SNR spacing uses this schedule."""
         return timesteps(
-            self.T, n, spacing, t_max=t_max, log_snr=self.log_snr, min_log_snr=min_log_snr
+            self.T, n, spacing, t_max=t_max, log_snr=self.log_snr, min_log_snr=min_log_snr, rho=rho
         )
 
 
@@ -247,6 +248,7 @@ def timesteps(
     t_max: int | None = None,
     log_snr: np.ndarray | None = None,
     min_log_snr: float | None = None,
+    rho: float = 1.0,
 ) -> list[int]:
     """An explicit decreasing list of ``n`` distinct timestep indices in [0, t_max].
 
@@ -263,10 +265,16 @@ def timesteps(
         indices near 0 from n = 30 on).
       * ``"log_snr"``: uniform in log-SNR between t_max and 0 (needs ``log_snr``, the schedule's).
         With ``min_log_snr``, the first step goes from t_max straight to the log-SNR
-        ``min_log_snr`` and the other n - 1 are uniform in log-SNR above it: below a log-SNR of
-        about -4 the denoiser's x0 estimate is nearly the data mean, where a first-order
-        exponential-integrator step (DDIM, DPM-Solver++) is already exact, so steps spent
-        there are wasted.
+        ``min_log_snr`` and the other n - 1 are uniform in log-SNR above it.  Where the
+        denoiser's x0 estimate is nearly the data mean (below a log-SNR of about -4 for data of
+        few dimensions), a first-order exponential-integrator step (DDIM, DPM-Solver++) is
+        already exact and steps spent there are wasted.  In many dimensions modes separate at
+        a lower SNR (two modes' log-likelihood ratio grows as the SNR times their squared
+        distance, which grows with d), and the jump then sends some samples to other modes:
+        an error that steps after it do not remove (BENCHMARKS.md, "Few-step sampling on a
+        family of test mixtures").  ``rho`` > 1 packs the uniform part toward the data: the
+        k-th of m points from the data end sits at log-SNR lam_0 - (lam_0 - lo) (k / (m - 1))^rho
+        (lam_0 the log-SNR at index 0, lo at t_max or ``min_log_snr``); ``rho`` = 1 is uniform.
       * ``"log_snr_window"``: ``"log_snr"`` with ``min_log_snr`` = ``LOG_SNR_WINDOW`` (unless
         given).
       * a sequence of ints: used as given (validated, sorted decreasing); ``n`` must match its
@@ -277,6 +285,10 @@ def timesteps(
     if isinstance(t_max, bool) or not isinstance(t_max, (int, np.integer)) or not 0 <= t_max < T:
         raise ValueError(f"t_max={t_max!r} must be an integer in 0..{T - 1}")
     t_max = int(t_max)
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho < math.inf:
+        raise ValueError(f"rho={rho!r} must be a number > 0 (1: uniform in log-SNR)")
+    if rho != 1 and spacing not in ("log_snr", "log_snr_window"):
+        raise ValueError(f"rho={rho!r} shapes log_snr spacings, not {spacing!r}")
     if not isinstance(spacing, str):
         seq = list(spacing)
         if not seq:
@@ -329,7 +341,8 @@ def timesteps(
         if n == 1:
             seq = [t_max]
         else:
-            targets = np.linspace(lo, lam[0], n_uniform)[::-1]  # increasing in t
+            u = np.linspace(0.0, 1.0, n_uniform) ** rho  # 0 at the data end
+            targets = lam[0] + (lo - lam[0]) * u  # decreasing log-SNR: increasing in t
             if n_uniform < n:
                 targets = np.append(targets, lam[t_max])
             # lam is decreasing in t: nearest index for each target

@@ -41,8 +41,20 @@ def _adams_calls(steps: int, options: dict) -> int:
     return steps + options.get("tail", 1) * (2 * options.get("krylov", 1) - 1)
 
 
+def _ddpm_calls(steps: int, options: dict) -> int:
+    """One call per step with a fixed variance; with ``variance="tweedie"`` one Jacobian-vector
+    product per probe per step, with ``"tweedie_jacobian"`` ``krylov`` of them, each counted as
+    two calls as in :func:`_adams_calls`."""
+    variance = options.get("variance")
+    if variance == "tweedie":
+        return 2 * options.get("probes", 1) * steps
+    if variance == "tweedie_jacobian":
+        return 2 * options.get("krylov", 1) * steps
+    return steps
+
+
 SAMPLERS: dict[str, SamplerInfo] = {
-    "ddpm": SamplerInfo(sample_ddpm),
+    "ddpm": SamplerInfo(sample_ddpm, model_calls=_ddpm_calls),
     "ddim": SamplerInfo(sample_ddim),
     "euler_maruyama": SamplerInfo(sample_euler_maruyama),
     "pc": SamplerInfo(sample_pc, model_calls=lambda n, o: n * (1 + o.get("corrector_steps", 1))),

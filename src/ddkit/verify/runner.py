@@ -44,6 +44,7 @@ class SamplerConfig:
     spacing: str = "leading"
     options: dict = field(default_factory=dict)
     min_log_snr: float | None = None
+    rho: float = 1.0  # > 1 packs log-SNR steps toward the data (NoiseSchedule.timesteps)
 
     def steps_for(self, nfe: int) -> int:
         """The most timesteps whose model-call count fits in ``nfe``."""
@@ -62,7 +63,8 @@ class SamplerConfig:
 
     def timesteps(self, schedule: NoiseSchedule, nfe: int) -> list[int]:
         """The timesteps of :meth:`steps_for` ``nfe`` on ``schedule``."""
-        return schedule.timesteps(self.steps_for(nfe), self.spacing, min_log_snr=self.min_log_snr)
+        n = self.steps_for(nfe)
+        return schedule.timesteps(n, self.spacing, min_log_snr=self.min_log_snr, rho=self.rho)
 
 
 BEST = SamplerConfig("adams3 PC logSNR>-4", "adams3", "log_snr", min_log_snr=-4.0)

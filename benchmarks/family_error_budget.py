@@ -1,0 +1,147 @@
+"""Where a few-step sampler's misses on the test family come from: the draw, or the ODE.
+
+A sampler that ends with a posterior draw (``sample_adams(last="posterior")``) is two stages:
+the probability-flow ODE carries the initial noise to x_0, the smallest noise level, and one
+Gaussian draw shaped by Jacobian-vector products takes x_0 to the data.  Each stage is
+replaced in turn by an exact one, on every member of one split of :mod:`ddkit.verify.family`,
+with the reference samples and floors of ``ddkit verify`` (:func:`ddkit.verify.runner.setup`):
+
+* ``true x_0, m JVPs``: x_0 = sqrt(ab_0) x + sqrt(1 - ab_0) e from true samples x, then the
+  draw shaped by m products (``krylov`` = m): what the draw can do given the exact marginal;
+* ``fine ODE, m JVPs``: ``sample_adams`` (third order) on ``--fine`` (200) log-SNR steps to
+  timestep 0, then the draw: what the sampler can do when the ODE's error is negligible;
+* the candidate configurations at ``--nfe``, with the RMS distance of their x_0 to the fine
+  ODE's x_0 from the same initial noise, in units of the noise level at x_0 (``err``).
+
+Each member's line marks each metric inside (+) or not (.), row by row of the table, and the
+candidates' ``err``; each row of the table counts the members inside the floor on all three
+metrics per seed, beside a perfect sampler's expected count
+(:func:`ddkit.verify.runner.true_sample_rates`).
+
+    .venv/bin/python benchmarks/family_error_budget.py --split tuning --seeds 0 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from _machine import cpu_name  # noqa: E402
+
+from ddkit.diffusion.schedule import NoiseSchedule  # noqa: E402
+from ddkit.samplers import get_sampler  # noqa: E402
+from ddkit.samplers.ddpm import _jacobian_shaped_noise, ddpm_coefficients  # noqa: E402
+from ddkit.verify.family_report import family_problems  # noqa: E402
+from ddkit.verify.runner import SamplerConfig, metrics, setup, true_sample_rates  # noqa: E402
+
+POST = {"last": "posterior"}
+CANDIDATES = (
+    SamplerConfig("adams2 PC logSNR>-4 post", "adams2", "log_snr", POST, -4.0),
+    SamplerConfig("adams3 PC logSNR>-4 post", "adams3", "log_snr", POST, -4.0),
+    SamplerConfig("adams3 PC logSNR>-4 post k2", "adams3", "log_snr", {**POST, "krylov": 2}, -4.0),
+    SamplerConfig("adams3 PC logSNR>-6 post", "adams3", "log_snr", POST, -6.0),
+    SamplerConfig("adams3 PC logSNR post k2", "adams3", "log_snr", {**POST, "krylov": 2}),
+)
+
+
+def sample_with_x0(cfg: SamplerConfig, den, x_T, ts, seed):
+    """The sampler's output and its x at the last timestep (before the draw)."""
+    seen = {}
+
+    def keep(i, t, x, x0):
+        if t == ts[-1]:
+            seen["x"] = x.clone()
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    out = get_sampler(cfg.sampler)(den, x_T, ts, generator=gen, callback=keep, **cfg.options)
+    return out, seen["x"]
+
+
+def draw(den, x_0: torch.Tensor, krylov: int, gen: torch.Generator) -> torch.Tensor:
+    """The posterior draw of ``sample_adams(last="posterior")`` from x at timestep 0."""
+    c_x0, c_xt, sigma = ddpm_coefficients(den.schedule.alpha_bar(0), 1.0, "tweedie_jacobian")
+    x0_hat, shaped = _jacobian_shaped_noise(den, x_0, 0, sigma, c_x0, gen, krylov)
+    return x0_hat * c_x0 + c_xt * x_0 + shaped
+
+
+def true_x0(problem, den, seed: int) -> torch.Tensor:
+    """True samples noised to the smallest noise level (timestep 0)."""
+    ab = den.schedule.alpha_bar(0)
+    gen = torch.Generator().manual_seed((seed + 0x5BD1E995) % (1 << 32))
+    x, _ = problem.mixture.sample(problem.n, gen, dtype=torch.float64)
+    noise = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    return math.sqrt(ab) * x + math.sqrt(1.0 - ab) * noise
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="tuning", choices=("tuning", "held_out"))
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--nfe", type=int, default=20)
+    ap.add_argument("--fine", type=int, default=200, help="log-SNR steps of the fine ODE")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    args = ap.parse_args()
+    print(
+        f"# error budget on the {args.split} family, {time.strftime('%Y-%m-%d')}, "
+        f"torch {torch.__version__}, {cpu_name()}, n={args.n}, NFE {args.nfe}"
+    )
+    schedule = NoiseSchedule.make("linear", 1000)
+    s_0 = math.sqrt(1.0 - schedule.alpha_bar(0))
+    fine = SamplerConfig("fine ODE", "adams3", "log_snr", POST)
+    counts: dict[str, list[int]] = {}
+    errors: dict[str, list[float]] = {}
+    perfect = []
+    for seed in args.seeds:
+        per_seed: dict[str, int] = {}
+        perfect.append(0.0)
+        for problem in family_problems(args.split, args.n):
+            ref, ref_disp, floor, x_T = setup(problem, seed, 8)
+            den = problem.mixture.denoiser(schedule)
+            perfect[-1] += true_sample_rates(problem, ref, ref_disp, floor, seed)["all"]
+            x0_true = true_x0(problem, den, seed)
+            _, x0_fine = sample_with_x0(fine, den, x_T, fine.timesteps(schedule, args.fine), seed)
+            outputs = {}
+            for start, x_0 in (("true x_0", x0_true), ("fine ODE", x0_fine)):
+                for m in (1, 2):
+                    gen = torch.Generator().manual_seed(seed + 1)
+                    outputs[f"{start}, {m} JVPs"] = draw(den, x_0, m, gen)
+            member_errors = []
+            for cfg in CANDIDATES:
+                out, x0 = sample_with_x0(cfg, den, x_T, cfg.timesteps(schedule, args.nfe), seed)
+                outputs[cfg.label] = out
+                err = float((x0 - x0_fine).pow(2).mean().sqrt()) / s_0
+                errors.setdefault(cfg.label, []).append(err)
+                member_errors.append(f"{err:.2f}")
+            marks = []
+            for label, x in outputs.items():
+                ok = floor.inside(metrics(x, ref, problem.mixture, ref_disp))
+                per_seed[label] = per_seed.get(label, 0) + all(ok.values())
+                marks.append("".join("+" if ok[k] else "." for k in ("ed", "disp", "ll")))
+            print(
+                f"seed {seed} {problem.name:<28} {' '.join(marks)}  err {' '.join(member_errors)}",
+                flush=True,
+            )
+        for label, c in per_seed.items():
+            counts.setdefault(label, []).append(c)
+    members = len(family_problems(args.split, args.n))
+    print(f"\n| stage replaced | inside (of {members}), seeds | mean | err, median / max |")
+    print("|---|---|---|---|")
+    for label, c in counts.items():
+        e = errors.get(label)
+        spread = f"{statistics.median(e):.2f} / {max(e):.2f}" if e else "-"
+        print(f"| {label} | {', '.join(map(str, c))} | {sum(c) / len(c):.1f} | {spread} |")
+    mean = sum(perfect) / len(perfect)
+    print(
+        f"| a perfect sampler (expected) | {', '.join(f'{p:.1f}' for p in perfect)} "
+        f"| {mean:.1f} | - |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -266,3 +266,41 @@ def test_mixture_lowrank_is_deterministic_given_seed():
 def test_invalid_mixtures_raise(weights, means, covs):
     with pytest.raises(ValueError):
         GaussianMixture(weights, means, covs)
+
+
+@pytest.mark.parametrize("ab", [0.9999, 0.5, 0.05])
+def test_posterior_sample_has_the_tweedie_mean_and_covariance(ab):
+    """Draws of x0 | x_t for one x_t have mean E[x0 | x_t] and covariance (s^2 / a) times the
+    Jacobian of that mean (Tweedie's second-order formula, by autograd): the mixture posterior's
+    spread between components included."""
+    mix = mixture_2d()
+    gen = torch.Generator().manual_seed(3)
+    x_t = math.sqrt(ab) * mix.sample(1, gen, dtype=torch.float64)[0] + 0.3 * math.sqrt(1 - ab)
+    n = 200_000
+    draws = mix.posterior_sample(x_t.expand(n, 2), ab, gen)
+    mean = mix.posterior_mean(x_t, ab)[0]
+    jac = torch.autograd.functional.jacobian(lambda y: mix.posterior_mean(y[None], ab)[0], x_t[0])
+    cov = (1 - ab) / math.sqrt(ab) * jac
+    se = (torch.diagonal(cov) / n).sqrt()
+    assert torch.all((draws.mean(0) - mean).abs() < 5 * se)
+    se_cov = ((torch.diagonal(cov)[:, None] * torch.diagonal(cov)[None] + cov**2) / n).sqrt()
+    assert torch.all((torch.cov(draws.T) - cov).abs() < 6 * se_cov)
+
+
+def test_posterior_sample_of_noised_data_is_the_data():
+    """x0 -> x_t -> x0' ~ p(x0 | x_t) leaves the data distribution unchanged: the component
+    frequencies of x0' match the weights (x0' assigned to its most likely component)."""
+    mix = mixture_2d()
+    gen = torch.Generator().manual_seed(8)
+    n, ab = 100_000, 0.3
+    x0, _ = mix.sample(n, gen, dtype=torch.float64)
+    x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(x0.shape, generator=gen).double()
+    back = mix.posterior_sample(x_t, ab, gen)
+    for y in (x0, back):
+        assert y.dtype == torch.float64 and y.shape == (n, 2)
+    label = mix.responsibilities(back).argmax(1)
+    label_true = mix.responsibilities(x0).argmax(1)
+    for j in range(mix.n_components):
+        f, f_true = (label == j).double().mean(), (label_true == j).double().mean()
+        assert abs(f - f_true) < 5 * math.sqrt(2 * f_true * (1 - f_true) / n)
+    assert torch.allclose(back.mean(0), x0.mean(0), atol=5 * float(x0.std(0).max()) / n**0.5)

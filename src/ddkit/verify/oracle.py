@@ -171,6 +171,27 @@ class GaussianMixture:
         corr = torch.bmm(weighted, self.eigvecs.transpose(1, 2)).sum(0)  # sum_k r_k Q_k (...)
         return r @ self.means + corr
 
+    def posterior_sample(
+        self, x: torch.Tensor, alpha_bar: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """x0 ~ p(x0 | x_t = x) at alpha_bar exactly, [n, d] float64: a component k drawn with
+        its responsibility r_k(x), then x0 from that component's Gaussian posterior, whose
+        covariance has C_k's eigenvectors and eigenvalues l s^2 / (a^2 l + s^2)."""
+        a2 = float(alpha_bar)
+        a, s2 = math.sqrt(a2), 1.0 - a2
+        x = x.to(torch.float64)
+        k = torch.multinomial(self.responsibilities(x, a2), 1, generator=generator).squeeze(1)
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        out = torch.empty_like(x)
+        for j in torch.unique(k).tolist():
+            rows, lam, q = k == j, self.eigvals[j], self.eigvecs[j]
+            proj = (x[rows] - a * self.means[j]) @ q  # in C_k's eigenbasis
+            draw = (
+                proj * (a * lam / (a2 * lam + s2)) + z[rows] * (lam * s2 / (a2 * lam + s2)).sqrt()
+            )
+            out[rows] = self.means[j] + draw @ q.T
+        return out
+
     def score(self, x: torch.Tensor, alpha_bar: float) -> torch.Tensor:
         """grad log p_t(x) = (a E[x0|x] - x) / s^2, float64."""
         a2 = float(alpha_bar)

@@ -1,8 +1,8 @@
 """Choosing the few-step default on the tuning family, and checking it on the held-out family.
 
 Candidate configurations (grid, its packing toward the data, first-step window, solver order,
-corrector, last step: the ODE's own, or a tail of 1 to 4 posterior draws, each shaped by 1 to 4
-Jacobian-vector products)
+corrector, the variable x0_hat is interpolated in, last step: the ODE's own, or a tail of 1 to 4
+posterior draws, each shaped by 1 to 4 Jacobian-vector products)
 run with the exact denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE
 5, 10 and 20 (where the budget leaves the draws their steps and calls); the table is the worst
 case over the members (:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest
@@ -78,6 +78,29 @@ def candidates() -> list[SamplerConfig]:
         out.append(SamplerConfig(f"adams3 PC logSNR>-6 post k{m}", "adams3", "log_snr", lz, -6.0))
         out.append(SamplerConfig(f"adams3 PC logSNR post k{m}", "adams3", "log_snr", lz))
         out.append(SamplerConfig(f"adams2 PC logSNR post k{m}", "adams2", "log_snr", lz))
+    sig = {"interpolate": "sigma"}  # x0_hat interpolated in sigma / alpha (sample_adams)
+    for order in (2, 3):
+        name = f"adams{order}"
+        out += [
+            SamplerConfig(f"{name} PC logSNR>-4 sigma", name, "log_snr", sig, -4.0),
+            SamplerConfig(
+                f"{name} PC logSNR>-4 post sigma", name, "log_snr", {**post, **sig}, -4.0
+            ),
+            SamplerConfig(f"{name} PC logSNR post sigma", name, "log_snr", {**post, **sig}),
+        ]
+    out.append(
+        SamplerConfig("adams2 PC logSNR>-6 post sigma", "adams2", "log_snr", {**post, **sig}, -6.0)
+    )
+    for order in (2, 3):
+        for window in (None, -3.0, -5.0, -6.0):
+            name = "" if window is None else f">{window:g}"
+            label = f"adams{order} PC logSNR{name} sigma"
+            out.append(SamplerConfig(label, f"adams{order}", "log_snr", sig, window))
+    out.append(
+        SamplerConfig(
+            "adams3 P logSNR>-4 sigma", "adams3", "log_snr", {"corrector": False, **sig}, -4.0
+        )
+    )
     return out
 
 

@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--pilot", type=int, default=32)
     ap.add_argument("--evals", type=int, default=40)
     ap.add_argument("--reference-steps", type=int, default=200)
+    ap.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=("adams2", "adams3"))
+    ap.add_argument("--interpolate", default="sigma", choices=("log_snr", "sigma"))
     args = ap.parse_args()
     trained = load_trained(args.run)
     featnet = feature_network(trained)
@@ -51,15 +53,18 @@ def main():
         f"# tuned vs default grid, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
         f"{cpu_name()}, {torch.get_num_threads()} threads; {args.run} step {trained.step}; "
         f"{featnet.metric_name} of {args.num} samples vs {len(ref)} training images; sampler "
-        f"{DEFAULT_SAMPLER}, start grid {DEFAULT_SPACING}",
+        f"{args.sampler} ({args.interpolate}), start grid {DEFAULT_SPACING}",
         flush=True,
     )
+    options = {"interpolate": args.interpolate}
     rows = []
     for nfe in args.nfe:
         entry = tune_steps(
             trained,
             args.run,
             nfe=nfe,
+            sampler=args.sampler,
+            options=options,
             pilot=args.pilot,
             check=args.pilot,
             reference_steps=args.reference_steps,
@@ -68,8 +73,8 @@ def main():
         )
         steps = len(entry["timesteps"])
         specs = {
-            "default": SampleSpec(DEFAULT_SAMPLER, steps, DEFAULT_SPACING),
-            "tuned": SampleSpec(DEFAULT_SAMPLER, steps, tuple(entry["timesteps"])),
+            "default": SampleSpec(args.sampler, steps, DEFAULT_SPACING, options),
+            "tuned": SampleSpec(args.sampler, steps, tuple(entry["timesteps"]), options),
         }
         for name, spec in specs.items():
             fids = []

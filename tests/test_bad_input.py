@@ -156,6 +156,13 @@ def test_sample_refuses_a_huge_num_before_allocating(run, cwd, capsys):
     nothing_in(cwd)
 
 
+def test_sample_interpolate_only_for_the_adams_samplers(run, cwd, capsys):
+    base = ["sample", run, "--steps", "3", "--num", "2", "--out", "o"]
+    refused(capsys, [*base, "--sampler", "ddim", "--interpolate", "sigma"], "no option")
+    refused(capsys, [*base, "--sampler", "adams2", "--interpolate", "time"], "--interpolate")
+    nothing_in(cwd)
+
+
 def test_eval_refuses_huge_probes(run, cwd, capsys):
     argv = ["eval", run, "--bpd", "--ode-steps", "3", "--probes", HUGE, "--out", "o"]
     refused(capsys, argv, "--probes", "memory")

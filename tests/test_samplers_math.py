@@ -16,6 +16,7 @@ from ddkit.noise import PhiloxNoise
 from ddkit.samplers import (
     SAMPLERS,
     ddim_invert,
+    sample_adams,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp,
@@ -299,6 +300,65 @@ def test_adams_weights_integrate_polynomials_exactly(k, h):
         exact = float(simpson @ (np.exp(grid - lam_s - h) * (grid - lam_s) ** m))
         got = float(w @ (np.asarray(nodes) - lam_s) ** m)
         assert got == pytest.approx(exact, rel=1e-9, abs=1e-15), (m, got, exact)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("h", [1e-3, 0.3, 1.5, 4.0])
+def test_adams_weights_in_sigma_integrate_polynomials_in_sigma_exactly(k, h):
+    """interpolate="sigma": sum_j w_j p(v_j) = integral exp(lam - lam_t) p(exp(-lam)) d lam for
+    every polynomial p of degree < k in v = sigma / alpha = exp(-lam), in closed form:
+    integral exp(lam - lam_t) exp(-m lam) d lam = exp(-lam_t) (h if m = 1, else
+    (exp((1 - m) lam_t) - exp((1 - m) lam_s)) / (1 - m))."""
+    lam_s = 0.7
+    lam_t = lam_s + h
+    nodes = [lam_t, lam_s, lam_s - 0.8 * h][:k]
+    w = _adams_weights(nodes, lam_s, lam_t, "sigma")
+    for m in range(k):
+        if m == 1:
+            exact = math.exp(-lam_t) * h
+        else:
+            exact = math.exp(-lam_t) * (math.exp((1 - m) * lam_t) - math.exp((1 - m) * lam_s))
+            exact /= 1 - m
+        got = float(w @ np.exp(-m * np.asarray(nodes)))
+        assert got == pytest.approx(exact, rel=1e-9, abs=1e-15), (m, got, exact)
+
+
+def test_adams_in_sigma_converges_to_the_gaussian_flow_at_its_order():
+    """For data N(m, std^2 I) the probability-flow ODE keeps (x_t - a_t m) / sqrt(a_t^2 std^2 +
+    s_t^2) constant; sample_adams with interpolate="sigma" reaches that map at timestep 0, its
+    error falling about 2^order-fold when the steps halve (orders 2 and 3, predictor only)."""
+    m, std = np.array([0.3, -0.2]), 0.05
+    gm = _gaussian(m, std)
+    den = gm.denoiser(SCHED)
+    x_T = torch.randn(200, 2, generator=_gen(5), dtype=torch.float64)
+    a0, a_T = math.sqrt(_ab(0)), math.sqrt(_ab(T - 1))
+    scale = math.sqrt(a0**2 * std**2 + 1 - a0**2) / math.sqrt(a_T**2 * std**2 + 1 - a_T**2)
+    mt = torch.tensor(m)
+    for order in (2, 3):
+        errors = []
+        for n in (20, 40, 80):
+            seen = {}
+            ts = SCHED.timesteps(n, "log_snr")
+
+            def keep(i, t, x, x0, ts=ts, seen=seen):
+                if t == ts[-1]:
+                    seen["x"] = x
+
+            sample_adams(
+                den, x_T, ts, order=order, corrector=False, interpolate="sigma", callback=keep
+            )
+            exact = a0 * mt + scale * (x_T - a_T * mt)
+            errors.append(float((seen["x"] - exact).abs().max()))
+        assert errors[-1] < 1e-3, errors
+        rates = [a / b for a, b in zip(errors, errors[1:])]
+        assert min(rates) > 0.6 * 2**order, (order, errors)
+
+
+def test_adams_interpolate_is_validated():
+    den = MIX.denoiser(SCHED)
+    x_T = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="interpolate='time'.*allowed: log_snr, sigma"):
+        sample_adams(den, x_T, [999, 0], interpolate="time")
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -22,8 +22,18 @@ from .samplers import SAMPLERS, get_sampler
 SAMPLER_OPTIONS: dict[str, dict[str, tuple | type | None]] = {
     "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
     "ddim": {"eta": None},
-    "adams2": {"last": ("ode", "posterior"), "tail": int, "krylov": int},
-    "adams3": {"last": ("ode", "posterior"), "tail": int, "krylov": int},
+    "adams2": {
+        "last": ("ode", "posterior"),
+        "tail": int,
+        "krylov": int,
+        "interpolate": ("log_snr", "sigma"),
+    },
+    "adams3": {
+        "last": ("ode", "posterior"),
+        "tail": int,
+        "krylov": int,
+        "interpolate": ("log_snr", "sigma"),
+    },
 }
 
 # options that shape only how an ODE sampler ends (a grid tuned for the ODE serves any of them)

@@ -135,6 +135,8 @@ def _sampler_options(args) -> dict:
         options["last"] = args.last_step
     if getattr(args, "krylov", None) is not None:
         options["krylov"] = args.krylov
+    if getattr(args, "interpolate", None) is not None:
+        options["interpolate"] = args.interpolate
     return options
 
 
@@ -236,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="adams2/adams3 with --last-step posterior: Jacobian-vector products that shape the "
         "draw (default 1; m: a Lanczos square root, 2m model calls)",
+    )
+    s.add_argument(
+        "--interpolate",
+        choices=("log_snr", "sigma"),
+        help="adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha",
     )
     s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     s.add_argument("--seed", type=random_seed, default=0)

@@ -24,9 +24,9 @@ count (:func:`ddkit.verify.runner.true_sample_rates`), and the members with disp
 
     .venv/bin/python benchmarks/family_error_budget.py --split tuning --seeds 0 1 2 3
 
-``--gaussians`` prints only the dispersion of ddkit's default (both ends), the earlier default
-and the candidates on a single isotropic Gaussian per width (32-D): the ODE's own step error,
-with nothing else to blame.
+``--gaussians`` prints only the dispersion of ddkit's default, adams3 interpolating x0_hat in
+sigma / alpha (both ends) and the candidates on a single isotropic Gaussian per width (32-D):
+the ODE's own step error, with nothing else to blame.
 """
 
 from __future__ import annotations
@@ -98,11 +98,14 @@ def gaussians(nfe: int, dim: int = 32, n: int = 4000) -> None:
     choose between and no mixture posterior, so whatever is off is the ODE's step error (and the
     draw is exact: the posterior of a Gaussian is Gaussian, and isotropic)."""
     schedule = NoiseSchedule.make("linear", 1000)
-    post = SamplerConfig(
-        f"{FEW_STEP.label} post", FEW_STEP.sampler, FEW_STEP.spacing, {**FEW_STEP.options, **POST}
-    )
-    earlier = SamplerConfig("adams2 PC logSNR>-4", "adams2", "log_snr_window")
-    configs = (FEW_STEP, post, earlier) + CANDIDATES
+    sig = {"interpolate": "sigma"}
+    configs = (
+        FEW_STEP,
+        SamplerConfig("adams3 PC logSNR>-4 sigma", "adams3", "log_snr_window", sig),
+        SamplerConfig(
+            "adams3 PC logSNR>-4 sigma post", "adams3", "log_snr_window", {**sig, **POST}
+        ),
+    ) + CANDIDATES
     print(f"\n| std (spread 0.5), d = {dim} | " + " | ".join(c.label for c in configs) + " |")
     print("|---" * (len(configs) + 1) + "|")
     for std in (0.005, 0.02, 0.05, 0.1, 0.25, 0.5):

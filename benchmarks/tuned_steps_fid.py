@@ -16,20 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-from _machine import cpu_name  # noqa: E402
+from _fid import header, load_for_fid  # noqa: E402
 
-from ddkit.evaluation.quality import (  # noqa: E402
-    feature_network,
-    reference_features,
-    sample_quality,
-)
+from ddkit.evaluation.quality import sample_quality  # noqa: E402
 from ddkit.generation import SampleSpec  # noqa: E402
-from ddkit.trained import load_trained  # noqa: E402
 from ddkit.tuned_steps import DEFAULT_SAMPLER, DEFAULT_SPACING, tune_steps  # noqa: E402
 
 
@@ -43,28 +36,16 @@ def main():
     ap.add_argument("--pilot", type=int, default=32)
     ap.add_argument("--evals", type=int, default=40)
     ap.add_argument("--reference-steps", type=int, default=200)
-    ap.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=("adams2", "adams3"))
-    ap.add_argument("--interpolate", default="sigma", choices=("log_snr", "sigma"))
     args = ap.parse_args()
-    trained = load_trained(args.run)
-    featnet = feature_network(trained)
-    ref = reference_features(featnet, trained.config.data, args.ref_num)
-    print(
-        f"# tuned vs default grid, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}, "
-        f"{cpu_name()}, {torch.get_num_threads()} threads; {args.run} step {trained.step}; "
-        f"{featnet.metric_name} of {args.num} samples vs {len(ref)} training images; sampler "
-        f"{args.sampler} ({args.interpolate}), start grid {DEFAULT_SPACING}",
-        flush=True,
-    )
-    options = {"interpolate": args.interpolate}
+    trained, featnet, ref = load_for_fid(args.run, args.ref_num)
+    title = f"tuned vs default grid ({DEFAULT_SAMPLER}, start grid {DEFAULT_SPACING})"
+    print(header(title, args.run, trained, featnet, ref, args.num), flush=True)
     rows = []
     for nfe in args.nfe:
         entry = tune_steps(
             trained,
             args.run,
             nfe=nfe,
-            sampler=args.sampler,
-            options=options,
             pilot=args.pilot,
             check=args.pilot,
             reference_steps=args.reference_steps,
@@ -73,8 +54,8 @@ def main():
         )
         steps = len(entry["timesteps"])
         specs = {
-            "default": SampleSpec(args.sampler, steps, DEFAULT_SPACING, options),
-            "tuned": SampleSpec(args.sampler, steps, tuple(entry["timesteps"]), options),
+            "default": SampleSpec(DEFAULT_SAMPLER, steps, DEFAULT_SPACING),
+            "tuned": SampleSpec(DEFAULT_SAMPLER, steps, tuple(entry["timesteps"])),
         }
         for name, spec in specs.items():
             fids = []

@@ -122,17 +122,15 @@ def test_cli_tunes_stores_and_samples_with_the_grid(run_folder, tmp_path, capsys
     argv = ["tune-steps", str(run_folder), "--nfe", "5", "--pilot", "16", "--check", "16"]
     assert main([*argv, "--evals", "12", "--reference-steps", "40"]) == 0
     (entry,) = read_grids(run_folder, 100)
-    assert entry["sampler"] == "adams3" and entry["nfe"] == 5 and len(entry["timesteps"]) == 5
-    assert entry["options"] == {"interpolate": "sigma"}  # the few-step default's
+    assert entry["sampler"] == "adams2" and entry["nfe"] == 5 and len(entry["timesteps"]) == 5
     pilot = entry["rms_to_reference"]["pilot"]
     assert pilot["tuned"] <= pilot["start"] and entry["evaluations"] <= 12
     assert main([*argv, "--evals", "8", "--sampler", "dpmpp_2m"]) == 0
-    assert main([*argv, "--evals", "8"]) == 0  # replaces the adams3 entry
-    assert sorted(g["sampler"] for g in read_grids(run_folder, 100)) == ["adams3", "dpmpp_2m"]
-    (entry,) = [g for g in read_grids(run_folder, 100) if g["sampler"] == "adams3"]
+    assert main([*argv, "--evals", "8"]) == 0  # replaces the adams2 entry
+    assert sorted(g["sampler"] for g in read_grids(run_folder, 100)) == ["adams2", "dpmpp_2m"]
+    (entry,) = [g for g in read_grids(run_folder, 100) if g["sampler"] == "adams2"]
     out = tmp_path / "s"
-    args = ["sample", str(run_folder), "--sampler", "adams3", "--interpolate", "sigma"]
-    args += ["--num", "8", "--out", str(out)]
+    args = ["sample", str(run_folder), "--sampler", "adams2", "--num", "8", "--out", str(out)]
     assert main([*args, "--steps", "tuned"]) == 0
     settings = json.loads((out / "sampler.json").read_text())
     assert settings["timesteps"] == entry["timesteps"] and settings["steps"] == 5
@@ -140,34 +138,17 @@ def test_cli_tunes_stores_and_samples_with_the_grid(run_folder, tmp_path, capsys
     assert main([*args[:-1], str(post), "--steps", "tuned", "--last-step", "posterior"]) == 0
     settings = json.loads((post / "sampler.json").read_text())
     assert settings["timesteps"] == entry["timesteps"] and settings["nfe"] == 6
-    assert settings["options"] == {"interpolate": "sigma", "last": "posterior"}
+    assert settings["options"] == {"last": "posterior"}
     capsys.readouterr()
     assert main([*args[:-1], str(tmp_path / "s2"), "--steps", "tuned:7"]) == 2
     one_line_error(capsys, "tuned:5", "tune-steps")
     assert not (tmp_path / "s2").exists()
-    plain = [a for a in args if a not in ("--interpolate", "sigma")]  # other options: refused
-    assert main([*plain[:-1], str(tmp_path / "s3"), "--steps", "tuned"]) == 2
-    one_line_error(capsys, "interpolate", "sigma")
-    assert not (tmp_path / "s3").exists()
     with pytest.raises(SystemExit) as exit_:
         main(["tune-steps", str(run_folder), "--nfe", "5", "--sampler", "ddpm"])
     assert exit_.value.code == 2
     one_line_error(capsys, "ddpm", "adams2")
-    assert (
-        main(
-            [
-                "tune-steps",
-                str(run_folder),
-                "--nfe",
-                "5",
-                "--sampler",
-                "ddim",
-                "--interpolate",
-                "sigma",
-            ]
-        )
-        == 2
-    )
+    ddim = ["tune-steps", str(run_folder), "--nfe", "5", "--sampler", "ddim"]
+    assert main([*ddim, "--interpolate", "sigma"]) == 2
     one_line_error(capsys, "--interpolate", "adams2")
 
 
@@ -245,8 +226,7 @@ def test_a_tuned_grid_with_a_posterior_end_warns(run_folder, tmp_path, capsys):
     with a posterior draw at the end at NFE 5 and 10, and sample says so in one line."""
     assert main(["tune-steps", str(run_folder), "--nfe", "4", "--pilot", "8", "--check", "8",
                  "--evals", "4", "--reference-steps", "20"]) == 0  # fmt: skip
-    args = ["sample", str(run_folder), "--sampler", "adams3", "--interpolate", "sigma"]
-    args += ["--num", "4", "--steps", "tuned"]
+    args = ["sample", str(run_folder), "--sampler", "adams2", "--num", "4", "--steps", "tuned"]
     for extra, warns in (([], False), (["--last-step", "posterior"], True)):
         capsys.readouterr()
         assert main([*args, *extra, "--out", str(tmp_path / f"s{len(extra)}")]) == 0

@@ -28,10 +28,7 @@ FILE = "tuned_steps.json"
 FORMAT = "ddkit-tuned-steps"
 TUNABLE = ("adams2", "adams3", "dpmpp_2m", "dpmpp_3m", "heun", "ddim")
 """Samplers whose result is a deterministic function of the initial noise (``ddim`` at eta 0)."""
-DEFAULT_SAMPLER, DEFAULT_SPACING = "adams3", "log_snr_window"
-DEFAULT_OPTIONS = {"interpolate": "sigma"}
-"""The options of the few-step default (``ddkit.verify.runner.FEW_STEP``), which the adams
-samplers are tuned with when none are given."""
+DEFAULT_SAMPLER, DEFAULT_SPACING = "adams2", "log_snr_window"
 _MAX_BYTES = 1 << 20
 
 
@@ -122,15 +119,11 @@ def tune_steps(
 ) -> dict:
     """Tune the grid of ``sampler`` at ``nfe`` model calls for the model ``trained`` (loaded from
     ``checkpoint``), starting from ``spacing``, on ``pilot`` initial noises drawn from ``seed``;
-    measure start and tuned grids on ``check`` further noises (``options`` None: those of the
-    few-step default, :data:`DEFAULT_OPTIONS`, for the adams samplers); store the entry in the
-    run folder's ``tuned_steps.json`` (replacing one for the same sampler, options and NFE) and
-    return it.
+    measure start and tuned grids on ``check`` further noises; store the entry in the run folder's
+    ``tuned_steps.json`` (replacing one for the same sampler, options and NFE) and return it.
     The grid is tuned with the ODE's own last step; sampling with ``last="posterior"`` uses the
     same timesteps, its last ``tail`` steps draws (2 krylov - 1 model calls more each)."""
-    if options is None:
-        options = dict(DEFAULT_OPTIONS) if sampler in ("adams2", "adams3") else {}
-    options = {k: v for k, v in options.items() if k not in DRAW_OPTIONS}  # ODE end
+    options = {k: v for k, v in (options or {}).items() if k not in DRAW_OPTIONS}  # ODE end
     _check_sampler(sampler, options)
     for name, v in (("pilot", pilot), ("check", check), ("reference_steps", reference_steps)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

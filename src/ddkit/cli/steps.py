@@ -30,10 +30,10 @@ def _cmd_tune_steps(args) -> int:
     check_device(args.device, "--device")
     check_seed(args.seed, "--seed")
     options = {} if args.sampler != "ddim" else {"eta": 0.0}
-    if args.sampler in ("adams2", "adams3"):
-        options["interpolate"] = args.interpolate or "sigma"
-    elif args.interpolate is not None:
-        raise ValueError(f"--interpolate {args.interpolate}: only adams2 and adams3 take it")
+    if args.interpolate is not None:
+        if args.sampler not in ("adams2", "adams3"):
+            raise ValueError(f"--interpolate {args.interpolate}: only adams2 and adams3 take it")
+        options["interpolate"] = args.interpolate
     trained = load_trained(args.checkpoint, args.weights, args.device)
     tune_steps(
         trained,
@@ -55,7 +55,7 @@ def _cmd_tune_steps(args) -> int:
 
 # names only, without importing torch at parse time: ddkit.tuned_steps.TUNABLE and its defaults
 TUNABLE_NAMES = ("adams2", "adams3", "dpmpp_2m", "dpmpp_3m", "heun", "ddim")
-DEFAULT_SAMPLER, DEFAULT_SPACING = "adams3", "log_snr_window"
+DEFAULT_SAMPLER, DEFAULT_SPACING = "adams2", "log_snr_window"
 
 
 def add_tune_steps_command(sub) -> None:
@@ -73,7 +73,7 @@ def add_tune_steps_command(sub) -> None:
     t.add_argument(
         "--interpolate",
         choices=("log_snr", "sigma"),
-        help="adams2/adams3: x0_hat interpolated in sigma/alpha (default) or log-SNR",
+        help="adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha",
     )
     t.add_argument("--pilot", type=positive_int, default=64, help="initial noises tuned on")
     t.add_argument("--check", type=positive_int, default=64, help="further noises measured on")

@@ -71,13 +71,10 @@ BEST = SamplerConfig("adams3 PC logSNR>-4", "adams3", "log_snr", min_log_snr=-4.
 """Third-order exponential Adams predictor-corrector (:func:`ddkit.samplers.sample_adams`) on a
 log-SNR grid whose first step jumps to log-SNR -4: the most accurate on the two mixtures here."""
 
-FEW_STEP = SamplerConfig(
-    "adams3 PC logSNR>-4 sigma", "adams3", "log_snr_window", {"interpolate": "sigma"}
-)
-"""ddkit's few-step default (``ddkit sample --sampler adams3 --spacing log_snr_window
---interpolate sigma``, the start of ``ddkit tune-steps``): third-order exponential Adams
-predictor-corrector interpolating x0_hat in sigma / alpha, on the log-SNR grid whose first step
-jumps to log-SNR -4, chosen among grids, windows, orders, correctors, interpolation variables and
+FEW_STEP = SamplerConfig("adams2 PC logSNR>-4", "adams2", "log_snr_window")
+"""ddkit's few-step default (``ddkit sample --sampler adams2 --spacing log_snr_window``, the
+start of ``ddkit tune-steps``): second-order exponential Adams predictor-corrector on the log-SNR
+grid whose first step jumps to log-SNR -4, chosen among grids, windows, orders, correctors and
 last steps on the tuning family of test mixtures by the rule in BENCHMARKS.md
 (``benchmarks/family_defaults.py``) and reported on the held-out family (``ddkit verify --family
 held_out``).  Its last step is the ODE's own; ``last="posterior"`` (one model call more) trades
@@ -97,15 +94,8 @@ CONFIGS: tuple[SamplerConfig, ...] = (
     SamplerConfig("dpm++2m", "dpmpp_2m", "log_snr"),
     SamplerConfig("dpm++3m logSNR>-4", "dpmpp_3m", "log_snr", min_log_snr=-4.0),
     BEST,
-    SamplerConfig("adams2 PC logSNR>-4", "adams2", "log_snr_window"),
-    SamplerConfig("adams2 PC logSNR>-4 post", "adams2", "log_snr_window", {"last": "posterior"}),
     FEW_STEP,
-    SamplerConfig(
-        "adams3 PC logSNR>-4 post sigma",
-        "adams3",
-        "log_snr_window",
-        {"last": "posterior", "interpolate": "sigma"},
-    ),
+    SamplerConfig("adams2 PC logSNR>-4 post", "adams2", "log_snr_window", {"last": "posterior"}),
 )
 
 FAMILY_LABELS = (
@@ -114,7 +104,7 @@ FAMILY_LABELS = (
     "dpm++3m logSNR>-4",
     BEST.label,
     FEW_STEP.label,
-    "adams3 PC logSNR>-4 post sigma",
+    "adams2 PC logSNR>-4 post",
 )
 """The deterministic few-step configurations ``ddkit verify --family`` runs by default."""
 

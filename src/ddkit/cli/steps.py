@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli_checks import positive_int, random_seed
+from .sampling import INTERPOLATIONS
 
 
 def steps_arg(text: str) -> int | str:
@@ -72,7 +73,7 @@ def add_tune_steps_command(sub) -> None:
     t.add_argument("--spacing", default=DEFAULT_SPACING, help="the grid the search starts from")
     t.add_argument(
         "--interpolate",
-        choices=("log_snr", "sigma"),
+        choices=INTERPOLATIONS,
         help="adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha",
     )
     t.add_argument("--pilot", type=positive_int, default=64, help="initial noises tuned on")

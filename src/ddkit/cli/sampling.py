@@ -1,0 +1,42 @@
+"""The sampler options that ``ddkit sample`` and ``ddkit eval --fid`` share, and the dict of
+options they become (checked by :class:`ddkit.generation.SampleSpec` against the sampler)."""
+
+from __future__ import annotations
+
+from ..cli_checks import finite_float, positive_int
+
+# ddkit.samplers.ode.INTERPOLATIONS, named here so parsing does not import torch
+INTERPOLATIONS = ("log_snr", "sigma")
+
+
+def add_sampler_options(parser, suffix: str = "") -> None:
+    """``--eta``, ``--variance``, ``--last-step``, ``--krylov``, ``--interpolate`` on ``parser``;
+    ``suffix`` ends each help text (e.g. " for --fid")."""
+    parser.add_argument(
+        "--eta", type=finite_float(), help=f"DDIM eta (>= 0; 0 is deterministic){suffix}"
+    )
+    parser.add_argument(
+        "--variance",
+        help=f"DDPM variance: fixed_small, fixed_large, tweedie, tweedie_jacobian{suffix}",
+    )
+    parser.add_argument(
+        "--last-step", help=f"adams2/adams3's last step: ode, or posterior (a draw){suffix}"
+    )
+    parser.add_argument(
+        "--krylov",
+        type=positive_int,
+        help="adams2/adams3 with --last-step posterior: Jacobian-vector products that shape the "
+        f"draw (default 1; m: a Lanczos square root, 2m model calls){suffix}",
+    )
+    parser.add_argument(
+        "--interpolate",
+        choices=INTERPOLATIONS,
+        help=f"adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha{suffix}",
+    )
+
+
+def sampler_options(args) -> dict:
+    """The options given on the command line, by the samplers' keyword names."""
+    names = {"eta": "eta", "variance": "variance", "last_step": "last", "krylov": "krylov"}
+    names["interpolate"] = "interpolate"
+    return {key: getattr(args, arg) for arg, key in names.items() if getattr(args, arg) is not None}

@@ -1,8 +1,8 @@
 """Choosing the few-step default on the tuning family, and checking it on the held-out family.
 
 Candidate configurations (grid, its packing toward the data, first-step window, solver order,
-corrector, the variable x0_hat is interpolated in, last step: the ODE's own, or a tail of 1 to 4
-posterior draws, each shaped by 1 to 4 Jacobian-vector products)
+corrector, the variable x0_hat is interpolated in, the order limiter, last step: the ODE's own,
+or a tail of 1 to 4 posterior draws, each shaped by 1 to 4 Jacobian-vector products)
 run with the exact denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE
 5, 10 and 20 (where the budget leaves the draws their steps and calls); the table is the worst
 case over the members (:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest
@@ -101,6 +101,13 @@ def candidates() -> list[SamplerConfig]:
             "adams3 P logSNR>-4 sigma", "adams3", "log_snr", {"corrector": False, **sig}, -4.0
         )
     )
+    lim = {"limiter": 1.0}  # first order where x0_hat switches modes (sample_adams)
+    for order in (2, 3):
+        name = f"adams{order}"
+        out += [
+            SamplerConfig(f"{name} PC logSNR>-4 lim", name, "log_snr", lim, -4.0),
+            SamplerConfig(f"{name} PC logSNR>-4 post lim", name, "log_snr", {**post, **lim}, -4.0),
+        ]
     return out
 
 

@@ -3,14 +3,15 @@ ddkit's default (``runner.FEW_STEP``: adams2 interpolating x0_hat in log-SNR) an
 interpolating it in sigma / alpha, the best on the tuning family of test mixtures by the rule
 in BENCHMARKS.md; with ``--all`` also adams2 in sigma / alpha and adams3 in log-SNR.  All on the
 log-SNR grid whose first step jumps to log-SNR -4, with the ODE's own last step: a choice made
-on mixtures, checked on images it never saw.
+on mixtures, checked on images it never saw.  ``--limiter`` compares instead the default and
+adams3 with the posterior end, each with and without the order limiter (``limiter=1``).
 
 Each configuration draws ``--num`` samples per seed from the same initial noise, scored by FID
 against ``--ref-num`` training images on ddkit's classifier features for the run's data set (or
 Inception where its weights are found).
 
     .venv/bin/python benchmarks/few_step_fid.py runs/fashion_mnist_cond [--nfe 5 10] \\
-        [--seeds 0 1] [--num 500] [--all]
+        [--seeds 0 1] [--num 500] [--all | --limiter]
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ MORE = {
     "adams2, in sigma": ("adams2", {"interpolate": "sigma"}),
     "adams3, in log-SNR": ("adams3", {}),
 }
+POST = {"last": "posterior"}
+LIMITER = {
+    "default": (FEW_STEP.sampler, FEW_STEP.options),
+    "default, limiter 1": (FEW_STEP.sampler, {**FEW_STEP.options, "limiter": 1.0}),
+    "adams3, posterior end": ("adams3", POST),
+    "adams3, posterior end, limiter 1": ("adams3", {**POST, "limiter": 1.0}),
+}
+
+
+def spec_for(sampler: str, options: dict, nfe: int) -> SampleSpec:
+    """The spec with the most steps whose model calls fit in ``nfe``."""
+    steps = nfe
+    while steps > 1 and SampleSpec(sampler, steps, FEW_STEP.spacing, options).nfe() > nfe:
+        steps -= 1
+    return SampleSpec(sampler, steps, FEW_STEP.spacing, options)
 
 
 def main():
@@ -45,14 +61,18 @@ def main():
     ap.add_argument("--num", type=int, default=500)
     ap.add_argument("--ref-num", type=int, default=10_000)
     ap.add_argument("--all", action="store_true", help="also adams2 in sigma, adams3 in log-SNR")
+    ap.add_argument(
+        "--limiter", action="store_true", help="instead: with and without the order limiter"
+    )
     args = ap.parse_args()
     configs = {**CONFIGS, **MORE} if args.all else CONFIGS
+    configs = LIMITER if args.limiter else configs
     trained, featnet, ref = load_for_fid(args.run, args.ref_num)
     print(header("few-step FID", args.run, trained, featnet, ref, args.num), flush=True)
     rows = []
     for nfe in args.nfe:
         for name, (sampler, options) in configs.items():
-            spec = SampleSpec(sampler, nfe, FEW_STEP.spacing, options)  # ODE end: NFE = steps
+            spec = spec_for(sampler, options, nfe)
             fids = []
             for seed in args.seeds:
                 q = sample_quality(trained, spec, featnet, ref, args.num, seed=seed)

@@ -18,8 +18,10 @@ a grid tuned for the mixture (:func:`ddkit.samplers.tuning.tune_timesteps`, 256 
 another seed than the measured ones), with its last step drawn from the posterior
 (``last="posterior"``, its JVP counted as two model calls), and with both (a grid of one step
 fewer tuned on the ODE with its last timestep kept at the smallest noise level, then ended by
-the draw), and prints the per-member and
-worst-case tables (:func:`ddkit.verify.family_report.worst_case`).
+the draw), and the NFE-20 configuration (``runner.NFE20``: adams3, posterior end, order
+limiter); it prints the per-member and worst-case tables
+(:func:`ddkit.verify.family_report.worst_case`) and, per NFE, the members on which each energy
+distance is no worse than diffusers' (lower, or inside the floor).
 
     .venv/bin/python benchmarks/few_step_vs_diffusers.py --family held_out [--n 2000]
 """
@@ -86,6 +88,7 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
     sampler = get_sampler(cfg.sampler)
     ode_options = {k: v for k, v in cfg.options.items() if k != "last"}
     post = dataclasses.replace(cfg, options={**ode_options, "last": "posterior"})
+    nfe20 = verify.NFE20
 
     def gen():
         return torch.Generator().manual_seed(seed + 1)
@@ -134,6 +137,9 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
                 "ddkit " + cfg.label + " tuned grid, posterior end": sampler(
                     den, x_T, tuned_post.timesteps, generator=gen(), **post.options
                 ),
+                "ddkit " + nfe20.label: get_sampler(nfe20.sampler)(
+                    den, x_T, nfe20.timesteps(schedule, nfe), generator=gen(), **nfe20.options
+                ),
             }
             for label, x in runs.items():
                 m = verify.metrics(x, ref, problem.mixture, ref_disp)
@@ -153,6 +159,16 @@ def family(split: str, n: int, nfes, seed: int, evals: int) -> None:
     print(f"\n## worst case over the {len(results)} {split} mixtures, n={n} each\n\n{WORST_HEADER}")
     for row in sorted(worst_case(results), key=lambda r: r["nfe"]):
         print(format_worst(row))
+    print(f"\nmembers with energy distance no worse than {label_d}'s (lower, or inside the floor)")
+    for nfe in nfes:
+        counts = {}
+        for res in results.values():
+            rows = [r for r in res["rows"] if r["nfe"] == nfe]
+            best = next(r["ed"] for r in rows if r["sampler"] == label_d)
+            for r in rows:
+                ok = r["ed"] <= best or r["inside"]["ed"]
+                counts[r["sampler"]] = counts.get(r["sampler"], 0) + ok
+        print(f"NFE {nfe}: " + "; ".join(f"{k} {v}/{len(results)}" for k, v in counts.items()))
 
 
 def main():

@@ -156,10 +156,13 @@ def test_sample_refuses_a_huge_num_before_allocating(run, cwd, capsys):
     nothing_in(cwd)
 
 
-def test_sample_interpolate_only_for_the_adams_samplers(run, cwd, capsys):
+def test_sample_interpolate_and_limiter_only_for_the_adams_samplers(run, cwd, capsys):
     base = ["sample", run, "--steps", "3", "--num", "2", "--out", "o"]
     refused(capsys, [*base, "--sampler", "ddim", "--interpolate", "sigma"], "no option")
     refused(capsys, [*base, "--sampler", "adams2", "--interpolate", "time"], "--interpolate")
+    refused(capsys, [*base, "--sampler", "ddim", "--limiter", "1"], "no option 'limiter'")
+    for bad in ("0", "-1", "nan", "inf", "x"):
+        refused(capsys, [*base, "--sampler", "adams2", f"--limiter={bad}"], "--limiter")
     nothing_in(cwd)
 
 

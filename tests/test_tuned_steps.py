@@ -150,21 +150,28 @@ def test_cli_tunes_stores_and_samples_with_the_grid(run_folder, tmp_path, capsys
     ddim = ["tune-steps", str(run_folder), "--nfe", "5", "--sampler", "ddim"]
     assert main([*ddim, "--interpolate", "sigma"]) == 2
     one_line_error(capsys, "--interpolate", "adams2")
+    assert main([*ddim, "--limiter", "1"]) == 2
+    one_line_error(capsys, "--limiter", "adams2")
 
 
-def test_cli_interpolate_sigma_is_stored_and_matched(run_folder, tmp_path):
-    """tune-steps --interpolate sigma stores the grid with that option; sample takes it with the
-    same option and records it in sampler.json."""
+def test_cli_interpolate_and_limiter_are_stored_and_matched(run_folder, tmp_path, capsys):
+    """tune-steps --interpolate sigma --limiter 1.5 stores the grid with those options; sample
+    takes it with the same options and records them in sampler.json, and refuses it without."""
     argv = ["tune-steps", str(run_folder), "--nfe", "4", "--pilot", "8", "--check", "8"]
-    assert main([*argv, "--evals", "4", "--reference-steps", "20", "--interpolate", "sigma"]) == 0
+    argv += ["--evals", "4", "--reference-steps", "20"]
+    assert main([*argv, "--interpolate", "sigma", "--limiter", "1.5"]) == 0
     (entry,) = read_grids(run_folder, 100)
-    assert entry["options"] == {"interpolate": "sigma"}
+    assert entry["options"] == {"interpolate": "sigma", "limiter": 1.5}
     out = tmp_path / "s"
     args = ["sample", str(run_folder), "--sampler", "adams2", "--steps", "tuned", "--num", "4"]
-    assert main([*args, "--interpolate", "sigma", "--out", str(out)]) == 0
+    assert main([*args, "--interpolate", "sigma", "--limiter", "1.5", "--out", str(out)]) == 0
     settings = json.loads((out / "sampler.json").read_text())
-    assert settings["options"] == {"interpolate": "sigma"}
+    assert settings["options"] == {"interpolate": "sigma", "limiter": 1.5}
     assert settings["timesteps"] == entry["timesteps"]
+    capsys.readouterr()
+    assert main([*args, "--interpolate", "sigma", "--out", str(tmp_path / "s2")]) == 2
+    one_line_error(capsys, "tuned adams2 grid was made with options", "'limiter': 1.5")
+    assert not (tmp_path / "s2").exists()
 
 
 HOSTILE = {

@@ -6,6 +6,7 @@ eval`` and training's preview grids all use.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -19,7 +20,7 @@ from .samplers import SAMPLERS, get_sampler
 from .samplers.ode import INTERPOLATIONS
 
 # sampler name -> the options a user may set, with their allowed values (None: any number >= 0;
-# int: any integer >= 1)
+# int: any integer >= 1; float: any finite number > 0)
 SAMPLER_OPTIONS: dict[str, dict[str, tuple | type | None]] = {
     "ddpm": {"variance": ("fixed_small", "fixed_large", "tweedie", "tweedie_jacobian")},
     "ddim": {"eta": None},
@@ -28,12 +29,14 @@ SAMPLER_OPTIONS: dict[str, dict[str, tuple | type | None]] = {
         "tail": int,
         "krylov": int,
         "interpolate": INTERPOLATIONS,
+        "limiter": float,
     },
     "adams3": {
         "last": ("ode", "posterior"),
         "tail": int,
         "krylov": int,
         "interpolate": INTERPOLATIONS,
+        "limiter": float,
     },
 }
 
@@ -114,6 +117,10 @@ class SampleSpec:
             if choices is int:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"{k}={v!r} must be an integer >= 1")
+            elif choices is float:
+                number = isinstance(v, (int, float)) and not isinstance(v, bool)
+                if not (number and 0 < v < math.inf):
+                    raise ValueError(f"{k}={v!r} must be a finite number > 0")
             elif choices is not None and v not in choices:
                 raise ValueError(f"{k}={v!r} is not allowed; allowed: {', '.join(choices)}")
         if self.options.get("last", "ode") == "ode":

@@ -10,7 +10,8 @@ INTERPOLATIONS = ("log_snr", "sigma")
 
 
 def add_sampler_options(parser, suffix: str = "") -> None:
-    """``--eta``, ``--variance``, ``--last-step``, ``--krylov``, ``--interpolate`` on ``parser``;
+    """``--eta``, ``--variance``, ``--last-step``, ``--krylov``, ``--interpolate``, ``--limiter`` on
+    ``parser``;
     ``suffix`` ends each help text (e.g. " for --fid")."""
     parser.add_argument(
         "--eta", type=finite_float(), help=f"DDIM eta (>= 0; 0 is deterministic){suffix}"
@@ -33,10 +34,18 @@ def add_sampler_options(parser, suffix: str = "") -> None:
         choices=INTERPOLATIONS,
         help=f"adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha{suffix}",
     )
+    parser.add_argument(
+        "--limiter",
+        type=finite_float(0.0, low_open=True),
+        metavar="R",
+        help="adams2/adams3: first order for a sample whose x0_hat speeds up over R times as "
+        "fast as exp(lambda), lambda = log(alpha/sigma): one switching modes (1 goes with "
+        f"--last-step posterior){suffix}",
+    )
 
 
 def sampler_options(args) -> dict:
     """The options given on the command line, by the samplers' keyword names."""
     names = {"eta": "eta", "variance": "variance", "last_step": "last", "krylov": "krylov"}
-    names["interpolate"] = "interpolate"
+    names.update(interpolate="interpolate", limiter="limiter")
     return {key: getattr(args, arg) for arg, key in names.items() if getattr(args, arg) is not None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_checks import positive_int, random_seed
+from ..cli_checks import finite_float, positive_int, random_seed
 from .sampling import INTERPOLATIONS
 
 
@@ -31,10 +31,12 @@ def _cmd_tune_steps(args) -> int:
     check_device(args.device, "--device")
     check_seed(args.seed, "--seed")
     options = {} if args.sampler != "ddim" else {"eta": 0.0}
-    if args.interpolate is not None:
-        if args.sampler not in ("adams2", "adams3"):
-            raise ValueError(f"--interpolate {args.interpolate}: only adams2 and adams3 take it")
-        options["interpolate"] = args.interpolate
+    for name in ("interpolate", "limiter"):
+        value = getattr(args, name)
+        if value is not None:
+            if args.sampler not in ("adams2", "adams3"):
+                raise ValueError(f"--{name} {value}: only adams2 and adams3 take it")
+            options[name] = value
     trained = load_trained(args.checkpoint, args.weights, args.device)
     tune_steps(
         trained,
@@ -75,6 +77,12 @@ def add_tune_steps_command(sub) -> None:
         "--interpolate",
         choices=INTERPOLATIONS,
         help="adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha",
+    )
+    t.add_argument(
+        "--limiter",
+        type=finite_float(0.0, low_open=True),
+        metavar="R",
+        help="adams2/adams3: as for ddkit sample (first order where x0_hat switches modes)",
     )
     t.add_argument("--pilot", type=positive_int, default=64, help="initial noises tuned on")
     t.add_argument("--check", type=positive_int, default=64, help="further noises measured on")

@@ -80,6 +80,16 @@ last steps on the tuning family of test mixtures by the rule in BENCHMARKS.md
 held_out``).  Its last step is the ODE's own; ``last="posterior"`` (one model call more) trades
 energy distance at NFE 5 for within-mode dispersion from NFE 10 on (BENCHMARKS.md)."""
 
+NFE20 = SamplerConfig(
+    "adams3 PC logSNR>-4 post lim",
+    "adams3",
+    "log_snr_window",
+    {"last": "posterior", "limiter": 1.0},
+)
+"""From NFE 20 on: third order, the posterior end and the order limiter (``ddkit sample --sampler
+adams3 --spacing log_snr_window --last-step posterior --limiter 1``), the most members inside
+the noise floor at NFE 20 on the tuning family (BENCHMARKS.md)."""
+
 CONFIGS: tuple[SamplerConfig, ...] = (
     SamplerConfig("ddpm small", "ddpm", "leading", {"variance": "fixed_small"}),
     SamplerConfig("ddpm large (=ddim sigma-hat)", "ddpm", "leading", {"variance": "fixed_large"}),
@@ -96,7 +106,9 @@ CONFIGS: tuple[SamplerConfig, ...] = (
     BEST,
     FEW_STEP,
     SamplerConfig("adams2 PC logSNR>-4 post", "adams2", "log_snr_window", {"last": "posterior"}),
+    NFE20,
 )
+
 
 FAMILY_LABELS = (
     "ddim eta=0",
@@ -105,6 +117,7 @@ FAMILY_LABELS = (
     BEST.label,
     FEW_STEP.label,
     "adams2 PC logSNR>-4 post",
+    NFE20.label,
 )
 """The deterministic few-step configurations ``ddkit verify --family`` runs by default."""
 

@@ -326,11 +326,8 @@ def _adams_step(
         out.add_(est.x0, alpha=float(wj))
     if limiter is None or len(nodes) < 2 or len(finite) < 3:
         return out
-    jump = _accelerating(finite[:3], limiter)
-    if not jump.any():
-        return out
     first = _adams_step(x, ab_s, ab_t, lam_s, lam_t, nodes[:1], 1, interpolate)
-    return torch.where(jump, first, out)
+    return torch.where(_accelerating(finite[:3], limiter), first, out)  # no host sync
 
 
 def _accelerating(newest_first, limiter: float) -> torch.Tensor:

@@ -86,9 +86,9 @@ NFE20 = SamplerConfig(
     "log_snr_window",
     {"last": "posterior", "limiter": 1.0},
 )
-"""From NFE 20 on: third order, the posterior end and the order limiter (``ddkit sample --sampler
-adams3 --spacing log_snr_window --last-step posterior --limiter 1``), the most members inside
-the noise floor at NFE 20 on the tuning family (BENCHMARKS.md)."""
+"""For NFE 20: third order, the posterior end and the order limiter (``ddkit sample --sampler
+adams3 --spacing log_snr_window --last-step posterior --limiter 1``); the limiter puts more
+members of both test families inside the noise floor at NFE 20 (BENCHMARKS.md)."""
 
 CONFIGS: tuple[SamplerConfig, ...] = (
     SamplerConfig("ddpm small", "ddpm", "leading", {"variance": "fixed_small"}),

@@ -59,6 +59,9 @@ POST = {"last": "posterior"}
 CANDIDATES = (
     SamplerConfig("adams2 PC logSNR>-4 post", "adams2", "log_snr", POST, -4.0),
     SamplerConfig("adams3 PC logSNR>-4 post", "adams3", "log_snr", POST, -4.0),
+    SamplerConfig(
+        "adams3 PC logSNR>-4 post lim", "adams3", "log_snr", {**POST, "limiter": 1.0}, -4.0
+    ),
     SamplerConfig("adams3 PC logSNR>-4 post k2", "adams3", "log_snr", {**POST, "krylov": 2}, -4.0),
     SamplerConfig("adams3 PC logSNR>-6 post", "adams3", "log_snr", POST, -6.0),
     SamplerConfig("adams3 PC logSNR post k2", "adams3", "log_snr", {**POST, "krylov": 2}),

@@ -26,7 +26,7 @@ from _fid import header, load_for_fid  # noqa: E402
 
 from ddkit.evaluation.quality import sample_quality  # noqa: E402
 from ddkit.generation import SampleSpec  # noqa: E402
-from ddkit.verify.runner import FEW_STEP  # noqa: E402
+from ddkit.verify.runner import FEW_STEP, SamplerConfig  # noqa: E402
 
 CONFIGS = {
     "default (adams2, in log-SNR)": (FEW_STEP.sampler, FEW_STEP.options),
@@ -47,9 +47,7 @@ LIMITER = {
 
 def spec_for(sampler: str, options: dict, nfe: int) -> SampleSpec:
     """The spec with the most steps whose model calls fit in ``nfe``."""
-    steps = nfe
-    while steps > 1 and SampleSpec(sampler, steps, FEW_STEP.spacing, options).nfe() > nfe:
-        steps -= 1
+    steps = SamplerConfig(sampler, sampler, FEW_STEP.spacing, options).steps_for(nfe)
     return SampleSpec(sampler, steps, FEW_STEP.spacing, options)
 
 

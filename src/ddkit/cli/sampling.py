@@ -9,10 +9,27 @@ from ..cli_checks import finite_float, positive_int
 INTERPOLATIONS = ("log_snr", "sigma")
 
 
+def add_adams_options(parser, suffix: str = "") -> None:
+    """``--interpolate`` and ``--limiter`` (adams2, adams3) on ``parser``; ``suffix`` ends each
+    help text."""
+    parser.add_argument(
+        "--interpolate",
+        choices=INTERPOLATIONS,
+        help=f"adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha{suffix}",
+    )
+    parser.add_argument(
+        "--limiter",
+        type=finite_float(0.0, low_open=True),
+        metavar="R",
+        help="adams2/adams3: first order for a sample whose x0_hat speeds up over R times as "
+        "fast as exp(lambda), lambda = log(alpha/sigma): one switching modes (1 goes with "
+        f"--last-step posterior){suffix}",
+    )
+
+
 def add_sampler_options(parser, suffix: str = "") -> None:
-    """``--eta``, ``--variance``, ``--last-step``, ``--krylov``, ``--interpolate``, ``--limiter`` on
-    ``parser``;
-    ``suffix`` ends each help text (e.g. " for --fid")."""
+    """``--eta``, ``--variance``, ``--last-step``, ``--krylov`` and :func:`add_adams_options` on
+    ``parser``; ``suffix`` ends each help text (e.g. " (for --fid)")."""
     parser.add_argument(
         "--eta", type=finite_float(), help=f"DDIM eta (>= 0; 0 is deterministic){suffix}"
     )
@@ -29,23 +46,15 @@ def add_sampler_options(parser, suffix: str = "") -> None:
         help="adams2/adams3 with --last-step posterior: Jacobian-vector products that shape the "
         f"draw (default 1; m: a Lanczos square root, 2m model calls){suffix}",
     )
-    parser.add_argument(
-        "--interpolate",
-        choices=INTERPOLATIONS,
-        help=f"adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha{suffix}",
-    )
-    parser.add_argument(
-        "--limiter",
-        type=finite_float(0.0, low_open=True),
-        metavar="R",
-        help="adams2/adams3: first order for a sample whose x0_hat speeds up over R times as "
-        "fast as exp(lambda), lambda = log(alpha/sigma): one switching modes (1 goes with "
-        f"--last-step posterior){suffix}",
-    )
+    add_adams_options(parser, suffix)
+
+
+# argparse destination -> the samplers' keyword
+_KEYWORDS = {"eta": "eta", "variance": "variance", "last_step": "last", "krylov": "krylov"}
+_KEYWORDS.update(interpolate="interpolate", limiter="limiter")
 
 
 def sampler_options(args) -> dict:
     """The options given on the command line, by the samplers' keyword names."""
-    names = {"eta": "eta", "variance": "variance", "last_step": "last", "krylov": "krylov"}
-    names.update(interpolate="interpolate", limiter="limiter")
-    return {key: getattr(args, arg) for arg, key in names.items() if getattr(args, arg) is not None}
+    given = {key: getattr(args, dest, None) for dest, key in _KEYWORDS.items()}
+    return {key: value for key, value in given.items() if value is not None}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_checks import finite_float, positive_int, random_seed
-from .sampling import INTERPOLATIONS
+from ..cli_checks import positive_int, random_seed
+from .sampling import add_adams_options
 
 
 def steps_arg(text: str) -> int | str:
@@ -73,17 +73,7 @@ def add_tune_steps_command(sub) -> None:
         "--sampler", default=DEFAULT_SAMPLER, choices=TUNABLE_NAMES, help="a deterministic sampler"
     )
     t.add_argument("--spacing", default=DEFAULT_SPACING, help="the grid the search starts from")
-    t.add_argument(
-        "--interpolate",
-        choices=INTERPOLATIONS,
-        help="adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha",
-    )
-    t.add_argument(
-        "--limiter",
-        type=finite_float(0.0, low_open=True),
-        metavar="R",
-        help="adams2/adams3: as for ddkit sample (first order where x0_hat switches modes)",
-    )
+    add_adams_options(t, " (as for ddkit sample)")
     t.add_argument("--pilot", type=positive_int, default=64, help="initial noises tuned on")
     t.add_argument("--check", type=positive_int, default=64, help="further noises measured on")
     t.add_argument("--evals", type=positive_int, default=60, help="sampler runs in the search")

@@ -220,9 +220,11 @@ def sample_adams(
     one, it is a single draw of x_0 from the last timestep.  The model is defined only down to
     the schedule's smallest noise level, so no deterministic end can give modes narrower than
     that level their width: the ODE carries x to the right marginal, and the draws supply what
-    is left.  One product's linear shaping is exact for an isotropic Gaussian posterior, and for
-    a strongly anisotropic one over-feeds the narrowest directions (posterior variances 26:1
-    apart in 2-D: the narrow one's standard deviation 1.5x too large); ``krylov`` = m shapes
+    is left.  One product's linear shaping (a secant fitted to the posterior's spectrum) is
+    exact for an isotropic Gaussian posterior and close to exact on average over the directions
+    of a high-dimensional one, but in few dimensions over-feeds the narrowest directions
+    (posterior variances 26:1 apart in 2-D: the narrow one gets 2.0x its variance); ``krylov`` =
+    m shapes
     each draw by m products instead (a Lanczos square root, exact for a Gaussian posterior once
     m reaches its number of distinct variances; 2m calls per draw).  The posterior at the last
     timestep is a mixture where modes are close.  Smaller ancestral steps (``tail`` > 1) did

@@ -1,8 +1,9 @@
 """Choosing the few-step default on the tuning family, and checking it on the held-out family.
 
 Candidate configurations (grid, its packing toward the data, first-step window, solver order,
-corrector, the variable x0_hat is interpolated in, the order limiter, last step: the ODE's own,
-or a tail of 1 to 4 posterior draws, each shaped by 1 to 4 Jacobian-vector products)
+corrector, the variable x0_hat is interpolated in (log-SNR, sigma / alpha or its fourth root),
+the order limiter, last step: the ODE's own, or a tail of 1 to 4 posterior draws, each shaped
+by 1 to 4 Jacobian-vector products)
 run with the exact denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE
 5, 10 and 20 (where the budget leaves the draws their steps and calls); the table is the worst
 case over the members (:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest
@@ -78,16 +79,21 @@ def candidates() -> list[SamplerConfig]:
         out.append(SamplerConfig(f"adams3 PC logSNR>-6 post k{m}", "adams3", "log_snr", lz, -6.0))
         out.append(SamplerConfig(f"adams3 PC logSNR post k{m}", "adams3", "log_snr", lz))
         out.append(SamplerConfig(f"adams2 PC logSNR post k{m}", "adams2", "log_snr", lz))
-    sig = {"interpolate": "sigma"}  # x0_hat interpolated in sigma / alpha (sample_adams)
-    for order in (2, 3):
-        name = f"adams{order}"
-        out += [
-            SamplerConfig(f"{name} PC logSNR>-4 sigma", name, "log_snr", sig, -4.0),
-            SamplerConfig(
-                f"{name} PC logSNR>-4 post sigma", name, "log_snr", {**post, **sig}, -4.0
-            ),
-            SamplerConfig(f"{name} PC logSNR post sigma", name, "log_snr", {**post, **sig}),
-        ]
+    for var in ("sigma", "sigma^0.25"):  # x0_hat in sigma / alpha or its fourth root
+        opts = {"interpolate": var}
+        for order in (2, 3):
+            name = f"adams{order}"
+            out += [
+                SamplerConfig(f"{name} PC logSNR>-4 {var}", name, "log_snr", opts, -4.0),
+                SamplerConfig(
+                    f"{name} PC logSNR>-4 post {var}", name, "log_snr", {**post, **opts}, -4.0
+                ),
+            ]
+            if var == "sigma":
+                out.append(
+                    SamplerConfig(f"{name} PC logSNR post sigma", name, "log_snr", {**post, **opts})
+                )
+    sig = {"interpolate": "sigma"}
     out.append(
         SamplerConfig("adams2 PC logSNR>-6 post sigma", "adams2", "log_snr", {**post, **sig}, -6.0)
     )

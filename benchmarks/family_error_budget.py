@@ -24,8 +24,9 @@ count (:func:`ddkit.verify.runner.true_sample_rates`), and the members with disp
 
     .venv/bin/python benchmarks/family_error_budget.py --split tuning --seeds 0 1 2 3
 
-``--gaussians`` prints only the dispersion of ddkit's default, adams3 interpolating x0_hat in
-sigma / alpha (both ends) and the candidates on a single isotropic Gaussian per width (32-D):
+``--gaussians`` prints only the dispersion of ddkit's default, adams2 interpolating x0_hat in
+(sigma / alpha)^0.25 and adams3 in sigma / alpha (both ends) and the candidates on a single
+isotropic Gaussian per width (32-D):
 the ODE's own step error, with nothing else to blame.
 """
 
@@ -102,8 +103,13 @@ def gaussians(nfe: int, dim: int = 32, n: int = 4000) -> None:
     draw is exact: the posterior of a Gaussian is Gaussian, and isotropic)."""
     schedule = NoiseSchedule.make("linear", 1000)
     sig = {"interpolate": "sigma"}
+    quarter = {"interpolate": "sigma^0.25"}
     configs = (
         FEW_STEP,
+        SamplerConfig("adams2 PC logSNR>-4 sigma^0.25", "adams2", "log_snr_window", quarter),
+        SamplerConfig(
+            "adams2 PC logSNR>-4 sigma^0.25 post", "adams2", "log_snr_window", {**quarter, **POST}
+        ),
         SamplerConfig("adams3 PC logSNR>-4 sigma", "adams3", "log_snr_window", sig),
         SamplerConfig(
             "adams3 PC logSNR>-4 sigma post", "adams3", "log_snr_window", {**sig, **POST}

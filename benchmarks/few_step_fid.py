@@ -4,14 +4,16 @@ interpolating it in sigma / alpha, the best on the tuning family of test mixture
 in BENCHMARKS.md; with ``--all`` also adams2 in sigma / alpha and adams3 in log-SNR.  All on the
 log-SNR grid whose first step jumps to log-SNR -4, with the ODE's own last step: a choice made
 on mixtures, checked on images it never saw.  ``--limiter`` compares instead the default and
-adams3 with the posterior end, each with and without the order limiter (``limiter=1``).
+adams3 with the posterior end, each with and without the order limiter (``limiter=1``);
+``--power`` compares adams2 interpolating in log-SNR and in (sigma / alpha)^0.25, each with the
+ODE's last step and with the posterior end.
 
 Each configuration draws ``--num`` samples per seed from the same initial noise, scored by FID
 against ``--ref-num`` training images on ddkit's classifier features for the run's data set (or
 Inception where its weights are found).
 
     .venv/bin/python benchmarks/few_step_fid.py runs/fashion_mnist_cond [--nfe 5 10] \\
-        [--seeds 0 1] [--num 500] [--all | --limiter]
+        [--seeds 0 1] [--num 500] [--all | --limiter | --power]
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ LIMITER = {
     "adams3, posterior end, limiter 1": ("adams3", {**POST, "limiter": 1.0}),
 }
 
+QUARTER = {"interpolate": "sigma^0.25"}
+POWER = {
+    "default (adams2, in log-SNR)": (FEW_STEP.sampler, FEW_STEP.options),
+    "adams2, in (sigma/alpha)^0.25": ("adams2", QUARTER),
+    "adams2, posterior end": ("adams2", POST),
+    "adams2, posterior end, in (sigma/alpha)^0.25": ("adams2", {**POST, **QUARTER}),
+}
+
 
 def spec_for(sampler: str, options: dict, nfe: int) -> SampleSpec:
     """The spec with the most steps whose model calls fit in ``nfe``."""
@@ -62,9 +72,12 @@ def main():
     ap.add_argument(
         "--limiter", action="store_true", help="instead: with and without the order limiter"
     )
+    ap.add_argument(
+        "--power", action="store_true", help="instead: adams2 in log-SNR or (sigma/alpha)^0.25"
+    )
     args = ap.parse_args()
     configs = {**CONFIGS, **MORE} if args.all else CONFIGS
-    configs = LIMITER if args.limiter else configs
+    configs = LIMITER if args.limiter else POWER if args.power else configs
     trained, featnet, ref = load_for_fid(args.run, args.ref_num)
     print(header("few-step FID", args.run, trained, featnet, ref, args.num), flush=True)
     rows = []

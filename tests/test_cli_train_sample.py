@@ -74,15 +74,17 @@ def test_sample_writes_png_npz_and_settings(trained_run, tmp_path):
 
 
 def test_sample_posterior_draw_of_m_products_is_recorded_and_counted(trained_run, tmp_path):
-    """``--last-step posterior --krylov 3 --limiter 1``: the options land in sampler.json and the
-    call count is the ODE's steps plus 2 * 3 - 1 for the draw (its first product is the last
-    step's call); the limiter costs no call."""
+    """``--last-step posterior --krylov 3 --limiter 1 --interpolate sigma^0.25``: the options land
+    in sampler.json and the call count is the ODE's steps plus 2 * 3 - 1 for the draw (its first
+    product is the last step's call); the limiter and the variable cost no call."""
     out = tmp_path / "s"
     argv = ["sample", str(trained_run), "--sampler", "adams2", "--steps", "6", "--num", "5"]
     argv += ["--last-step", "posterior", "--krylov", "3", "--limiter", "1"]
+    argv += ["--interpolate", "sigma^0.25"]
     assert main([*argv, "--out", str(out)]) == 0
     settings = json.loads((out / "sampler.json").read_text())
-    assert settings["options"] == {"last": "posterior", "krylov": 3, "limiter": 1.0}
+    want = {"last": "posterior", "krylov": 3, "limiter": 1.0, "interpolate": "sigma^0.25"}
+    assert settings["options"] == want
     assert settings["nfe"] == 11
     assert np.isfinite(np.load(out / "samples.npz")["x"]).all()
 

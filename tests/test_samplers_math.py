@@ -305,22 +305,24 @@ def test_adams_weights_integrate_polynomials_exactly(k, h):
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 @pytest.mark.parametrize("h", [1e-3, 0.3, 1.5, 4.0])
-def test_adams_weights_in_sigma_integrate_polynomials_in_sigma_exactly(k, h):
-    """interpolate="sigma": sum_j w_j p(v_j) = integral exp(lam - lam_t) p(exp(-lam)) d lam for
-    every polynomial p of degree < k in v = sigma / alpha = exp(-lam), in closed form:
-    integral exp(lam - lam_t) exp(-m lam) d lam = exp(-lam_t) (h if m = 1, else
-    (exp((1 - m) lam_t) - exp((1 - m) lam_s)) / (1 - m))."""
+@pytest.mark.parametrize("variable,p", [("sigma", 1.0), ("sigma^0.25", 0.25)])
+def test_adams_weights_in_powers_of_sigma_integrate_their_polynomials_exactly(k, h, variable, p):
+    """interpolate="sigma" (p = 1), "sigma^0.25" (p = 1/4): sum_j w_j q(v_j) = integral
+    exp(lam - lam_t) q(exp(-p lam)) d lam for every polynomial q of degree < k in
+    v = (sigma / alpha)^p = exp(-p lam), in closed form: integral exp(lam - lam_t)
+    exp(-m p lam) d lam = exp(-lam_t) (h if m p = 1, else (exp((1 - m p) lam_t) -
+    exp((1 - m p) lam_s)) / (1 - m p))."""
     lam_s = 0.7
     lam_t = lam_s + h
     nodes = [lam_t, lam_s, lam_s - 0.8 * h][:k]
-    w = _adams_weights(nodes, lam_s, lam_t, "sigma")
+    w = _adams_weights(nodes, lam_s, lam_t, variable)
     for m in range(k):
-        if m == 1:
+        c = 1 - m * p
+        if c == 0:
             exact = math.exp(-lam_t) * h
         else:
-            exact = math.exp(-lam_t) * (math.exp((1 - m) * lam_t) - math.exp((1 - m) * lam_s))
-            exact /= 1 - m
-        got = float(w @ np.exp(-m * np.asarray(nodes)))
+            exact = math.exp(-lam_t) * (math.exp(c * lam_t) - math.exp(c * lam_s)) / c
+        got = float(w @ np.exp(-m * p * np.asarray(nodes)))
         assert got == pytest.approx(exact, rel=1e-9, abs=1e-15), (m, got, exact)
 
 
@@ -358,7 +360,9 @@ def test_adams_in_sigma_converges_to_the_gaussian_flow_at_its_order():
 def test_adams_interpolate_is_validated():
     den = MIX.denoiser(SCHED)
     x_T = torch.zeros(2, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="interpolate='time'.*allowed: log_snr, sigma"):
+    with pytest.raises(
+        ValueError, match=r"interpolate='time'.*allowed: log_snr, sigma, sigma\^0.25"
+    ):
         sample_adams(den, x_T, [999, 0], interpolate="time")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..cli_checks import finite_float, positive_int
 
 # ddkit.samplers.ode.INTERPOLATIONS, named here so parsing does not import torch
-INTERPOLATIONS = ("log_snr", "sigma")
+INTERPOLATIONS = ("log_snr", "sigma", "sigma^0.25")
 
 
 def add_adams_options(parser, suffix: str = "") -> None:
@@ -15,7 +15,8 @@ def add_adams_options(parser, suffix: str = "") -> None:
     parser.add_argument(
         "--interpolate",
         choices=INTERPOLATIONS,
-        help=f"adams2/adams3: interpolate x0_hat in log-SNR (default) or in sigma/alpha{suffix}",
+        help="adams2/adams3: interpolate x0_hat in log-SNR (default), in sigma/alpha, or in "
+        f"(sigma/alpha)^0.25{suffix}",
     )
     parser.add_argument(
         "--limiter",

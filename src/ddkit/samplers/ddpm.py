@@ -115,9 +115,9 @@ def _jacobian_shaped_noise(
     dimensions one z says little about the spectrum, and the draw is only a little better than
     the tangent's (variances 26:1 apart in 2-D: the narrow one gets 2.0x its variance, 2.4x from
     the tangent alone).  There, and for spectra far from two points, take m > 1 products: the
-    Lanczos approximation
-    |z| Q_m f(T_m) e_1 of f(J) z on the Krylov space of z (Chow and Saad 2014), exact once that
-    space holds J's eigenvectors, i.e. for m >= d or m >= the number of distinct eigenvalues.
+    Lanczos approximation |z| Q_m f(T_m) e_1 of f(J) z on the Krylov space of z (Chow and Saad
+    2014), exact once that space holds J's eigenvectors, i.e. for m >= d or m >= the number of
+    distinct eigenvalues.
     """
     ab = denoiser.schedule.alpha_bar(t)
     g = c_x0 * c_x0 * (1.0 - ab) / math.sqrt(ab)

@@ -171,9 +171,9 @@ def _adams_weights(
     integrates the polynomial interpolating x0_hat at the nodes exactly.  With ``interpolate=
     "sigma"`` the polynomials are in sigma / alpha = exp(-lambda) instead, with "sigma^0.25" in
     its fourth root (each scaled by its value at lam_t, which changes no basis polynomial).  One
-    node: 1 - exp(-h).  Otherwise 16-point
-    Gauss-Legendre quadrature, exact to rounding for these integrands at the step sizes samplers
-    take (and free of the cancellation that the closed forms phi_k(h) suffer for small h)."""
+    node: 1 - exp(-h).  Otherwise 16-point Gauss-Legendre quadrature, exact to rounding for these
+    integrands at the step sizes samplers take (and free of the cancellation that the closed
+    forms phi_k(h) suffer for small h)."""
     h = lam_t - lam_s
     if len(nodes) == 1:
         return np.array([-math.expm1(-h)])
@@ -229,13 +229,12 @@ def sample_adams(
     is left.  One product's linear shaping (a secant fitted to the posterior's spectrum) is
     exact for an isotropic Gaussian posterior and close to exact on average over the directions
     of a high-dimensional one, but in few dimensions over-feeds the narrowest directions
-    (posterior variances 26:1 apart in 2-D: the narrow one gets 2.0x its variance); ``krylov`` =
-    m shapes
-    each draw by m products instead (a Lanczos square root, exact for a Gaussian posterior once
-    m reaches its number of distinct variances; 2m calls per draw).  The posterior at the last
-    timestep is a mixture where modes are close.  Smaller ancestral steps (``tail`` > 1) did
-    better on the tuning family of test mixtures but not on the held-out one (BENCHMARKS.md,
-    "Few-step sampling on a family of test mixtures").
+    (posterior variances 26:1 apart in 2-D: the narrow one gets 2.0x its variance); ``krylov``
+    = m shapes each draw by m products instead (a Lanczos square root, exact for a Gaussian
+    posterior once m reaches its number of distinct variances; 2m calls per draw).  The
+    posterior at the last timestep is a mixture where modes are close.  Smaller ancestral steps
+    (``tail`` > 1) did better on the tuning family of test mixtures but not on the held-out one
+    (BENCHMARKS.md, "Few-step sampling on a family of test mixtures").
 
     ``interpolate="sigma"`` takes those polynomials in sigma / alpha = exp(-lambda) instead of
     lambda.  Along the solution for one Gaussian mode of standard deviation s, x0_hat moves as

@@ -155,12 +155,12 @@ def sample_dpmpp(
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 
 
-INTERPOLATIONS = ("log_snr", "sigma", "sigma^0.25")
-"""The variables in which :func:`sample_adams` interpolates x0_hat between its evaluations:
-lambda, sigma / alpha = exp(-lambda), and (sigma / alpha)^0.25."""
-
 _POWERS = {"sigma": 1.0, "sigma^0.25": 0.25}
 """The exponent p of each power variable (sigma / alpha)^p = exp(-p lambda)."""
+
+INTERPOLATIONS = ("log_snr", *_POWERS)
+"""The variables in which :func:`sample_adams` interpolates x0_hat between its evaluations:
+lambda, sigma / alpha = exp(-lambda), and (sigma / alpha)^0.25."""
 
 
 def _adams_weights(

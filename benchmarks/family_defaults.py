@@ -1,14 +1,14 @@
 """Choosing the few-step default on the tuning family, and checking it on the held-out family.
 
 Candidate configurations (grid, its packing toward the data, first-step window, solver order,
-corrector, the variable x0_hat is interpolated in (log-SNR, sigma / alpha or its fourth root),
-the order limiter, last step: the ODE's own, or a tail of 1 to 4 posterior draws, each shaped
-by 1 to 4 Jacobian-vector products)
-run with the exact denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE
-5, 10 and 20 (where the budget leaves the draws their steps and calls); the table is the worst
-case over the members (:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest
-sum over the NFEs of log(worst ed/floor) + log(max(disp, 1/disp)), among the candidates that ran
-at every NFE; the best at each NFE alone is listed too.  The choice is made on ``--split
+corrector, the variable x0_hat is interpolated in (log-SNR, sigma / alpha, its square or fourth
+root), the order limiter, last step: the ODE's own, or a tail of 1 to 4 posterior draws, each
+shaped by 1 to 4 Jacobian-vector products) run with the exact denoiser of every member of one
+split of :mod:`ddkit.verify.family` at NFE 5, 10 and 20 (where the budget leaves the draws their
+steps and calls); the table is the worst case over the members
+(:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest sum over the NFEs of
+log(worst ed/floor) + log(max(disp, 1/disp)), among the candidates that ran at every NFE; the
+best at each NFE alone is listed too.  The choice is made on ``--split
 tuning`` only; ``--split held_out`` reports it.
 
     .venv/bin/python benchmarks/family_defaults.py --split tuning [--n 2000] [--json FILE]
@@ -79,7 +79,7 @@ def candidates() -> list[SamplerConfig]:
         out.append(SamplerConfig(f"adams3 PC logSNR>-6 post k{m}", "adams3", "log_snr", lz, -6.0))
         out.append(SamplerConfig(f"adams3 PC logSNR post k{m}", "adams3", "log_snr", lz))
         out.append(SamplerConfig(f"adams2 PC logSNR post k{m}", "adams2", "log_snr", lz))
-    for var in ("sigma", "sigma^0.25"):  # x0_hat in sigma / alpha or its fourth root
+    for var in ("sigma", "sigma^0.5", "sigma^0.25"):  # x0_hat in sigma / alpha or a root of it
         opts = {"interpolate": var}
         for order in (2, 3):
             name = f"adams{order}"

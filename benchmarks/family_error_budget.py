@@ -25,9 +25,9 @@ count (:func:`ddkit.verify.runner.true_sample_rates`), and the members with disp
     .venv/bin/python benchmarks/family_error_budget.py --split tuning --seeds 0 1 2 3
 
 ``--gaussians`` prints only the dispersion of ddkit's default, adams2 interpolating x0_hat in
-(sigma / alpha)^0.25 and adams3 in sigma / alpha (both ends) and the candidates on a single
-isotropic Gaussian per width (32-D):
-the ODE's own step error, with nothing else to blame.
+(sigma / alpha)^0.25, adams3 in sigma / alpha (both ends) and the candidates (among them adams2
+with the posterior end in (sigma / alpha)^0.25 and ^0.5) on a single isotropic Gaussian per
+width (32-D): the ODE's own step error, with nothing else to blame.
 """
 
 from __future__ import annotations
@@ -66,6 +66,20 @@ CANDIDATES = (
     SamplerConfig("adams3 PC logSNR>-4 post k2", "adams3", "log_snr", {**POST, "krylov": 2}, -4.0),
     SamplerConfig("adams3 PC logSNR>-6 post", "adams3", "log_snr", POST, -6.0),
     SamplerConfig("adams3 PC logSNR post k2", "adams3", "log_snr", {**POST, "krylov": 2}),
+    SamplerConfig(
+        "adams2 PC logSNR>-4 post sigma^0.25",
+        "adams2",
+        "log_snr",
+        {**POST, "interpolate": "sigma^0.25"},
+        -4.0,
+    ),
+    SamplerConfig(
+        "adams2 PC logSNR>-4 post sigma^0.5",
+        "adams2",
+        "log_snr",
+        {**POST, "interpolate": "sigma^0.5"},
+        -4.0,
+    ),
 )
 
 
@@ -107,9 +121,6 @@ def gaussians(nfe: int, dim: int = 32, n: int = 4000) -> None:
     configs = (
         FEW_STEP,
         SamplerConfig("adams2 PC logSNR>-4 sigma^0.25", "adams2", "log_snr_window", quarter),
-        SamplerConfig(
-            "adams2 PC logSNR>-4 sigma^0.25 post", "adams2", "log_snr_window", {**quarter, **POST}
-        ),
         SamplerConfig("adams3 PC logSNR>-4 sigma", "adams3", "log_snr_window", sig),
         SamplerConfig(
             "adams3 PC logSNR>-4 sigma post", "adams3", "log_snr_window", {**sig, **POST}

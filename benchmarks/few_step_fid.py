@@ -5,8 +5,8 @@ in BENCHMARKS.md; with ``--all`` also adams2 in sigma / alpha and adams3 in log-
 log-SNR grid whose first step jumps to log-SNR -4, with the ODE's own last step: a choice made
 on mixtures, checked on images it never saw.  ``--limiter`` compares instead the default and
 adams3 with the posterior end, each with and without the order limiter (``limiter=1``);
-``--power`` compares adams2 interpolating in log-SNR and in (sigma / alpha)^0.25, each with the
-ODE's last step and with the posterior end.
+``--power`` compares adams2 interpolating in log-SNR, in (sigma / alpha)^0.25 and in its square
+root, each with the ODE's last step and with the posterior end.
 
 Each configuration draws ``--num`` samples per seed from the same initial noise, scored by FID
 against ``--ref-num`` training images on ddkit's classifier features for the run's data set (or
@@ -46,12 +46,14 @@ LIMITER = {
     "adams3, posterior end, limiter 1": ("adams3", {**POST, "limiter": 1.0}),
 }
 
-QUARTER = {"interpolate": "sigma^0.25"}
+QUARTER, HALF = {"interpolate": "sigma^0.25"}, {"interpolate": "sigma^0.5"}
 POWER = {
     "default (adams2, in log-SNR)": (FEW_STEP.sampler, FEW_STEP.options),
     "adams2, in (sigma/alpha)^0.25": ("adams2", QUARTER),
+    "adams2, in (sigma/alpha)^0.5": ("adams2", HALF),
     "adams2, posterior end": ("adams2", POST),
     "adams2, posterior end, in (sigma/alpha)^0.25": ("adams2", {**POST, **QUARTER}),
+    "adams2, posterior end, in (sigma/alpha)^0.5": ("adams2", {**POST, **HALF}),
 }
 
 
@@ -73,7 +75,9 @@ def main():
         "--limiter", action="store_true", help="instead: with and without the order limiter"
     )
     ap.add_argument(
-        "--power", action="store_true", help="instead: adams2 in log-SNR or (sigma/alpha)^0.25"
+        "--power",
+        action="store_true",
+        help="instead: adams2 in log-SNR, (sigma/alpha)^0.25 or ^0.5",
     )
     args = ap.parse_args()
     configs = {**CONFIGS, **MORE} if args.all else CONFIGS

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..cli_checks import finite_float, positive_int
 
 # ddkit.samplers.ode.INTERPOLATIONS, named here so parsing does not import torch
-INTERPOLATIONS = ("log_snr", "sigma", "sigma^0.25")
+INTERPOLATIONS = ("log_snr", "sigma", "sigma^0.5", "sigma^0.25")
 
 
 def add_adams_options(parser, suffix: str = "") -> None:
@@ -16,7 +16,7 @@ def add_adams_options(parser, suffix: str = "") -> None:
         "--interpolate",
         choices=INTERPOLATIONS,
         help="adams2/adams3: interpolate x0_hat in log-SNR (default), in sigma/alpha, or in "
-        f"(sigma/alpha)^0.25{suffix}",
+        f"(sigma/alpha)^0.5 or ^0.25{suffix}",
     )
     parser.add_argument(
         "--limiter",

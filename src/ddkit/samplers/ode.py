@@ -155,12 +155,12 @@ def sample_dpmpp(
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 
 
-_POWERS = {"sigma": 1.0, "sigma^0.25": 0.25}
+_POWERS = {"sigma": 1.0, "sigma^0.5": 0.5, "sigma^0.25": 0.25}
 """The exponent p of each power variable (sigma / alpha)^p = exp(-p lambda)."""
 
 INTERPOLATIONS = ("log_snr", *_POWERS)
 """The variables in which :func:`sample_adams` interpolates x0_hat between its evaluations:
-lambda, sigma / alpha = exp(-lambda), and (sigma / alpha)^0.25."""
+lambda, sigma / alpha = exp(-lambda), and its square and fourth roots."""
 
 
 def _adams_weights(
@@ -169,8 +169,8 @@ def _adams_weights(
     """w_j = integral over [lam_s, lam_t] of exp(lam - lam_t) l_j(lam) d lam, l_j the Lagrange basis
     polynomials of ``nodes`` (lambda values): the weights with which an exponential Adams step
     integrates the polynomial interpolating x0_hat at the nodes exactly.  With ``interpolate=
-    "sigma"`` the polynomials are in sigma / alpha = exp(-lambda) instead, with "sigma^0.25" in
-    its fourth root (each scaled by its value at lam_t, which changes no basis polynomial).  One
+    "sigma"`` the polynomials are in sigma / alpha = exp(-lambda) instead, with "sigma^p" in
+    (sigma / alpha)^p (each scaled by its value at lam_t, which changes no basis polynomial).  One
     node: 1 - exp(-h).  Otherwise 16-point Gauss-Legendre quadrature, exact to rounding for these
     integrands at the step sizes samplers take (and free of the cancellation that the closed
     forms phi_k(h) suffer for small h)."""
@@ -244,12 +244,13 @@ def sample_adams(
     out 11-16% too spread in variance, and 3-10% too narrow in sigma / alpha (0.005-0.5:
     0.90-0.99).  On the test family of mixtures it is the better choice, on the Fashion-MNIST
     model the worse (FID 3.1 higher at NFE 5), so log-SNR stays the default (BENCHMARKS.md).
-    ``interpolate="sigma^0.25"`` takes them in (sigma / alpha)^0.25 = exp(-lambda / 4), between
-    the two: on that Gaussian at NFE 10 (standard deviations 0.05-0.5) it is 1% too narrow to 5%
-    too spread with the ODE's end (log-SNR: 1-10% too spread) and 5-8% too spread with the
-    posterior end (log-SNR: 11-16%).  With the posterior end at NFE 10 it keeps the within-mode
-    dispersion of 10 of the 11 held-out test mixtures in 0.9-1.1 (log-SNR: 8-9); on the
-    Fashion-MNIST model it is better at NFE 5 and worse at NFE 10 (BENCHMARKS.md).
+    ``interpolate="sigma^0.5"`` and ``"sigma^0.25"`` take them in (sigma / alpha)^p =
+    exp(-p lambda), between the two: on that Gaussian at NFE 10 (standard deviations 0.05-0.5)
+    with the posterior end they leave its variance within 2% (p = 0.5) and 5-8% too spread
+    (p = 0.25; log-SNR: 11-16%).  With the posterior end at NFE 10 they keep the within-mode
+    dispersion of 9-11 of the 11 held-out test mixtures in 0.9-1.1 (log-SNR: 8-9), neither all
+    11 on every seed; on the Fashion-MNIST model p = 0.25 is better at NFE 5, both are worse at
+    NFE 10 (BENCHMARKS.md).
 
     ``limiter`` = R lowers the order of a step, sample by sample, where x0_hat accelerates: where
     its rate of change (the norm of its difference per unit lambda) over the newest interval

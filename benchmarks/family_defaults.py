@@ -2,14 +2,14 @@
 
 Candidate configurations (grid, its packing toward the data, first-step window, solver order,
 corrector, the variable x0_hat is interpolated in (log-SNR, sigma / alpha, its square or fourth
-root), the order limiter, last step: the ODE's own, or a tail of 1 to 4 posterior draws, each
-shaped by 1 to 4 Jacobian-vector products) run with the exact denoiser of every member of one
-split of :mod:`ddkit.verify.family` at NFE 5, 10 and 20 (where the budget leaves the draws their
-steps and calls); the table is the worst case over the members
-(:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest sum over the NFEs of
-log(worst ed/floor) + log(max(disp, 1/disp)), among the candidates that ran at every NFE; the
-best at each NFE alone is listed too.  The choice is made on ``--split
-tuning`` only; ``--split held_out`` reports it.
+root), the order limiter (with each variable at the posterior end), last step: the ODE's own,
+or a tail of 1 to 4 posterior draws, each shaped by 1 to 4 Jacobian-vector products) run with
+the exact denoiser of every member of one split of :mod:`ddkit.verify.family` at NFE 5, 10 and
+20 (where the budget leaves the draws their steps and calls); the table is the worst case over
+the members (:func:`ddkit.verify.family_report.worst_case`).  The rule: the smallest sum over
+the NFEs of log(worst ed/floor) + log(max(disp, 1/disp)), among the candidates that ran at every
+NFE; the best at each NFE alone is listed too.  The choice is made on ``--split tuning`` only;
+``--split held_out`` reports it.
 
     .venv/bin/python benchmarks/family_defaults.py --split tuning [--n 2000] [--json FILE]
 
@@ -114,6 +114,11 @@ def candidates() -> list[SamplerConfig]:
             SamplerConfig(f"{name} PC logSNR>-4 lim", name, "log_snr", lim, -4.0),
             SamplerConfig(f"{name} PC logSNR>-4 post lim", name, "log_snr", {**post, **lim}, -4.0),
         ]
+        for var in ("sigma", "sigma^0.5", "sigma^0.25"):
+            opts = {**post, **lim, "interpolate": var}
+            out.append(
+                SamplerConfig(f"{name} PC logSNR>-4 post lim {var}", name, "log_snr", opts, -4.0)
+            )
     return out
 
 

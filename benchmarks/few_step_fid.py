@@ -4,7 +4,8 @@ interpolating it in sigma / alpha, the best on the tuning family of test mixture
 in BENCHMARKS.md; with ``--all`` also adams2 in sigma / alpha and adams3 in log-SNR.  All on the
 log-SNR grid whose first step jumps to log-SNR -4, with the ODE's own last step: a choice made
 on mixtures, checked on images it never saw.  ``--limiter`` compares instead the default and
-adams3 with the posterior end, each with and without the order limiter (``limiter=1``);
+adams3 with the posterior end, each with and without the order limiter (``limiter=1``), and
+adams2 with the posterior end and the limiter in sigma / alpha and its square root;
 ``--power`` compares adams2 interpolating in log-SNR, in (sigma / alpha)^0.25 and in its square
 root, each with the ODE's last step and with the posterior end.
 
@@ -44,6 +45,14 @@ LIMITER = {
     "default, limiter 1": (FEW_STEP.sampler, {**FEW_STEP.options, "limiter": 1.0}),
     "adams3, posterior end": ("adams3", POST),
     "adams3, posterior end, limiter 1": ("adams3", {**POST, "limiter": 1.0}),
+    "adams2, posterior end, limiter 1, in sigma/alpha": (
+        "adams2",
+        {**POST, "limiter": 1.0, "interpolate": "sigma"},
+    ),
+    "adams2, posterior end, limiter 1, in (sigma/alpha)^0.5": (
+        "adams2",
+        {**POST, "limiter": 1.0, "interpolate": "sigma^0.5"},
+    ),
 }
 
 QUARTER, HALF = {"interpolate": "sigma^0.25"}, {"interpolate": "sigma^0.5"}

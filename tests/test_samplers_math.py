@@ -330,9 +330,9 @@ def test_adams_in_sigma_converges_to_the_gaussian_flow_at_its_order():
     """For data N(m, std^2 I) the probability-flow ODE keeps (x_t - a_t m) / sqrt(a_t^2 std^2 +
     s_t^2) constant; sample_adams with interpolate="sigma" reaches that map at timestep 0, its
     error falling about 2^order-fold when the steps halve (orders 2 and 3, predictor only).  From
-    about 160 steps the grid's last steps are single timesteps (t = 2, 1, 0), which no grid on
-    the integers splits further, and the error levels off at theirs (1e-4 to 7e-4 at order 2 and
-    3): hence 20-80 steps."""
+    40 steps the grid ends in single timesteps (3, 2, 1, 0), which no grid on the integers splits
+    further; beyond 80 steps their error dominates and the total levels off (about 2e-4 at order
+    2, 6e-5 at order 3): hence 20-80 steps."""
     m, std = np.array([0.3, -0.2]), 0.05
     gm = _gaussian(m, std)
     den = gm.denoiser(SCHED)
